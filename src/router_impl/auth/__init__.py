@@ -1,0 +1,1 @@
+"""API keys and authentication: hashed keys, scopes, expiry, revocation."""

@@ -1,0 +1,52 @@
+"""Turns a presented secret into a Principal, or refuses it; checks scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from router_impl.auth.keys import MAX_SECRET_LENGTH, KeyStore, Scope, hash_secret
+from router_impl.errors import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    organization_id: str
+    scopes: frozenset[Scope]
+    allowed_models: frozenset[str] | None
+    signature_required: bool
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, clock: Callable[[], datetime] = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+
+    def authenticate(self, secret: str) -> Principal:
+        """Unknown, expired and revoked keys all fail the same way, so callers learn nothing."""
+        secret = secret.strip()
+        if not secret or len(secret) > MAX_SECRET_LENGTH:
+            raise ApiError("INVALID_API_KEY")
+        record = self.store.by_hash(hash_secret(secret))
+        if record is None or record.revoked:
+            raise ApiError("INVALID_API_KEY")
+        if record.expires_at is not None and record.expires_at <= self.clock():
+            raise ApiError("INVALID_API_KEY")
+        return Principal(
+            key_id=record.id,
+            organization_id=record.organization_id,
+            scopes=record.scopes,
+            allowed_models=record.allowed_models,
+            signature_required=record.signature_required,
+        )
+
+    @staticmethod
+    def authorize(principal: Principal, scope: str | None) -> None:
+        if scope is not None and scope not in principal.scopes:
+            raise ApiError("FORBIDDEN", f"This operation needs the '{scope}' scope.")

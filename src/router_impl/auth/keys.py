@@ -1,0 +1,57 @@
+"""API key records (hashes only, never secrets) and the store port they live behind."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scope = Literal["inference", "audit", "admin"]
+SECRET_PREFIX = "rk_"  # noqa: S105 -- a public marker that makes leaked keys greppable, not a secret
+MAX_SECRET_LENGTH = 256
+
+
+class ApiKeyRecord(BaseModel):
+    """What the router stores about a key. ``key_hash`` is SHA-256 of the secret, hex."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    organization_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    key_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: frozenset[Scope] = Field(min_length=1)
+    name: str = ""
+    prefix: str = ""
+    allowed_models: frozenset[str] | None = None
+    expires_at: datetime | None = None
+    revoked: bool = False
+    revoked_at: datetime | None = None
+    created_at: datetime | None = None
+    signature_required: bool = False
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a secret. Secrets are high-entropy random tokens, so no salt or KDF is needed."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyStore(Protocol):
+    def by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+
+class InMemoryKeyStore:
+    """O(1) lookup by hash over an immutable set of records."""
+
+    def __init__(self, records: Iterable[ApiKeyRecord] = ()) -> None:
+        self._by_hash = {r.key_hash: r for r in records}
+
+    def by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        return self._by_hash.get(key_hash)

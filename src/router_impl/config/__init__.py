@@ -1,0 +1,1 @@
+"""Runtime configuration: the validated model and its sources."""

@@ -1,0 +1,1 @@
+"""HTTP handlers bound by operationId: translate HTTP <-> domain, nothing else."""

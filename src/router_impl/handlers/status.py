@@ -1,0 +1,45 @@
+"""getHealth / getReadiness: no auth, cheap (cached probes), no hosts or secrets in the body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from router_impl.components import Components
+from router_impl.health import Report
+from router_impl.web.responses import json_response
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _body(report: Report, *, readiness: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": report.status,
+        "version": report.build.version,
+        "commit": report.build.commit,
+        "build_time": report.build.build_time,
+        "checks": [
+            {
+                "name": c.name,
+                "status": c.status,
+                "details": c.details,
+                "observed_at": c.observed_at.isoformat().replace("+00:00", "Z"),
+            }
+            for c in report.checks
+        ],
+    }
+    if readiness:
+        body["ready_backends"] = list(report.ready_backends)
+        body["degraded_backends"] = list(report.degraded_backends)
+    return body
+
+
+async def get_health(components: Components) -> Response:
+    report = await components.health.liveness()
+    return json_response(_body(report, readiness=False), 200 if report.ok else 503, _NO_STORE)
+
+
+async def get_readiness(components: Components) -> Response:
+    report = await components.health.readiness()
+    return json_response(_body(report, readiness=True), 200 if report.ok else 503, _NO_STORE)

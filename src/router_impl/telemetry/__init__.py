@@ -1,0 +1,1 @@
+"""Logs, metrics and traces, configured once at start-up."""

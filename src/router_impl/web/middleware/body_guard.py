@@ -1,0 +1,96 @@
+"""Reads request bodies once, before any validation: size cap (413), UTF-8 and JSON syntax (400).
+
+The body is replayed downstream as a single message with an exact Content-Length, so
+chunked uploads work and nothing after this layer sees an oversized or malformed body.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router_impl.errors import ApiError
+from router_impl.web.responses import send_error
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class BodyGuardMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        content_type = b""
+        declared: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                declared = int(value) if value.isdigit() else -1
+        if declared == -1:
+            await send_error(scope, send, ApiError("INVALID_REQUEST", "Invalid Content-Length header."))
+            return
+        if declared is not None and declared > self.max_body_bytes:
+            await send_error(scope, send, self._too_large())
+            return
+
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await send_error(scope, send, self._too_large())
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+
+        if body and _is_json(content_type):
+            error = self._json_error(body)
+            if error is not None:
+                await send_error(scope, send, error)
+                return
+
+        scope["headers"] = [
+            *((k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> ApiError:
+        return ApiError("PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes.")
+
+    @staticmethod
+    def _json_error(body: bytes) -> ApiError | None:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return ApiError("INVALID_REQUEST", "The request body is not valid UTF-8.")
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return ApiError("INVALID_REQUEST", f"The request body is not valid JSON: {exc.msg}.")
+        return None

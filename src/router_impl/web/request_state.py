@@ -1,0 +1,52 @@
+"""Per-request identifiers kept in the ASGI scope: request id, W3C trace id and span id."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+STATE_KEY = "router"
+
+
+@dataclass(slots=True)
+class RequestState:
+    request_id: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    openai: bool
+
+
+def new_state(headers: list[tuple[bytes, bytes]], *, openai: bool) -> RequestState:
+    """Take X-Request-ID and traceparent from the client when well-formed, otherwise mint them.
+
+    Raw client input is never echoed back unless it matches a strict pattern.
+    """
+    request_id: str | None = None
+    trace_id: str | None = None
+    parent: str | None = None
+    for name, value in headers:
+        if name == b"x-request-id" and _SAFE_REQUEST_ID.match(value):
+            request_id = value.decode("ascii")
+        elif name == b"traceparent":
+            match = _TRACEPARENT.match(value.strip().lower())
+            if match and match.group(1) != b"0" * 32 and match.group(2) != b"0" * 16:
+                trace_id, parent = match.group(1).decode(), match.group(2).decode()
+    return RequestState(
+        request_id=request_id or str(uuid.uuid4()),
+        trace_id=trace_id or secrets.token_hex(16),
+        span_id=secrets.token_hex(8),
+        parent_span_id=parent,
+        openai=openai,
+    )
+
+
+def state_of(scope: Any) -> RequestState | None:
+    state = scope.get("state") or {}
+    found = state.get(STATE_KEY)
+    return found if isinstance(found, RequestState) else None

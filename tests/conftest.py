@@ -1,0 +1,89 @@
+"""Shared fixtures: real Redis, etcd and Kafka-protocol servers, a mock model backend, router processes.
+
+Session servers are shared: a test that stops or kills one must `start()` it again before it ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from tests.harness.backend import MockBackend
+from tests.harness.process import BinaryNotFoundError, ManagedProcess
+from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.services import EtcdServer, KafkaBroker, RedisServer, router_service_env
+
+ServiceT = TypeVar("ServiceT", bound=ManagedProcess)
+SERVICE_FIXTURES = frozenset({"redis_server", "etcd_server", "kafka_broker", "services_env"})
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def _started(create: Callable[[], ServiceT]) -> ServiceT:
+    """Create and start a server; a missing binary skips locally but fails on CI."""
+    try:
+        service = create()
+    except BinaryNotFoundError as exc:
+        if _on_ci():
+            pytest.fail(f"{exc} (CI=true: real-service tests must not be skipped)", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        return service.start()
+    except BaseException:
+        service.close()
+        raise
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests that need real servers so `-m "not services"` can deselect them."""
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = _started(lambda: RedisServer(workdir=tmp_path_factory.mktemp("redis")))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = _started(lambda: EtcdServer(workdir=tmp_path_factory.mktemp("etcd")))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = _started(lambda: KafkaBroker(workdir=tmp_path_factory.mktemp("tansu")))
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="session")
+def services_env(
+    redis_server: RedisServer, etcd_server: EtcdServer, kafka_broker: KafkaBroker
+) -> dict[str, str]:
+    """ROUTER_REDIS_URL, ROUTER_ETCD_ENDPOINTS and ROUTER_KAFKA_BOOTSTRAP for the session servers."""
+    return router_service_env(redis_server, etcd_server, kafka_broker)
+
+
+@pytest.fixture
+def mock_backend() -> Iterator[MockBackend]:
+    with MockBackend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def router_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RouterProcess]]:
+    """`router_factory(env={...}, port=None, args=("--demo",))` starts a router; all stop at teardown."""
+    fleet = RouterFleet(tmp_path_factory.mktemp("routers"))
+    yield fleet.start
+    fleet.close()

@@ -23,9 +23,9 @@ def authenticator(*records: ApiKeyRecord) -> Authenticator:
     return Authenticator(InMemoryKeyStore(records), clock=lambda: NOW)
 
 
-def test_valid_key_yields_its_principal():
+async def test_valid_key_yields_its_principal():
     secret = new_secret()
-    principal = authenticator(record(secret)).authenticate(secret)
+    principal = await authenticator(record(secret)).authenticate(secret)
     assert (principal.key_id, principal.organization_id, principal.scopes) == ("k1", "org-a", {"inference"})
 
 
@@ -38,29 +38,29 @@ def test_valid_key_yields_its_principal():
     ],
     ids=["revoked", "expires-now", "expired"],
 )
-def test_revoked_and_expired_keys_are_refused(overrides):
+async def test_revoked_and_expired_keys_are_refused(overrides):
     secret = new_secret()
     with pytest.raises(ApiError) as err:
-        authenticator(record(secret, **overrides)).authenticate(secret)
+        await authenticator(record(secret, **overrides)).authenticate(secret)
     assert (err.value.code, err.value.status_code) == ("INVALID_API_KEY", 401)
 
 
 @pytest.mark.parametrize("presented", ["", "   ", "rk_unknown", "x" * 257])
-def test_unknown_empty_and_oversized_keys_are_refused(presented):
+async def test_unknown_empty_and_oversized_keys_are_refused(presented):
     with pytest.raises(ApiError) as err:
-        authenticator(record(new_secret())).authenticate(presented)
+        await authenticator(record(new_secret())).authenticate(presented)
     assert err.value.code == "INVALID_API_KEY"
 
 
-def test_key_not_yet_expired_is_accepted():
+async def test_key_not_yet_expired_is_accepted():
     secret = new_secret()
-    authenticator(record(secret, expires_at=NOW + timedelta(seconds=1))).authenticate(secret)
+    await authenticator(record(secret, expires_at=NOW + timedelta(seconds=1))).authenticate(secret)
 
 
-def test_missing_scope_is_forbidden_and_present_scope_passes():
+async def test_missing_scope_is_forbidden_and_present_scope_passes():
     secret = new_secret()
     auth = authenticator(record(secret))
-    principal = auth.authenticate(secret)
+    principal = await auth.authenticate(secret)
     auth.authorize(principal, "inference")
     auth.authorize(principal, None)
     with pytest.raises(ApiError) as err:

@@ -28,12 +28,12 @@ class Authenticator:
         self.store = store
         self.clock = clock
 
-    def authenticate(self, secret: str) -> Principal:
+    async def authenticate(self, secret: str) -> Principal:
         """Unknown, expired and revoked keys all fail the same way, so callers learn nothing."""
         secret = secret.strip()
         if not secret or len(secret) > MAX_SECRET_LENGTH:
             raise ApiError("INVALID_API_KEY")
-        record = self.store.by_hash(hash_secret(secret))
+        record = await self.store.by_hash(hash_secret(secret))
         if record is None or record.revoked:
             raise ApiError("INVALID_API_KEY")
         if record.expires_at is not None and record.expires_at <= self.clock():

@@ -44,7 +44,9 @@ def new_secret() -> str:
 
 
 class KeyStore(Protocol):
-    def by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
+    """Where keys are looked up. Async: the identity-service adapter answers over the network."""
+
+    async def by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
 
 
 class InMemoryKeyStore:
@@ -53,5 +55,5 @@ class InMemoryKeyStore:
     def __init__(self, records: Iterable[ApiKeyRecord] = ()) -> None:
         self._by_hash = {r.key_hash: r for r in records}
 
-    def by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+    async def by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         return self._by_hash.get(key_hash)

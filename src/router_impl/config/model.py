@@ -1,23 +1,101 @@
-"""The one validated model of runtime configuration (grows with the routing and limits issues)."""
+"""The one validated model of runtime configuration: backends, model policies and prices, API keys.
+
+Field names follow the contract's admin schemas (``Backend``, ``ModelPolicy``), so the admin
+API translates by name. Every snapshot is validated whole: a policy that names an unknown
+backend, a duplicate id or alias makes the whole snapshot invalid.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from router_impl.auth.keys import ApiKeyRecord
 
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackendConfig(BaseModel):
+    model_config = _FROZEN
+
+    id: str = Field(pattern=IDENTIFIER)
+    base_url: str = Field(pattern=r"^https?://[^\s/$.?#][^\s]*$", max_length=2048)
+    protocol: Literal["openai"] = "openai"
+    # The model names this backend knows; a policy's model is sent as the first one unless it is listed.
+    models: tuple[str, ...] = ()
+    timeout_ms: int = Field(30_000, ge=100, le=600_000)
+    connect_timeout_ms: int = Field(2_000, ge=50, le=60_000)
+    max_in_flight: int = Field(256, ge=1, le=100_000)
+    # Name of an environment variable holding the bearer token the backend expects (never the token).
+    api_key_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class WeightedBackend(BaseModel):
+    model_config = _FROZEN
+
+    backend_id: str = Field(pattern=IDENTIFIER)
+    weight: int = Field(100, ge=0, le=1000)
+
+
+class ModelPricing(BaseModel):
+    model_config = _FROZEN
+
+    input_usd_per_1m_tokens: Decimal = Field(Decimal(0), ge=0)
+    output_usd_per_1m_tokens: Decimal = Field(Decimal(0), ge=0)
+
+
+class ModelPolicy(BaseModel):
+    model_config = _FROZEN
+
+    model: str = Field(pattern=MODEL_NAME)
+    backends: tuple[WeightedBackend, ...] = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    pricing: ModelPricing = ModelPricing()
+    enabled: bool = True
+    owned_by: str = "api-router"
+
 
 class RuntimeConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FROZEN
 
+    backends: tuple[BackendConfig, ...] = ()
+    models: tuple[ModelPolicy, ...] = ()
     api_keys: tuple[ApiKeyRecord, ...] = ()
 
+    _policies: dict[str, ModelPolicy] = PrivateAttr(default_factory=dict)
+    _backends: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
-    def _unique_keys(self) -> RuntimeConfig:
-        ids = [k.id for k in self.api_keys]
-        hashes = [k.key_hash for k in self.api_keys]
-        if len(set(ids)) != len(ids):
-            raise ValueError("api_keys: duplicate key id")
-        if len(set(hashes)) != len(hashes):
-            raise ValueError("api_keys: duplicate key hash")
+    def _consistent(self) -> RuntimeConfig:
+        _unique("api_keys: key id", [k.id for k in self.api_keys])
+        _unique("api_keys: key hash", [k.key_hash for k in self.api_keys])
+        _unique("backends: backend id", [b.id for b in self.backends])
+        _unique("models: model name or alias", [n for m in self.models for n in (m.model, *m.aliases)])
+        known = {b.id for b in self.backends}
+        for policy in self.models:
+            for wb in policy.backends:
+                if wb.backend_id not in known:
+                    raise ValueError(f"models: {policy.model} names unknown backend {wb.backend_id}")
+        self._policies = {name: m for m in self.models for name in (m.model, *m.aliases)}
+        self._backends = {b.id: b for b in self.backends}
         return self
+
+    def policy_for(self, model: str) -> ModelPolicy | None:
+        """The policy serving ``model`` by name or alias."""
+        return self._policies.get(model)
+
+    def backend(self, backend_id: str) -> BackendConfig | None:
+        return self._backends.get(backend_id)
+
+
+def _unique(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} appears twice")
+        seen.add(value)

@@ -20,6 +20,8 @@ class RequestState:
     span_id: str
     parent_span_id: str | None
     openai: bool
+    # The raw request body, once BodyGuardMiddleware has read it (for signatures and handlers).
+    body: bytes = b""
 
 
 def new_state(headers: list[tuple[bytes, bytes]], *, openai: bool) -> RequestState:

@@ -38,7 +38,7 @@ class _BoundBearer(BearerSecurityHandler):  # type: ignore[misc]
 
 def security_map(authenticator: Authenticator, operations: Mapping[str, Operation]) -> dict[str, Any]:
     async def check(credential: str, request: ConnexionRequest) -> dict[str, Any]:
-        principal = authenticator.authenticate(credential)
+        principal = await authenticator.authenticate(credential)
         routing = request.scope.get("extensions", {}).get("connexion_routing", {})
         operation = operations.get(routing.get("operation_id", ""))
         authenticator.authorize(principal, operation.scope if operation else "admin")

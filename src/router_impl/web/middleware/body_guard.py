@@ -10,6 +10,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_impl.errors import ApiError
+from router_impl.web.request_state import state_of
 from router_impl.web.responses import send_error
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -65,6 +66,9 @@ class BodyGuardMiddleware:
                 await send_error(scope, send, error)
                 return
 
+        state = state_of(scope)
+        if state is not None:
+            state.body = body
         scope["headers"] = [
             *((k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")),
             (b"content-length", str(len(body)).encode()),

@@ -28,7 +28,7 @@ codegen-check: $(STAMP)
 	$(BIN)/python tools/codegen.py --check $(if $(filter 1,$(STRICT)),--strict,)
 
 run: $(STAMP)
-	$(BIN)/router serve --host 127.0.0.1 --port $(PORT)
+	$(BIN)/router serve --demo --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_FLAGS)

@@ -1398,7 +1398,7 @@ class InferenceRequest(BaseModel):
     hmac_signature: Annotated[
         str | None,
         Field(
-            description="Hex HMAC-SHA256 signature (alternative to the `X-Signature` header).",
+            description="Hex HMAC-SHA256 of the UTF-8 `payload` with the key's signing secret. When present it\nmust match (401 SIGNATURE_INVALID); for keys with `signature_required` it is accepted\nin place of the `X-Signature` headers.\n",
             max_length=64,
             min_length=64,
             pattern="^[0-9a-f]{64}$",

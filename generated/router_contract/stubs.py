@@ -14,14 +14,6 @@ async def create_api_key(**_: Any) -> Any:
     raise OperationNotImplemented('createApiKey')
 
 
-async def create_chat_completion(**_: Any) -> Any:
-    raise OperationNotImplemented('createChatCompletion')
-
-
-async def create_completion(**_: Any) -> Any:
-    raise OperationNotImplemented('createCompletion')
-
-
 async def delete_backend(**_: Any) -> Any:
     raise OperationNotImplemented('deleteBackend')
 
@@ -62,10 +54,6 @@ async def list_model_policies(**_: Any) -> Any:
     raise OperationNotImplemented('listModelPolicies')
 
 
-async def list_models(**_: Any) -> Any:
-    raise OperationNotImplemented('listModels')
-
-
 async def list_routing_decisions(**_: Any) -> Any:
     raise OperationNotImplemented('listRoutingDecisions')
 
@@ -88,10 +76,6 @@ async def reset_org_limits(**_: Any) -> Any:
 
 async def revoke_api_key(**_: Any) -> Any:
     raise OperationNotImplemented('revokeApiKey')
-
-
-async def route_inference(**_: Any) -> Any:
-    raise OperationNotImplemented('routeInference')
 
 
 async def set_backend_state(**_: Any) -> Any:

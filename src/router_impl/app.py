@@ -1,7 +1,18 @@
-"""Composition root: Settings -> components -> Connexion AsyncApp wrapped in our ASGI middleware."""
+"""Composition root: Settings -> components -> Connexion AsyncApp wrapped in our ASGI middleware.
+
+Each port gets its embedded adapter unless its shared service is configured
+(``ROUTER_REDIS_URL``, ``ROUTER_IDENTITY_URL``; etcd and Kafka follow in their issues).
+"""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
 from connexion import AsyncApp
 from connexion.middleware.context import ContextMiddleware
 from connexion.middleware.exceptions import ExceptionMiddleware
@@ -10,23 +21,45 @@ from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from router_contract import SPEC_PATH
 from router_contract.operations import OPERATIONS
 from starlette.types import ASGIApp
 
 from router_impl.auth.authenticator import Authenticator
-from router_impl.auth.keys import InMemoryKeyStore
+from router_impl.auth.identity import IdentityServiceKeyStore
+from router_impl.auth.keys import KeyStore
+from router_impl.auth.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
+from router_impl.auth.secret_box import SecretBox
+from router_impl.auth.signature_gate import SignatureGate
+from router_impl.auth.signing import SignatureVerifier
+from router_impl.auth.store_lmdb import LmdbKeyStore
 from router_impl.components import Components
 from router_impl.config.file_source import load_file
+from router_impl.config.holder import ConfigHolder
 from router_impl.config.model import RuntimeConfig
+from router_impl.demo.config import demo_config
+from router_impl.demo.upstream import start_demo_upstream
 from router_impl.health import BuildInfo, CheckStatus, HealthCheck, HealthService
+from router_impl.lifecycle import Lifecycle, every
+from router_impl.limits.idempotency import IdempotencyStore
+from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore
+from router_impl.limits.idempotency_memory import MemoryIdempotencyStore
+from router_impl.limits.idempotency_redis import RedisIdempotencyStore
+from router_impl.pipeline import Pipeline
+from router_impl.routing.backend_client import BackendClient
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
+from router_impl.usage.sink import JsonlUsageSink, JsonlWriter
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.request_context import RequestContextMiddleware
 from router_impl.web.resolver import OperationTableResolver
 from router_impl.web.security import security_map
+
+log = structlog.get_logger("router.app")
 
 # Connexion's default stack minus Swagger UI and response validation (both off the hot path).
 # Responses are validated in the tests, against what clients receive (openapi-core).
@@ -41,37 +74,197 @@ _CONNEXION_MIDDLEWARES = [
 ]
 
 
+def _redis(settings: Settings) -> Redis | None:
+    if not settings.redis_url:
+        return None
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 def build_components(settings: Settings) -> Components:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lifecycle = Lifecycle()
     runtime_config = load_file(settings.config_path)
+    if settings.demo:
+        runtime_config = _with_demo(settings, runtime_config, lifecycle)
+    holder = ConfigHolder(runtime_config)
+    redis = _redis(settings)
+    if redis is not None:
+        lifecycle.on_stop(redis.aclose)
+
+    box = SecretBox.from_settings(_secret(settings.secret_key), settings.data_dir)
+    identity: IdentityServiceKeyStore | None = None
+    key_admin: LmdbKeyStore | None = None
+    store: KeyStore
+    if settings.identity_url:
+        identity = IdentityServiceKeyStore(
+            settings.identity_url,
+            _secret(settings.identity_token) or "",
+            secret_box=box,
+            positive_ttl=settings.identity_positive_ttl_seconds,
+            negative_ttl=settings.identity_negative_ttl_seconds,
+            stale_window=settings.identity_stale_window_seconds,
+            timeout=settings.identity_timeout_seconds,
+        )
+        poll = settings.identity_revocation_poll_seconds
+        lifecycle.background(lambda: identity.follow_revocations(poll))
+        lifecycle.on_stop(identity.close)
+        store = identity
+    else:
+        key_admin = LmdbKeyStore(
+            settings.data_dir / "keys",
+            runtime_config.api_keys,
+            secret_box=box,
+            map_size=settings.key_store_map_size_bytes,
+        )
+        lifecycle.on_stop(_sync(key_admin.close))
+        store = key_admin
+
+    nonces: NonceStore
+    if redis is not None:
+        nonces = RedisNonceStore(redis)
+    else:
+        nonces = MemoryNonceStore(settings.nonce_max_entries)
+        if settings.workers > 1:
+            log.warning(
+                "signature_replay_window_per_worker", workers=settings.workers, hint="set ROUTER_REDIS_URL"
+            )
+    signatures = SignatureGate(
+        box, SignatureVerifier(nonces, window_seconds=settings.signature_window_seconds)
+    )
+    authenticator = Authenticator(store)
+
+    backends = BackendClient()
+    lifecycle.on_start(lambda: backends.start(holder.current().backends))
+    lifecycle.on_stop(backends.close)
+    writer = JsonlWriter(settings.data_dir / "usage")
+    lifecycle.on_stop(_sync(writer.close))
+    pipeline = Pipeline(
+        config=holder.current,
+        authenticator=authenticator,
+        backends=backends,
+        idempotency=_idempotency(settings, redis, lifecycle),
+        usage=JsonlUsageSink(writer),
+    )
     return Components(
         settings=settings,
-        runtime_config=runtime_config,
-        authenticator=Authenticator(InMemoryKeyStore(runtime_config.api_keys)),
-        health=_health(settings, runtime_config),
+        config=holder,
+        authenticator=authenticator,
+        signatures=signatures,
+        key_admin=key_admin,
+        identity=identity,
+        health=_health(settings, holder, identity),
+        pipeline=pipeline,
+        lifecycle=lifecycle,
+        started_at=int(time.time()),
     )
 
 
-def _health(settings: Settings, runtime_config: RuntimeConfig) -> HealthService:
+def _sync(close: Any) -> Any:
+    async def run() -> None:
+        close()
+
+    return run
+
+
+def _idempotency(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> IdempotencyStore:
+    ttl, lease = settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds
+    if redis is not None:
+        return RedisIdempotencyStore(redis, ttl, lease)
+    if settings.idempotency_store == "memory":
+        return MemoryIdempotencyStore(settings.idempotency_max_entries, ttl, lease)
+    store = LmdbIdempotencyStore(
+        settings.data_dir / "idempotency", ttl, lease, settings.idempotency_map_size_bytes
+    )
+    lifecycle.background(every(60, lambda: store.sweep(time.time())))
+    lifecycle.on_stop(_sync(store.close))
+    return store
+
+
+def _with_demo(settings: Settings, base: RuntimeConfig, lifecycle: Lifecycle) -> RuntimeConfig:
+    """Demo mode's config: the built-in upstream, on a socket bound now so that its URL is known,
+    or ROUTER_DEMO_UPSTREAM."""
+    keys = {
+        "api_key": settings.demo_api_key.get_secret_value(),
+        "admin_key": settings.demo_admin_key.get_secret_value(),
+    }
+    if settings.demo_upstream:
+        return demo_config(base, upstream_url=settings.demo_upstream, **keys)
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    upstream: list[Any] = []
+
+    async def start() -> None:
+        upstream.append(await start_demo_upstream(sock=sock))
+
+    async def stop() -> None:
+        for running in upstream:
+            await running.stop()
+
+    lifecycle.on_start(start)
+    lifecycle.on_stop(stop)
+    return demo_config(base, upstream_url=f"http://127.0.0.1:{port}", **keys)
+
+
+def _health(
+    settings: Settings, holder: ConfigHolder, identity: IdentityServiceKeyStore | None
+) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def config() -> tuple[CheckStatus, str]:
-        return "pass", f"runtime config loaded ({len(runtime_config.api_keys)} api keys)"
+        snapshot = holder.current()
+        return (
+            "pass",
+            f"runtime config loaded ({len(snapshot.models)} models, {len(snapshot.backends)} backends)",
+        )
 
+    checks = [HealthCheck("process", process), HealthCheck("config", config)]
+    if identity is not None:
+
+        async def identity_service() -> tuple[CheckStatus, str]:
+            if identity.degraded:
+                return (
+                    "warn",
+                    f"identity service unreachable; serving cached keys ({identity.stale_served} stale)",
+                )
+            return "pass", "identity service reachable"
+
+        checks.append(HealthCheck("identity", identity_service))
     return HealthService(
         build=BuildInfo(settings.build_version, settings.build_commit, settings.build_time),
         liveness=[HealthCheck("process", process)],
-        readiness=[HealthCheck("process", process), HealthCheck("config", config)],
+        readiness=checks,
     )
 
 
 def build_app(components: Components) -> ASGIApp:
     settings = components.settings
-    app = AsyncApp(__name__, middlewares=list(_CONNEXION_MIDDLEWARES))
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await components.lifecycle.start()
+        try:
+            yield
+        finally:
+            await components.lifecycle.stop()
+
+    app = AsyncApp(__name__, middlewares=list(_CONNEXION_MIDDLEWARES), lifespan=lifespan)
     app.add_api(
         SPEC_PATH,
         resolver=OperationTableResolver(OPERATIONS, components),
-        security_map=security_map(components.authenticator, OPERATIONS),
+        security_map=security_map(components.authenticator, components.signatures, OPERATIONS),
         pythonic_params=True,
         strict_validation=True,
     )

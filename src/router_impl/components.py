@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router_impl.auth.admin import ApiKeyAdmin
 from router_impl.auth.authenticator import Authenticator
-from router_impl.config.model import RuntimeConfig
+from router_impl.auth.identity import IdentityServiceKeyStore
+from router_impl.auth.signature_gate import SignatureGate
+from router_impl.config.holder import ConfigHolder
 from router_impl.health import HealthService
+from router_impl.lifecycle import Lifecycle
+from router_impl.pipeline import Pipeline
 from router_impl.settings import Settings
 
 
 @dataclass(frozen=True)
 class Components:
     settings: Settings
-    runtime_config: RuntimeConfig
+    config: ConfigHolder
     authenticator: Authenticator
+    signatures: SignatureGate
+    key_admin: ApiKeyAdmin | None  # None when an external identity service owns the keys
+    identity: IdentityServiceKeyStore | None
     health: HealthService
+    pipeline: Pipeline
+    lifecycle: Lifecycle
+    started_at: int

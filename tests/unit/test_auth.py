@@ -73,3 +73,39 @@ def test_only_the_hash_is_stored():
     dumped = record(secret).model_dump_json()
     assert secret not in dumped
     assert hash_secret(secret) in dumped
+
+
+async def test_key_limited_to_some_models_may_use_only_those():
+    secret = new_secret()
+    auth = authenticator(record(secret, allowed_models={"gpt-small", "fast"}))
+    principal = await auth.authenticate(secret)
+    auth.authorize_model(principal, "gpt-small")
+    auth.authorize_model(principal, "gpt-large-2025", "fast")  # allowed through the alias it asked for
+    with pytest.raises(ApiError) as err:
+        auth.authorize_model(principal, "gpt-large")
+    assert (err.value.code, err.value.status_code) == ("MODEL_NOT_ALLOWED", 403)
+
+
+async def test_key_without_model_list_may_use_any_model():
+    secret = new_secret()
+    auth = authenticator(record(secret))
+    auth.authorize_model(await auth.authenticate(secret), "anything")
+
+
+async def test_principal_carries_the_sealed_signing_secret_but_never_shows_it():
+    secret = new_secret()
+    auth = authenticator(record(secret, signature_required=True, signing_secret_enc="v1.sealed-token"))
+    principal = await auth.authenticate(secret)
+    assert principal.signing_secret_enc == "v1.sealed-token"
+    assert principal.signature_required
+    assert "sealed-token" not in repr(principal)
+    assert "sealed-token" not in repr(record(secret, signing_secret_enc="v1.sealed-token"))
+
+
+def test_new_secrets_give_a_prefix_the_contract_accepts():
+    import re
+
+    for _ in range(200):
+        secret = new_secret()
+        assert len(secret) == 46
+        assert re.fullmatch(r"[A-Za-z0-9_]{4,32}", secret[:12])

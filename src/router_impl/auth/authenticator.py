@@ -1,9 +1,9 @@
-"""Turns a presented secret into a Principal, or refuses it; checks scopes."""
+"""Turns a presented secret into a Principal, or refuses it; checks scopes and allowed models."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from router_impl.auth.keys import MAX_SECRET_LENGTH, KeyStore, Scope, hash_secret
@@ -17,6 +17,8 @@ class Principal:
     scopes: frozenset[Scope]
     allowed_models: frozenset[str] | None
     signature_required: bool
+    # Sealed by SecretBox and bound to key_id; SignatureGate opens it only to verify a signature.
+    signing_secret_enc: str | None = field(default=None, repr=False)
 
 
 def utc_now() -> datetime:
@@ -44,9 +46,20 @@ class Authenticator:
             scopes=record.scopes,
             allowed_models=record.allowed_models,
             signature_required=record.signature_required,
+            signing_secret_enc=record.signing_secret_enc,
         )
 
     @staticmethod
     def authorize(principal: Principal, scope: str | None) -> None:
         if scope is not None and scope not in principal.scopes:
             raise ApiError("FORBIDDEN", f"This operation needs the '{scope}' scope.")
+
+    @staticmethod
+    def authorize_model(principal: Principal, model: str, requested: str | None = None) -> None:
+        """A key with ``allowed_models`` may use only those; listing the name the client asked for
+        (an alias) allows it as well as listing the canonical ``model``.
+        """
+        allowed = principal.allowed_models
+        if allowed is None or model in allowed or (requested is not None and requested in allowed):
+            return
+        raise ApiError("MODEL_NOT_ALLOWED", f"This API key may not use the model '{requested or model}'.")

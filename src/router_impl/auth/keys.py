@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -13,10 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field
 Scope = Literal["inference", "audit", "admin"]
 SECRET_PREFIX = "rk_"  # noqa: S105 -- a public marker that makes leaked keys greppable, not a secret
 MAX_SECRET_LENGTH = 256
+SECRET_BYTES = 32
+# Base62 keeps a secret's first characters within the contract's `prefix` pattern ([A-Za-z0-9_]).
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BASE62_WIDTH = 43  # ceil(256 / log2(62)): every 32-byte value fits, so all secrets have one length
+
+RandomBytes = Callable[[int], bytes]
 
 
 class ApiKeyRecord(BaseModel):
-    """What the router stores about a key. ``key_hash`` is SHA-256 of the secret, hex."""
+    """What the router stores about a key. ``key_hash`` is SHA-256 of the secret, hex.
+
+    ``signing_secret_enc`` is the key's HMAC signing secret sealed by ``SecretBox``;
+    the plain signing secret is never stored or logged.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,8 +40,10 @@ class ApiKeyRecord(BaseModel):
     expires_at: datetime | None = None
     revoked: bool = False
     revoked_at: datetime | None = None
+    revoked_reason: str | None = None
     created_at: datetime | None = None
     signature_required: bool = False
+    signing_secret_enc: str | None = Field(default=None, repr=False)
 
 
 def hash_secret(secret: str) -> str:
@@ -39,8 +51,19 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def new_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
+def base62(data: bytes, width: int = _BASE62_WIDTH) -> str:
+    """``data`` as a fixed-width base62 string (zero-padded on the left)."""
+    number = int.from_bytes(data, "big")
+    digits: list[str] = []
+    while number:
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits)).rjust(width, _BASE62[0])
+
+
+def new_secret(random_bytes: RandomBytes = secrets.token_bytes) -> str:
+    """A fresh API key: ``rk_`` and 256 random bits in base62 (46 characters)."""
+    return SECRET_PREFIX + base62(random_bytes(SECRET_BYTES))
 
 
 class KeyStore(Protocol):

@@ -1,8 +1,9 @@
-"""Binds the contract's security schemes (X-API-Key, Bearer) to our Authenticator.
+"""Binds the contract's security schemes (X-API-Key, Bearer) to our Authenticator and SignatureGate.
 
 Connexion instantiates security handlers itself; the classes here are given the
 check function at start-up through ``security_map``, so no spec-level function names
-or module globals are involved.
+or module globals are involved. The check authenticates, checks the operation's scope,
+then verifies any request signature over the body BodyGuardMiddleware buffered.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from connexion.security import ApiKeySecurityHandler, BearerSecurityHandler
 from router_contract.operations import Operation
 
 from router_impl.auth.authenticator import Authenticator
+from router_impl.auth.signature_gate import SignatureGate, SignedRequest
+from router_impl.auth.signing import payload_signature_of
+from router_impl.web.request_state import state_of
 
 Check = Callable[..., Awaitable[dict[str, Any]]]
+_INFERENCE_PATH = "/v1/inference"
 
 
 class _BoundApiKey(ApiKeySecurityHandler):  # type: ignore[misc]
@@ -36,12 +41,28 @@ class _BoundBearer(BearerSecurityHandler):  # type: ignore[misc]
         return self._check
 
 
-def security_map(authenticator: Authenticator, operations: Mapping[str, Operation]) -> dict[str, Any]:
+def security_map(
+    authenticator: Authenticator, signatures: SignatureGate, operations: Mapping[str, Operation]
+) -> dict[str, Any]:
     async def check(credential: str, request: ConnexionRequest) -> dict[str, Any]:
         principal = await authenticator.authenticate(credential)
-        routing = request.scope.get("extensions", {}).get("connexion_routing", {})
+        scope = request.scope
+        routing = scope.get("extensions", {}).get("connexion_routing", {})
         operation = operations.get(routing.get("operation_id", ""))
         authenticator.authorize(principal, operation.scope if operation else "admin")
+        state = state_of(scope)
+        body = state.body if state is not None else b""
+        await signatures.verify(
+            principal,
+            SignedRequest(
+                method=scope["method"],
+                path=scope["path"],
+                body=body,
+                timestamp_header=request.headers.get("x-signature-timestamp"),
+                signature_header=request.headers.get("x-signature"),
+                payload_signature=payload_signature_of(body) if scope["path"] == _INFERENCE_PATH else None,
+            ),
+        )
         return {"sub": principal.key_id, "principal": principal}
 
     return {"apiKey": partial(_BoundApiKey, check), "bearer": partial(_BoundBearer, check)}

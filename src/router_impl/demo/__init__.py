@@ -1,0 +1,1 @@
+"""Demo mode: a built-in upstream and default keys, so `make run` answers completions at once."""

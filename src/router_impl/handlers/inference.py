@@ -1,0 +1,77 @@
+"""routeInference: the contract's envelope mapped onto an OpenAI chat call and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from router_impl.components import Components
+from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
+from router_impl.usage.cost import micro_to_usd
+from router_impl.web.current import current_method_and_path, current_state
+
+_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop")
+
+
+def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    chat: dict[str, Any] = {
+        "model": body["model"],
+        "messages": [{"role": "user", "content": body["payload"]}],
+    }
+    parameters = body.get("parameters") or {}
+    chat.update({name: parameters[name] for name in _PARAMETERS if name in parameters})
+    return chat
+
+
+def _render(call: Call, completed: Completed) -> FinalReply:
+    choices = completed.payload.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    message = message if isinstance(message, dict) else {}
+    output: dict[str, Any] = {"text": str(message.get("content") or "")}
+    if isinstance(first.get("finish_reason"), str):
+        output["finish_reason"] = first["finish_reason"]
+    body = {
+        "request_id": call.request_id,
+        "output": output,
+        "usage": {
+            "tokens_input": completed.usage.tokens_input,
+            "tokens_output": completed.usage.tokens_output,
+            "latency_ms": completed.latency_ms,
+            "cost_usd": micro_to_usd(completed.cost_micro_usd),
+            "limit_state": "WITHIN_LIMIT",
+        },
+        "trace_id": call.trace_id,
+        "span_id": call.span_id,
+        "model": completed.routed.policy.model,
+        "backend_id": completed.routed.backend.id,
+        "decision": completed.routed.decision,
+    }
+    return FinalReply(status=200, body=orjson.dumps(body), headers=routing_headers(completed.routed))
+
+
+async def route_inference(
+    components: Components, body: dict[str, Any], token_info: dict[str, Any]
+) -> Response:
+    state = current_state()
+    method, path = current_method_and_path()
+    principal = token_info["principal"]
+    if "hmac_signature" in body:
+        components.signatures.verify_payload_field(principal, body["payload"], body["hmac_signature"])
+    call = Call(
+        principal=principal,
+        kind="chat",
+        body=_chat_body(body),
+        endpoint=path,
+        fingerprint=fingerprint(method, path, state.body),
+        idempotency_key=str(body["request_id"]),
+        request_id=str(body["request_id"]),
+        trace_id=state.trace_id,
+        span_id=state.span_id,
+    )
+    reply = await components.pipeline.complete(call, _render)
+    return Response(
+        reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
+    )

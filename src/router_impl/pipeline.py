@@ -1,0 +1,376 @@
+"""The request pipeline for completions, in order, in one readable place.
+
+authorise model -> resolve policy -> idempotency begin -> pick backend -> call (or stream)
+-> usage (tokens, cost) -> usage record -> render -> idempotency complete.
+
+Transport-free: handlers translate HTTP to a ``Call`` and a ``FinalReply`` back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+from router_impl.auth.authenticator import Authenticator, Principal
+from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig
+from router_impl.errors import ApiError
+from router_impl.limits.idempotency import (
+    IdempotencyStore,
+    IdempotencyUnavailable,
+    Proceed,
+    Replay,
+    StoredReply,
+    request_fingerprint,
+)
+from router_impl.routing.backend_client import BackendClient, StreamBroken
+from router_impl.routing.sse import StreamUsageTracker
+from router_impl.usage.cost import cost_micro_usd
+from router_impl.usage.record import DecisionReason, Usage, UsageFacts, build_record
+from router_impl.usage.sink import UsageSink
+
+Kind = Literal["chat", "completion"]
+BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
+_RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
+
+log = structlog.get_logger("router.pipeline")
+
+
+@dataclass(frozen=True)
+class Call:
+    principal: Principal
+    kind: Kind
+    body: dict[str, Any]
+    endpoint: str
+    fingerprint: str
+    idempotency_key: str | None
+    request_id: str
+    trace_id: str
+    span_id: str
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+
+@dataclass(frozen=True)
+class Routed:
+    policy: ModelPolicy
+    backend: BackendConfig
+    backend_model: str
+    decision: DecisionReason
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A backend answer, parsed, with its usage and what it cost."""
+
+    routed: Routed
+    payload: dict[str, Any]
+    raw: bytes
+    usage: Usage
+    cost_micro_usd: int
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class FinalReply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamingReply:
+    headers: dict[str, str]
+    events: AsyncGenerator[bytes, None]
+
+
+fingerprint = request_fingerprint
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberately rough estimate (about 4 characters per token) for backends that omit usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        config: Callable[[], RuntimeConfig],
+        authenticator: Authenticator,
+        backends: BackendClient,
+        idempotency: IdempotencyStore,
+        usage: UsageSink,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+        max_stored_stream_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.backends = backends
+        self.idempotency = idempotency
+        self.usage = usage
+        self.now = now
+        self.monotonic = monotonic
+        self.max_stored_stream_bytes = max_stored_stream_bytes
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, call: Call) -> Routed:
+        snapshot = self.config()
+        policy = snapshot.policy_for(call.model)
+        if policy is None:
+            available = ", ".join(sorted(m.model for m in snapshot.models if m.enabled)) or "none"
+            raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{call.model}'. Available models: {available}.")
+        self.authenticator.authorize_model(call.principal, policy.model, call.model)
+        if not policy.enabled:
+            raise ApiError("NO_BACKEND_AVAILABLE", f"Model '{policy.model}' is switched off.")
+        for weighted in policy.backends:
+            backend = snapshot.backend(weighted.backend_id)
+            if weighted.weight > 0 and backend is not None:
+                served = backend.models
+                backend_model = policy.model if not served or policy.model in served else served[0]
+                return Routed(policy, backend, backend_model, "PRIMARY")
+        raise ApiError("NO_BACKEND_AVAILABLE", f"No backend serves '{policy.model}'.")
+
+    def available_models(self, principal: Principal) -> list[ModelPolicy]:
+        allowed = principal.allowed_models
+        return [m for m in self.config().models if m.enabled and (allowed is None or m.model in allowed)]
+
+    # ------------------------------------------------------------------ non-streaming
+
+    async def complete(self, call: Call, render: Callable[[Call, Completed], FinalReply]) -> FinalReply:
+        """One completion; a retried idempotency key replays the stored reply and is not billed."""
+        routed = self.route(call)
+        began = await self._begin(call)
+        if isinstance(began, FinalReply):
+            return began
+        try:
+            completed = await self._call_backend(call, routed)
+            reply = render(call, completed)
+            await self._account(call, completed, reply.status, stream=False)
+        except BaseException:
+            await self._release(call, began)
+            raise
+        await self._store(call, began, reply)
+        return reply
+
+    async def _begin(self, call: Call) -> FinalReply | str | None:
+        """The stored reply for a retry, else the token that holds the key (None without a key)."""
+        if call.idempotency_key is None:
+            return None
+        try:
+            began = await self.idempotency.begin(
+                call.principal.organization_id, call.idempotency_key, call.fingerprint, self.now()
+            )
+        except IdempotencyUnavailable as exc:
+            log.error("idempotency_unavailable", error=str(exc)[:200])
+            raise ApiError("SERVICE_UNAVAILABLE", "Idempotency store unavailable; retry later.") from exc
+        if isinstance(began, Replay):
+            return _replayed(began.reply)
+        if not isinstance(began, Proceed):
+            raise began.error()
+        return began.token
+
+    async def _release(self, call: Call, token: str | None) -> None:
+        if token is None or call.idempotency_key is None:
+            return
+        try:
+            await self.idempotency.release(call.principal.organization_id, call.idempotency_key, token)
+        except IdempotencyUnavailable as exc:  # the lease expires by itself
+            log.warning("idempotency_release_failed", error=str(exc)[:200], request_id=call.request_id)
+
+    async def _store(self, call: Call, token: str | None, reply: FinalReply) -> None:
+        if token is None or call.idempotency_key is None:
+            return
+        stored = StoredReply(
+            status=reply.status,
+            body=reply.body,
+            content_type=reply.content_type,
+            headers=tuple(reply.headers.items()),
+        )
+        try:
+            await self.idempotency.complete(
+                call.principal.organization_id, call.idempotency_key, token, stored, self.now()
+            )
+        except IdempotencyUnavailable as exc:
+            # The client still gets its (billed) reply; a retry after the lease would run again.
+            log.error("idempotency_complete_failed", error=str(exc)[:200], request_id=call.request_id)
+
+    async def _call_backend(self, call: Call, routed: Routed) -> Completed:
+        started = self.monotonic()
+        outbound = orjson.dumps({**call.body, "model": routed.backend_model})
+        answer = await self.backends.post_json(
+            routed.backend,
+            BACKEND_PATHS[call.kind],
+            outbound,
+            traceparent=_traceparent(call),
+            request_id=call.request_id,
+            deadline=None,
+        )
+        payload = answer.document
+        usage = _usage_of(payload) or _estimate(call, payload)
+        latency_ms = int((self.monotonic() - started) * 1000)
+        cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
+        return Completed(routed, payload, answer.body, usage, cost, latency_ms)
+
+    async def _account(self, call: Call, completed: Completed, status: int, *, stream: bool) -> None:
+        facts = UsageFacts(
+            request_id=call.request_id,
+            organization_id=call.principal.organization_id,
+            api_key_id=call.principal.key_id,
+            model=completed.routed.policy.model,
+            backend_id=completed.routed.backend.id,
+            usage=completed.usage,
+            latency_ms=completed.latency_ms,
+            cost_micro_usd=completed.cost_micro_usd,
+            decision_reason=completed.routed.decision,
+            endpoint=call.endpoint,
+            status_code=status,
+            stream=stream,
+            trace_id=call.trace_id,
+            span_id=call.span_id,
+            timestamp=self.now(),
+        )
+        await self.usage.emit(build_record(facts))
+
+    # ------------------------------------------------------------------ streaming
+
+    async def stream(self, call: Call) -> StreamingReply | FinalReply:
+        """Server-sent events passed through chunk by chunk; usage taken from the final chunk.
+
+        With an idempotency key, the transcript of a finished stream is stored (up to
+        ``max_stored_stream_bytes``) and a retry replays it whole; a stream that broke or whose
+        client went away releases the key, so the retry runs again (and only it is billed in full).
+        """
+        routed = self.route(call)
+        began = await self._begin(call)
+        if isinstance(began, FinalReply):
+            return began
+        wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+        outbound = orjson.dumps(
+            {**call.body, "model": routed.backend_model, "stream_options": {"include_usage": True}}
+        )
+        started = self.monotonic()
+        opened = self.backends.stream(
+            routed.backend,
+            BACKEND_PATHS[call.kind],
+            outbound,
+            traceparent=_traceparent(call),
+            request_id=call.request_id,
+            deadline=None,
+        )
+        try:
+            events = await opened.__aenter__()  # errors before the first byte surface here, as ApiError
+        except BaseException:
+            await self._release(call, began)
+            raise
+        tracker = StreamUsageTracker()
+        headers = routing_headers(routed)
+
+        async def relay() -> AsyncGenerator[bytes, None]:
+            status, finished = 200, False
+            transcript: list[bytes] | None = [] if began is not None else None
+            kept = 0
+            try:
+                async for event in events:
+                    tracker.feed(event)
+                    if tracker.last_was_usage_only and not wants_usage:
+                        continue
+                    if transcript is not None:
+                        kept += len(event)
+                        transcript = transcript if kept <= self.max_stored_stream_bytes else None
+                        if transcript is not None:
+                            transcript.append(event)
+                    yield event
+                finished = True
+            except StreamBroken:
+                status = 502
+                log.warning("backend_stream_broken", backend=routed.backend.id, request_id=call.request_id)
+            finally:
+                await opened.__aexit__(None, None, None)
+                reported = tracker.usage()
+                usage = (
+                    Usage(reported.prompt_tokens, reported.completion_tokens)
+                    if reported is not None
+                    else Usage(_prompt_estimate(call), estimate_tokens(tracker.text), estimated=True)
+                )
+                cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
+                elapsed = int((self.monotonic() - started) * 1000)
+                await self._account(
+                    call, Completed(routed, {}, b"", usage, cost, elapsed), status, stream=True
+                )
+                if finished and transcript is not None:
+                    reply = FinalReply(200, b"".join(transcript), "text/event-stream", headers)
+                    await self._store(call, began, reply)
+                else:
+                    await self._release(call, began)
+
+        return StreamingReply(headers=headers, events=relay())
+
+
+def routing_headers(routed: Routed) -> dict[str, str]:
+    return {"X-Routing-Backend": routed.backend.id, "X-Routing-Decision": routed.decision}
+
+
+def _replayed(reply: StoredReply) -> FinalReply:
+    headers = dict(reply.headers)
+    headers[_RETRY_REPLAY_HEADER[0]] = _RETRY_REPLAY_HEADER[1]
+    return FinalReply(status=reply.status, body=reply.body, content_type=reply.content_type, headers=headers)
+
+
+def _traceparent(call: Call) -> str:
+    return f"00-{call.trace_id}-{call.span_id}-01"
+
+
+def _usage_of(payload: dict[str, Any]) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+        return None
+    return Usage(tokens_input=prompt, tokens_output=completion)
+
+
+def _prompt_text(call: Call) -> str:
+    if call.kind == "completion":
+        prompt = call.body.get("prompt")
+        return prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
+    parts: list[str] = []
+    for message in call.body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return " ".join(parts)
+
+
+def _prompt_estimate(call: Call) -> int:
+    return estimate_tokens(_prompt_text(call))
+
+
+def _estimate(call: Call, payload: dict[str, Any]) -> Usage:
+    texts: list[str] = []
+    for choice in payload.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return Usage(
+        tokens_input=_prompt_estimate(call), tokens_output=estimate_tokens(" ".join(texts)), estimated=True
+    )

@@ -1,0 +1,134 @@
+"""One backend's pooled aiohttp session: connection limits, keep-alive, timeouts, fixed headers, URLs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from router_impl.config.model import BackendConfig
+
+_MAX_CACHED_URLS = 64
+# aiohttp rounds timeouts over 5 s up to a whole second of loop time; a deadline is a promise
+# to the caller, so timers here fire when asked.
+_EXACT = float("inf")
+# When the deadline bounds the connect phase, the connect timeout fires this much earlier than
+# the total one, so running out while connecting still reads as "nothing was sent".
+_CONNECT_MARGIN_S = 0.002
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Connection-pool tuning shared by every backend."""
+
+    # Below the 5 s idle timeout of uvicorn-based backends (vLLM, many others), so we drop an idle
+    # connection before the backend does and never write a request into a closing socket.
+    keepalive_s: float = 4.0
+    dns_ttl_s: int = 30
+    read_bufsize: int = 64 * 1024
+
+
+def pool_key(config: BackendConfig) -> tuple[object, ...]:
+    """The fields a session is built from; a change in any of them means a new session."""
+    return (
+        config.base_url,
+        config.timeout_ms,
+        config.connect_timeout_ms,
+        config.max_in_flight,
+        config.api_key_env,
+    )
+
+
+class BackendPool:
+    """A backend's session and the calls now using it; retired pools close once idle."""
+
+    def __init__(self, config: BackendConfig, *, secrets: Mapping[str, str], settings: PoolSettings) -> None:
+        self.config = config
+        self.key = pool_key(config)
+        self.in_flight = 0
+        self.retired = False
+        self.total_s = config.timeout_ms / 1000
+        self.connect_s = min(
+            config.connect_timeout_ms / 1000, max(self.total_s - _CONNECT_MARGIN_S, self.total_s / 2)
+        )
+        self.timeout = aiohttp.ClientTimeout(
+            total=self.total_s, connect=self.connect_s, ceil_threshold=_EXACT
+        )
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        self.missing_secret = False
+        if config.api_key_env is not None:
+            token = secrets.get(config.api_key_env)
+            if token:
+                self.headers["Authorization"] = f"Bearer {token}"
+            else:
+                self.missing_secret = True
+        self._base = config.base_url.rstrip("/")
+        self._urls: dict[str, URL] = {}
+        connector = aiohttp.TCPConnector(
+            limit=config.max_in_flight,
+            limit_per_host=0,
+            keepalive_timeout=settings.keepalive_s,
+            ttl_dns_cache=settings.dns_ttl_s,
+            timeout_ceil_threshold=_EXACT,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # No User-Agent (it names our HTTP stack), no Accept, and no Accept-Encoding: compressing
+            # JSON on a LAN costs both sides CPU for nothing. A backend that compresses anyway is
+            # still decoded (auto_decompress stays on; it costs nothing for identity responses).
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            timeout=self.timeout,
+            auto_decompress=True,
+            trust_env=False,
+            requote_redirect_url=False,
+            read_bufsize=settings.read_bufsize,
+        )
+
+    def matches(self, config: BackendConfig) -> bool:
+        """Whether ``config`` can use this session; remembers it so the next check is by identity."""
+        if config is self.config:
+            return True
+        if pool_key(config) != self.key:
+            return False
+        self.config = config
+        return True
+
+    def url(self, path: str) -> URL:
+        """``path`` (e.g. "/chat/completions") under the backend's base URL."""
+        url = self._urls.get(path)
+        if url is None:
+            if not path.startswith("/"):
+                raise ValueError("a backend path starts with '/'")
+            url = URL(self._base + path)
+            if len(self._urls) < _MAX_CACHED_URLS:
+                self._urls[path] = url
+        return url
+
+    def call_timeout(self, remaining_s: float | None) -> tuple[aiohttp.ClientTimeout, bool]:
+        """The timeout for one call given the time left before the caller's deadline, and whether
+        the deadline (rather than the backend's own timeouts) bounds the connect phase."""
+        if remaining_s is None or remaining_s >= self.total_s:
+            return self.timeout, False
+        connect_s, deadline_bound = self._connect_within(remaining_s)
+        timeout = aiohttp.ClientTimeout(total=remaining_s, connect=connect_s, ceil_threshold=_EXACT)
+        return timeout, deadline_bound
+
+    def stream_timeout(self, first_event_s: float) -> tuple[aiohttp.ClientTimeout, bool]:
+        """Timeouts for a streamed call: no total (a long answer may take minutes), each read waits
+        at most the backend's timeout; the time to the first event is bounded by the caller."""
+        connect_s, deadline_bound = self._connect_within(first_event_s)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_s, sock_read=self.total_s, ceil_threshold=_EXACT
+        )
+        return timeout, deadline_bound and first_event_s < self.total_s
+
+    def _connect_within(self, budget_s: float) -> tuple[float, bool]:
+        """The connect timeout within ``budget_s``, and whether the budget (not ours) set it."""
+        limit = max(budget_s - _CONNECT_MARGIN_S, budget_s / 2)
+        return (self.connect_s, False) if self.connect_s <= limit else (limit, True)
+
+    async def close(self) -> None:
+        await self.session.close()

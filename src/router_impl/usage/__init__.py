@@ -1,0 +1,1 @@
+"""Usage accounting: records per request, their cost, and where they are written."""

@@ -1,0 +1,52 @@
+"""A server-sent-events response that notices the client leaving.
+
+It pumps events while watching ``receive()`` for ``http.disconnect``; when the client goes, the
+pump is cancelled, so the event source's ``finally`` runs at once (closing the backend call and
+accounting partial usage) instead of whenever the generator is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class EventStreamResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(content=None, status_code=200, headers=headers, media_type=self.media_type)
+        self.events = events
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"] + [
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+
+        async def pump() -> None:
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        pumping, watching = asyncio.create_task(pump()), asyncio.create_task(watch())
+        try:
+            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, watching):
+                task.cancel()
+            for task in (pumping, watching):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+            await self.events.aclose()
+        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+            raise pumping.exception()  # type: ignore[misc]

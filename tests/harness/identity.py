@@ -1,0 +1,255 @@
+"""A controllable identity service (openapi/external/identity.yaml) on a loopback port, in a thread.
+
+Keys are registered by secret or hash; faults: `down()` refuses connections (the port is
+closed), `configure(reset=True)` drops each connection, `latency_ms`, `fixed_status`.
+Standalone: `python -m tests.harness.identity --port 8002 --token t`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import re
+import signal
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from tests.harness.backend import _drop_connection
+from tests.harness.ports import LOOPBACK
+
+VALIDATE_PATH = "/v1/keys/validate"
+REVOCATIONS_PATH = "/v1/keys/revocations"
+THREAD_TIMEOUT_S = 10.0
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class IdentityControls:
+    latency_ms: int = 0
+    fixed_status: int | None = None  # e.g. 500 or 503: every call answers it
+    reset: bool = False  # drop every connection without an answer
+    cache_ttl_seconds: int = 60
+
+
+@dataclass
+class IdentityKey:
+    id: str
+    organization_id: str
+    scopes: list[str]
+    revoked: bool = False
+    signature_required: bool = False
+    signing_secret: str | None = None
+    allowed_models: list[str] | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def descriptor(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "organization_id": self.organization_id,
+            "scopes": self.scopes,
+            "revoked": self.revoked,
+            "signature_required": self.signature_required,
+        }
+        if self.signing_secret is not None:
+            body["signing_secret"] = self.signing_secret
+        if self.allowed_models is not None:
+            body["allowed_models"] = self.allowed_models
+        if self.expires_at is not None:
+            body["expires_at"] = self.expires_at.isoformat()
+        return body
+
+
+class MockIdentityService:
+    def __init__(self, port: int = 0, token: str = "identity-test-token") -> None:
+        self.port = port
+        self.token = token
+        self.controls = IdentityControls()
+        self._keys: dict[str, IdentityKey] = {}
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    # ------------------------------------------------------------------ control
+
+    def add_key(self, secret: str | None = None, *, key_hash: str | None = None, **fields: Any) -> str:
+        """Register a key (by secret or by hash); returns its hash. Fields as in IdentityKey."""
+        key_hash = key_hash or hashlib.sha256((secret or "").encode()).hexdigest()
+        fields.setdefault("scopes", ["inference"])
+        with self._lock:
+            self._keys[key_hash] = IdentityKey(**fields)
+        return key_hash
+
+    def revoke(self, key_id: str) -> None:
+        with self._lock:
+            for key in self._keys.values():
+                if key.id == key_id:
+                    key.revoked, key.revoked_at = True, datetime.now(UTC)
+
+    def configure(self, **changes: Any) -> None:
+        self.controls = dataclasses.replace(self.controls, **changes)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._keys.clear()
+            self._calls.clear()
+        self.controls = IdentityControls()
+
+    def calls(self, path: str = VALIDATE_PATH) -> int:
+        with self._lock:
+            return self._calls[path]
+
+    def down(self) -> None:
+        """Close the listening socket: connections are refused until `up()`."""
+        self.stop()
+
+    def up(self) -> None:
+        self.start()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="mock-identity", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(THREAD_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(THREAD_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(THREAD_TIMEOUT_S)
+        loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_post(VALIDATE_PATH, self._validate)
+        app.router.add_get(REVOCATIONS_PATH, self._revocations)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, self.port))
+        self.port = sock.getsockname()[1]  # `up()` after `down()` reuses the port
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----------------------------------------------------------------- handlers
+
+    async def _fault(self, request: web.Request) -> web.StreamResponse | None:
+        with self._lock:
+            self._calls[request.path] += 1
+        controls = self.controls
+        if controls.latency_ms:
+            await asyncio.sleep(controls.latency_ms / 1000)
+        if controls.reset:
+            _drop_connection(request)
+            return web.Response(status=500)
+        if controls.fixed_status is not None:
+            return _error(controls.fixed_status, "MOCK_FAULT", "mock identity fault")
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _error(401, "UNAUTHORIZED", "bad service token")
+        return None
+
+    async def _validate(self, request: web.Request) -> web.StreamResponse:
+        fault = await self._fault(request)
+        if fault is not None:
+            return fault
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "BAD_REQUEST", "body is not JSON")
+        if not isinstance(body, dict) or set(body) != {"key_hash"} or not _HASH.match(str(body["key_hash"])):
+            return _error(400, "BAD_REQUEST", "expected {key_hash}")
+        with self._lock:
+            key = self._keys.get(body["key_hash"])
+            descriptor = None if key is None else key.descriptor()
+            valid = key is not None and not key.revoked
+        if descriptor is None:
+            return _error(404, "NOT_FOUND", "no such key")
+        return web.json_response(
+            {"valid": valid, "key": descriptor, "cache_ttl_seconds": self.controls.cache_ttl_seconds}
+        )
+
+    async def _revocations(self, request: web.Request) -> web.StreamResponse:
+        fault = await self._fault(request)
+        if fault is not None:
+            return fault
+        since_raw = request.query.get("since")
+        since = datetime.fromisoformat(since_raw) if since_raw else None
+        with self._lock:
+            revoked = sorted(
+                (k.revoked_at, k.id)
+                for k in self._keys.values()
+                if k.revoked_at is not None and (since is None or k.revoked_at >= since)
+            )
+        limit = int(request.query.get("limit", "1000"))
+        page = revoked[:limit]
+        # Just past the last one, so the next poll ("at or after") does not repeat it.
+        next_since = page[-1][0] + timedelta(microseconds=1) if page else (since or datetime.now(UTC))
+        return web.json_response(
+            {
+                "revoked": [{"id": key_id, "revoked_at": at.isoformat()} for at, key_id in page],
+                "next_since": next_since.isoformat(),
+            }
+        )
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the mock identity service until interrupted.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="identity-test-token")
+    args = parser.parse_args(argv)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    with MockIdentityService(port=args.port, token=args.token) as service:
+        print(f"mock identity service listening on {service.base_url}", flush=True)
+        signal.sigwait(stop_signals)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+import hashlib
+import hmac
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router_impl.auth.authenticator import Principal
+from router_impl.auth.nonces import MemoryNonceStore
+from router_impl.auth.secret_box import SecretBox
+from router_impl.auth.signature_gate import SignatureGate, SignedRequest
+from router_impl.auth.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureVerifier,
+    nonce_key,
+    payload_signature_of,
+    sign_payload,
+    sign_request,
+    string_to_sign,
+)
+from router_impl.errors import ApiError
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+T = int(NOW.timestamp())
+SECRET = b"rs_test-signing-secret"
+BODY = b'{"model":"m","payload":"hi"}'
+PATH = "/v1/inference"
+
+
+class Clock:
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def verifier(clock: Clock | None = None, window: int = 300) -> SignatureVerifier:
+    return SignatureVerifier(MemoryNonceStore(), clock or Clock(), window_seconds=window)
+
+
+async def verify(v: SignatureVerifier, headers: dict[str, str | None], **overrides):
+    args = {"key_id": "key_1", "signing_secret": SECRET, "method": "POST", "path": PATH, "body": BODY}
+    args |= overrides
+    await v.verify_headers(
+        timestamp_header=headers.get(TIMESTAMP_HEADER), signature_header=headers.get(SIGNATURE_HEADER), **args
+    )
+
+
+async def code_of(v: SignatureVerifier, headers: dict[str, str | None], **overrides) -> str:
+    with pytest.raises(ApiError) as err:
+        await verify(v, headers, **overrides)
+    assert err.value.status_code == 401
+    return err.value.code
+
+
+def test_signature_is_hex_hmac_sha256_of_the_documented_string():
+    expected_string = f"{T}\nPOST\n{PATH}\n{hashlib.sha256(BODY).hexdigest()}".encode()
+    assert string_to_sign(T, "post", PATH, BODY) == expected_string
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    assert headers == {
+        TIMESTAMP_HEADER: str(T),
+        SIGNATURE_HEADER: hmac.new(SECRET, expected_string, hashlib.sha256).hexdigest(),
+    }
+
+
+async def test_correctly_signed_request_is_accepted():
+    await verify(verifier(), sign_request(SECRET, "POST", PATH, BODY, T))
+
+
+async def test_uppercase_hex_and_surrounding_spaces_are_tolerated():
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    await verify(
+        verifier(), {TIMESTAMP_HEADER: f" {T} ", SIGNATURE_HEADER: headers[SIGNATURE_HEADER].upper() + " "}
+    )
+
+
+@pytest.mark.parametrize("missing", [TIMESTAMP_HEADER, SIGNATURE_HEADER, "both"])
+async def test_unsigned_request_is_refused_as_signature_missing(missing):
+    headers: dict[str, str | None] = dict(sign_request(SECRET, "POST", PATH, BODY, T))
+    for name in (TIMESTAMP_HEADER, SIGNATURE_HEADER) if missing == "both" else (missing,):
+        headers[name] = None
+    assert await code_of(verifier(), headers) == "SIGNATURE_MISSING"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"body": b'{"model":"m","payload":"HI"}'},
+        {"path": "/v1/chat/completions"},
+        {"method": "PUT"},
+        {"signing_secret": b"rs_another-secret"},
+    ],
+    ids=["body", "path", "method", "secret"],
+)
+async def test_request_altered_after_signing_is_refused_as_signature_invalid(change):
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    assert await code_of(verifier(), headers, **change) == "SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {TIMESTAMP_HEADER: "12.5", SIGNATURE_HEADER: "0" * 64},
+        {TIMESTAMP_HEADER: "-5", SIGNATURE_HEADER: "0" * 64},
+        {TIMESTAMP_HEADER: "2026-11-27T12:00:00Z", SIGNATURE_HEADER: "0" * 64},
+        {TIMESTAMP_HEADER: "9" * 40, SIGNATURE_HEADER: "0" * 64},
+        {TIMESTAMP_HEADER: str(T), SIGNATURE_HEADER: "zz" * 32},
+        {TIMESTAMP_HEADER: str(T), SIGNATURE_HEADER: "0" * 63},
+        {TIMESTAMP_HEADER: str(T), SIGNATURE_HEADER: "sha256=" + "0" * 64},
+    ],
+)
+async def test_malformed_signature_headers_are_refused_as_signature_invalid(headers):
+    assert await code_of(verifier(), headers) == "SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize("offset", [-300, 300, 0])
+async def test_timestamps_at_the_window_edges_are_accepted(offset):
+    await verify(
+        verifier(Clock(NOW + timedelta(seconds=offset))), sign_request(SECRET, "POST", PATH, BODY, T)
+    )
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -86_400])
+async def test_timestamps_just_outside_the_window_are_refused_as_expired(offset):
+    clock = Clock(NOW + timedelta(seconds=offset))
+    assert await code_of(verifier(clock), sign_request(SECRET, "POST", PATH, BODY, T)) == "SIGNATURE_EXPIRED"
+
+
+async def test_replayed_signature_is_refused_within_the_window():
+    v = verifier()
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    await verify(v, headers)
+    assert await code_of(v, headers) == "SIGNATURE_REPLAYED"
+
+
+async def test_same_signature_under_another_key_id_is_not_a_replay():
+    v = verifier()
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    await verify(v, headers, key_id="key_1")
+    await verify(v, headers, key_id="key_2")
+
+
+async def test_forged_signatures_do_not_fill_the_nonce_store():
+    nonces = MemoryNonceStore()
+    v = SignatureVerifier(nonces, Clock())
+    for i in range(20):
+        with pytest.raises(ApiError):
+            await verify(v, {TIMESTAMP_HEADER: str(T), SIGNATURE_HEADER: f"{i:064x}"})
+    assert len(nonces) == 0
+
+
+async def test_replay_window_is_remembered_for_twice_the_window():
+    class Recording:
+        ttl: list[int] = []
+        keys: list[str] = []
+
+        async def first_use(self, key: str, ttl_seconds: int) -> bool:
+            self.keys.append(key)
+            self.ttl.append(ttl_seconds)
+            return True
+
+    store = Recording()
+    headers = sign_request(SECRET, "POST", PATH, BODY, T)
+    await SignatureVerifier(store, Clock(), window_seconds=120).verify_headers(
+        "key_9", SECRET, "POST", PATH, BODY, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
+    )
+    assert store.ttl == [240]
+    assert (
+        store.keys
+        == [f"nonce:{{key_9}}:{headers[SIGNATURE_HEADER]}"]
+        == [nonce_key("key_9", headers[SIGNATURE_HEADER])]
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    timestamp=st.one_of(
+        st.none(), st.text(max_size=80), st.integers().map(str), st.integers(T - 400, T + 400).map(str)
+    ),
+    signature=st.one_of(
+        st.none(), st.text(max_size=100), st.binary(min_size=32, max_size=32).map(lambda b: b.hex())
+    ),
+    method=st.text(st.characters(exclude_categories=()), max_size=10),
+    path=st.text(st.characters(exclude_categories=()), max_size=50),
+    body=st.binary(max_size=200),
+)
+async def test_arbitrary_signature_headers_only_ever_raise_api_errors(
+    timestamp, signature, method, path, body
+):
+    try:
+        await verifier().verify_headers("key_1", SECRET, method, path, body, timestamp, signature)
+    except ApiError as err:
+        assert err.code in {"SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.text(max_size=200), signature=st.text(max_size=100))
+def test_arbitrary_payload_signatures_only_ever_raise_signature_invalid(payload, signature):
+    try:
+        SignatureVerifier.verify_payload_field(SECRET, payload, signature)
+    except ApiError as err:
+        assert err.code == "SIGNATURE_INVALID"
+
+
+def test_payload_field_signature_matches_hmac_of_the_utf8_payload():
+    payload = "héllo wörld"
+    signature = sign_payload(SECRET, payload)
+    assert signature == hmac.new(SECRET, payload.encode(), hashlib.sha256).hexdigest()
+    SignatureVerifier.verify_payload_field(SECRET, payload, signature)
+    with pytest.raises(ApiError) as err:
+        SignatureVerifier.verify_payload_field(SECRET, payload + "!", signature)
+    assert err.value.code == "SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"payload": "p", "hmac_signature": "abc"}', ("p", "abc")),
+        (b'{"payload": "p"}', None),
+        (b'{"payload": 1, "hmac_signature": "abc"}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b"", None),
+    ],
+)
+def test_payload_signature_is_read_from_inference_bodies(body, expected):
+    assert payload_signature_of(body) == expected
+
+
+# ---------------------------------------------------------------- memory nonces
+
+
+async def test_memory_nonce_is_accepted_once_then_again_after_its_ttl():
+    now = [0.0]
+    store = MemoryNonceStore(clock=lambda: now[0])
+    assert await store.first_use("n", 10)
+    assert not await store.first_use("n", 10)
+    now[0] = 9.9
+    assert not await store.first_use("n", 10)
+    now[0] = 10.0
+    assert await store.first_use("n", 10)
+
+
+async def test_memory_nonce_store_never_grows_past_its_bound():
+    now = [0.0]
+    store = MemoryNonceStore(max_entries=100, clock=lambda: now[0])
+    for i in range(1000):
+        assert await store.first_use(f"n{i}", 600)
+        assert len(store) <= 100
+    assert store.evicted_live == 900
+    assert not await store.first_use("n999", 600)  # the newest are kept
+
+
+async def test_memory_nonce_store_drops_expired_entries_as_time_passes():
+    now = [0.0]
+    store = MemoryNonceStore(clock=lambda: now[0])
+    for i in range(50):
+        await store.first_use(f"n{i}", 10)
+    now[0] = 11.0
+    await store.first_use("fresh", 10)
+    assert len(store) == 1
+    assert store.evicted_live == 0
+
+
+# ---------------------------------------------------------------- the gate
+
+
+BOX = SecretBox(b"k" * 32)
+
+
+def principal(required: bool, secret: str | None = "rs_gate-secret-123456") -> Principal:
+    return Principal(
+        key_id="key_1",
+        organization_id="org-a",
+        scopes=frozenset({"inference"}),
+        allowed_models=None,
+        signature_required=required,
+        signing_secret_enc=None if secret is None else BOX.encrypt(secret, context="key_1"),
+    )
+
+
+def gate() -> SignatureGate:
+    return SignatureGate(BOX, verifier())
+
+
+def signed(secret: str = "rs_gate-secret-123456", **overrides) -> SignedRequest:
+    headers = sign_request(secret, "POST", PATH, BODY, T)
+    fields = {
+        "method": "POST",
+        "path": PATH,
+        "body": BODY,
+        "timestamp_header": headers[TIMESTAMP_HEADER],
+        "signature_header": headers[SIGNATURE_HEADER],
+    }
+    return SignedRequest(**(fields | overrides))
+
+
+async def gate_code(p: Principal, request: SignedRequest) -> str:
+    with pytest.raises(ApiError) as err:
+        await gate().verify(p, request)
+    return err.value.code
+
+
+async def test_key_that_must_sign_passes_with_a_good_signature_and_fails_without_one():
+    await gate().verify(principal(True), signed())
+    unsigned = signed(timestamp_header=None, signature_header=None)
+    assert await gate_code(principal(True), unsigned) == "SIGNATURE_MISSING"
+
+
+async def test_key_that_must_sign_may_sign_the_inference_payload_instead():
+    payload = "the prompt"
+    good = signed(
+        timestamp_header=None,
+        signature_header=None,
+        payload_signature=(payload, sign_payload("rs_gate-secret-123456", payload)),
+    )
+    await gate().verify(principal(True), good)
+    bad = signed(timestamp_header=None, signature_header=None, payload_signature=(payload, "0" * 64))
+    assert await gate_code(principal(True), bad) == "SIGNATURE_INVALID"
+
+
+async def test_key_that_need_not_sign_is_not_checked_unless_it_sends_a_signature():
+    await gate().verify(principal(False), signed(timestamp_header=None, signature_header=None))
+    await gate().verify(principal(False, secret=None), signed(timestamp_header=None, signature_header=None))
+    await gate().verify(principal(False), signed())
+    assert await gate_code(principal(False), signed("rs_wrong-secret-000000")) == "SIGNATURE_INVALID"
+
+
+async def test_signature_sent_with_a_key_that_has_no_signing_secret_is_refused():
+    assert await gate_code(principal(False, secret=None), signed()) == "SIGNATURE_INVALID"
+    assert await gate_code(principal(True, secret=None), signed()) == "SIGNATURE_INVALID"
+
+
+async def test_unreadable_sealed_secret_is_an_internal_error_not_the_clients_fault():
+    p = Principal("key_1", "org-a", frozenset({"inference"}), None, True, "v1.garbage")
+    assert await gate_code(p, signed()) == "INTERNAL_ERROR"
+    moved = Principal(
+        "key_2", "org-a", frozenset({"inference"}), None, True, principal(True).signing_secret_enc
+    )
+    assert await gate_code(moved, signed()) == "INTERNAL_ERROR"
+
+
+def test_payload_field_check_for_a_principal():
+    g = gate()
+    g.verify_payload_field(principal(False), "x", sign_payload("rs_gate-secret-123456", "x"))
+    with pytest.raises(ApiError) as err:
+        g.verify_payload_field(principal(False), "x", sign_payload("rs_other-secret-00000", "x"))
+    assert err.value.code == "SIGNATURE_INVALID"

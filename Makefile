@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz dev-up dev-down clean
+.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz bench dev-up dev-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' 
@@ -49,6 +49,13 @@ check: lint typecheck codegen-check
 # schemathesis against a live router on a free port (all checks, fixed seed + a random one).
 fuzz: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/contract/test_fuzz.py
+
+# Benchmark: fake upstream direct, thin aiohttp proxy and the router (--demo), ratios from one run (bench/README.md).
+# BENCH_ARGS e.g. "--duration 3 --conc 1,64", "--variant embedded,redis", "--stream", "--idempotency",
+# "--litellm-venv DIR", "--json out.json --markdown bench/README.md".
+bench: $(STAMP)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 dev-up: $(STAMP) services
 	$(BIN)/python tools/services.py up

@@ -834,17 +834,17 @@ class ApiKeyInfo(BaseModel):
     expires_at: AwareDatetime | None = None
     revoked: bool
     revoked_at: AwareDatetime | None = None
-    created_at: AwareDatetime
+    created_at: AwareDatetime | None = None
     signature_required: bool
     prefix: Annotated[
-        str,
+        str | None,
         Field(
             description="First characters of the key (e.g. `rk_live_ab12`), to recognise it.",
             max_length=32,
             min_length=4,
             pattern="^[A-Za-z0-9_]{4,32}$",
         ),
-    ]
+    ] = None
 
 
 class ApiKeyCreated(BaseModel):

@@ -10,10 +10,6 @@ class OperationNotImplemented(Exception):
         self.operation_id = operation_id
 
 
-async def create_api_key(**_: Any) -> Any:
-    raise OperationNotImplemented('createApiKey')
-
-
 async def delete_backend(**_: Any) -> Any:
     raise OperationNotImplemented('deleteBackend')
 
@@ -36,10 +32,6 @@ async def get_model_policy(**_: Any) -> Any:
 
 async def get_org_limits(**_: Any) -> Any:
     raise OperationNotImplemented('getOrgLimits')
-
-
-async def list_api_keys(**_: Any) -> Any:
-    raise OperationNotImplemented('listApiKeys')
 
 
 async def list_audit_events(**_: Any) -> Any:
@@ -72,10 +64,6 @@ async def put_org_limits(**_: Any) -> Any:
 
 async def reset_org_limits(**_: Any) -> Any:
     raise OperationNotImplemented('resetOrgLimits')
-
-
-async def revoke_api_key(**_: Any) -> Any:
-    raise OperationNotImplemented('revokeApiKey')
 
 
 async def set_backend_state(**_: Any) -> Any:

@@ -58,6 +58,7 @@ from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.request_context import RequestContextMiddleware
 from router_impl.web.resolver import OperationTableResolver
 from router_impl.web.security import security_map
+from router_impl.web.validators import VALIDATORS
 
 log = structlog.get_logger("router.app")
 
@@ -267,6 +268,7 @@ def build_app(components: Components) -> ASGIApp:
         security_map=security_map(components.authenticator, components.signatures, OPERATIONS),
         pythonic_params=True,
         strict_validation=True,
+        validator_map=VALIDATORS,
     )
     for exception, handler in error_handlers(OPERATIONS.values()):
         app.add_error_handler(exception, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -63,6 +64,67 @@ def _print_demo_banner(settings: Any) -> None:
     )
 
 
+def _admin(args: argparse.Namespace) -> Any:
+    from router_impl.admin_client import AdminClient
+
+    key = args.admin_key or os.environ.get("ROUTER_ADMIN_KEY")
+    if not key:
+        raise SystemExit("router: an admin key is needed (--admin-key or ROUTER_ADMIN_KEY)")
+    return AdminClient(args.url, key)
+
+
+def _print_json(value: Any) -> int:
+    print(json.dumps(value, indent=2, sort_keys=True))
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"organization_id": args.org, "scopes": args.scope or ["inference"]}
+    if args.name:
+        body["name"] = args.name
+    if args.model:
+        body["allowed_models"] = args.model
+    if args.expires_at:
+        body["expires_at"] = args.expires_at
+    if args.signature_required:
+        body["signature_required"] = True
+    return _print_json(_admin(args).request("POST", "/v1/admin/keys", body))
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    query = {"organization_id": args.org, "limit": args.limit, "cursor": args.cursor}
+    return _print_json(_admin(args).request("GET", "/v1/admin/keys", query=query))
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    return _print_json(_admin(args).request("POST", f"/v1/admin/keys/{args.key_id}/revoke", body))
+
+
+def _add_keys_commands(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="manage API keys through the admin API")
+    keys.add_argument("--url", default=os.environ.get("ROUTER_URL", "http://127.0.0.1:8080"))
+    keys.add_argument("--admin-key", default=None, help="admin-scope key (default: ROUTER_ADMIN_KEY)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("--org", required=True, help="organisation id")
+    create.add_argument("--scope", action="append", choices=["inference", "audit", "admin"])
+    create.add_argument("--name")
+    create.add_argument("--model", action="append", help="allowed model (repeat); default: all")
+    create.add_argument("--expires-at", help="RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument("--signature-required", action="store_true")
+    create.set_defaults(func=_keys_create)
+    listing = actions.add_parser("list", help="list keys (metadata only)")
+    listing.add_argument("--org")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--cursor")
+    listing.set_defaults(func=_keys_list)
+    revoke = actions.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--reason")
+    revoke.set_defaults(func=_keys_revoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description="API Router Service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,14 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
+    _add_keys_commands(sub)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from router_impl.admin_client import AdminApiError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except AdminApiError as exc:
+        print(json.dumps(exc.body, indent=2) if not isinstance(exc.body, str) else exc.body, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"router: cannot reach the router: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

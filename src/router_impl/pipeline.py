@@ -8,6 +8,7 @@ Transport-free: handlers translate HTTP to a ``Call`` and a ``FinalReply`` back.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ class Pipeline:
 
     async def _call_backend(self, call: Call, routed: Routed) -> Completed:
         started = self.monotonic()
-        outbound = orjson.dumps({**call.body, "model": routed.backend_model})
+        outbound = _dumps({**call.body, "model": routed.backend_model})
         answer = await self.backends.post_json(
             routed.backend,
             BACKEND_PATHS[call.kind],
@@ -260,7 +261,7 @@ class Pipeline:
         if isinstance(began, FinalReply):
             return began
         wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        outbound = orjson.dumps(
+        outbound = _dumps(
             {**call.body, "model": routed.backend_model, "stream_options": {"include_usage": True}}
         )
         started = self.monotonic()
@@ -329,6 +330,15 @@ def _replayed(reply: StoredReply) -> FinalReply:
     headers = dict(reply.headers)
     headers[_RETRY_REPLAY_HEADER[0]] = _RETRY_REPLAY_HEADER[1]
     return FinalReply(status=reply.status, body=reply.body, content_type=reply.content_type, headers=headers)
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    """orjson, except for documents it cannot encode: clients may send integers beyond 64 bits
+    in fields we pass through, which standard JSON allows."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _traceparent(call: Call) -> str:

@@ -43,7 +43,10 @@ def router_factory_module(tmp_path_factory):
     )
     config.write_text(yaml.safe_dump({"api_keys": [key.model_dump(mode="json")]}))
     fleet = RouterFleet(tmp_path_factory.mktemp("routers"))
-    router = fleet.start(env={"ROUTER_CONFIG_PATH": str(config), "ROUTER_ACCESS_LOG": "false"})
+    # Demo mode adds model "demo" on the built-in upstream, so generated requests that name it succeed.
+    router = fleet.start(
+        env={"ROUTER_CONFIG_PATH": str(config), "ROUTER_ACCESS_LOG": "false"}, args=("--demo",)
+    )
     yield router
     fleet.close()
 

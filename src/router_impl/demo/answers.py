@@ -108,11 +108,22 @@ def _content_text(content: object, index: int) -> str:
 
 
 def _prompt_words(prompt: object) -> list[str]:
+    """OpenAI's four prompt forms: a string, strings, token ids, or lists of token ids.
+    Token ids have no text here, so each stands for one word ("<id>")."""
     if isinstance(prompt, str):
         return prompt.split()
-    if isinstance(prompt, list) and all(isinstance(part, str) for part in prompt):
-        return " ".join(prompt).split()
-    raise BadRequest("'prompt' must be a string or an array of strings.", "prompt")
+    if isinstance(prompt, list):
+        if all(isinstance(part, str) for part in prompt):
+            return " ".join(prompt).split()
+        if all(_is_token(part) for part in prompt):
+            return [f"<{part}>" for part in prompt]
+        if all(isinstance(part, list) and all(_is_token(t) for t in part) for part in prompt):
+            return [f"<{token}>" for part in prompt for token in part]
+    raise BadRequest("'prompt' must be a string, an array of strings or an array of token ids.", "prompt")
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _max_tokens(body: dict[str, Any], name: str) -> int | None:

@@ -35,7 +35,6 @@ def demo_config(base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_k
             key_hash=hash_secret(api_key),
             scopes=frozenset({"inference", "audit"}),
             name="demo inference key",
-            prefix=api_key[:12],
         ),
         ApiKeyRecord(
             id="key_demo_admin",
@@ -43,7 +42,6 @@ def demo_config(base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_k
             key_hash=hash_secret(admin_key),
             scopes=frozenset({"admin"}),
             name="demo admin key",
-            prefix=admin_key[:12],
         ),
     )
     return RuntimeConfig(

@@ -123,8 +123,8 @@ async def start_demo_upstream(
             else web.TCPSite(runner, host, port, backlog=1024)
         )
         await site.start()
-        bound_port = int(runner.addresses[0][1])
+        bound_host, bound_port = runner.addresses[0][:2]
     except BaseException:
         await runner.cleanup()
         raise
-    return DemoUpstream(runner, host, bound_port)
+    return DemoUpstream(runner, str(bound_host), int(bound_port))

@@ -60,6 +60,7 @@ class BackendClient:
         self._settings = settings or PoolSettings()
         self._max_response_bytes = max_response_bytes
         self._pools: dict[str, BackendPool] = {}
+        self._retired: set[BackendPool] = set()  # replaced or removed, still finishing calls
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -87,7 +88,8 @@ class BackendClient:
     async def close(self) -> None:
         """Close every session, busy or not (at shutdown, after the server stopped taking requests)."""
         self._closed = True
-        pools, self._pools = list(self._pools.values()), {}
+        pools = [*self._pools.values(), *self._retired]
+        self._pools, self._retired = {}, set()
         for pool in pools:
             pool.retired = True
         await asyncio.gather(*(pool.close() for pool in pools), *self._closing, return_exceptions=True)
@@ -111,7 +113,7 @@ class BackendClient:
         pool = self._pool(backend)
         remaining = self._remaining(backend.id, deadline)
         timeout, deadline_bound = pool.call_timeout(remaining)
-        headers = {**pool.headers, "traceparent": traceparent, "X-Request-ID": request_id}
+        headers = {**pool.json_headers, "traceparent": traceparent, "X-Request-ID": request_id}
         started = self._clock()
         pool.in_flight += 1
         try:
@@ -174,7 +176,7 @@ class BackendClient:
             session=pool.session,
             url=pool.url(path),
             body=body,
-            headers={**pool.headers, "traceparent": traceparent, "X-Request-ID": request_id},
+            headers={**pool.stream_headers, "traceparent": traceparent, "X-Request-ID": request_id},
             timeout=timeout,
             first_event_s=first_event_s,
             deadline_bound=deadline_bound,
@@ -218,6 +220,8 @@ class BackendClient:
         pool.retired = True
         if pool.in_flight == 0:
             self._close_later(pool)
+        else:
+            self._retired.add(pool)
 
     @staticmethod
     def _begin(pool: BackendPool) -> None:
@@ -229,6 +233,7 @@ class BackendClient:
             self._close_later(pool)
 
     def _close_later(self, pool: BackendPool) -> None:
+        self._retired.discard(pool)
         task = asyncio.get_running_loop().create_task(pool.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

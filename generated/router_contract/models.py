@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
+from pydantic import MISSING, AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 from typing_extensions import TypeAliasType
 
 
@@ -72,22 +72,22 @@ class ErrorResponse(BaseModel):
     trace_id: Annotated[
         str, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
     ]
-    request_id: Annotated[str | None, Field(max_length=128)] = None
-    details: Annotated[list[ErrorDetail] | None, Field(max_length=100)] = None
+    request_id: Annotated[str | MISSING, Field(max_length=128)] = MISSING
+    details: Annotated[list[ErrorDetail] | MISSING, Field(max_length=100)] = MISSING
 
 
 class LimitContext(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    scope: Literal["org", "key"] | None = None
-    limit: Annotated[int | None, Field(ge=0)] = None
-    remaining: Annotated[int | None, Field(ge=0)] = None
-    reset_seconds: Annotated[int | None, Field(ge=0, le=2678400)] = None
-    period: Literal["DAILY", "MONTHLY"] | None = None
-    tokens_remaining: Annotated[int | None, Field(ge=0)] = None
-    currency_remaining: Annotated[float | None, Field(ge=0.0)] = None
-    reset_at: AwareDatetime | None = None
+    scope: Literal["org", "key"] | MISSING = MISSING
+    limit: Annotated[int | MISSING, Field(ge=0)] = MISSING
+    remaining: Annotated[int | MISSING, Field(ge=0)] = MISSING
+    reset_seconds: Annotated[int | MISSING, Field(ge=0, le=2678400)] = MISSING
+    period: Literal["DAILY", "MONTHLY"] | MISSING = MISSING
+    tokens_remaining: Annotated[int | MISSING, Field(ge=0)] = MISSING
+    currency_remaining: Annotated[float | MISSING, Field(ge=0.0)] = MISSING
+    reset_at: AwareDatetime | MISSING = MISSING
 
 
 class LimitErrorResponse(BaseModel):
@@ -104,8 +104,8 @@ class LimitErrorResponse(BaseModel):
     trace_id: Annotated[
         str, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
     ]
-    request_id: Annotated[str | None, Field(max_length=128)] = None
-    details: Annotated[list[ErrorDetail] | None, Field(max_length=100)] = None
+    request_id: Annotated[str | MISSING, Field(max_length=128)] = MISSING
+    details: Annotated[list[ErrorDetail] | MISSING, Field(max_length=100)] = MISSING
     retry_after_seconds: Annotated[int, Field(ge=0, le=2678400)]
     limit_context: LimitContext
 
@@ -131,8 +131,8 @@ class OpenAIError(BaseModel):
         ),
     ]
     trace_id: Annotated[
-        str | None, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
-    ] = None
+        str | MISSING, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
+    ] = MISSING
 
 
 class OpenAIErrorResponse(BaseModel):
@@ -169,7 +169,7 @@ class InferenceOutput(BaseModel):
         extra="allow",
     )
     text: Annotated[str, Field(max_length=10000000)]
-    finish_reason: Annotated[str | None, Field(max_length=64)] = None
+    finish_reason: Annotated[str | MISSING, Field(max_length=64)] = MISSING
 
 
 class InferenceUsage(BaseModel):
@@ -197,7 +197,7 @@ class ChatContentPart(BaseModel):
         extra="allow",
     )
     type: Annotated[str, Field(max_length=64, min_length=1)]
-    text: Annotated[str | None, Field(max_length=60000)] = None
+    text: Annotated[str | MISSING, Field(max_length=60000)] = MISSING
 
 
 class ChatToolCallFunction(BaseModel):
@@ -221,12 +221,12 @@ class ChatFunctionDefinition(BaseModel):
     name: Annotated[
         str, Field(max_length=64, min_length=1, pattern="^[A-Za-z0-9_-]{1,64}$")
     ]
-    description: Annotated[str | None, Field(max_length=8192)] = None
+    description: Annotated[str | MISSING, Field(max_length=8192)] = MISSING
     parameters: Annotated[
-        dict[str, Any] | None,
+        dict[str, Any] | MISSING,
         Field(description="JSON Schema of the function's parameters."),
-    ] = None
-    strict: bool | None = None
+    ] = MISSING
+    strict: bool | None | MISSING = MISSING
 
 
 class ChatNamedToolChoiceFunction(BaseModel):
@@ -242,11 +242,11 @@ class ResponseFormat(BaseModel):
     )
     type: Literal["text", "json_object", "json_schema"]
     json_schema: Annotated[
-        dict[str, Any] | None,
+        dict[str, Any] | MISSING,
         Field(
             description="Schema wrapper (`name`, `schema`, `strict`) for `type` json_schema."
         ),
-    ] = None
+    ] = MISSING
 
 
 class StreamOptions(BaseModel):
@@ -254,9 +254,9 @@ class StreamOptions(BaseModel):
         extra="allow",
     )
     include_usage: Annotated[
-        bool | None,
+        bool | MISSING,
         Field(description="Send a final chunk carrying `usage` before `[DONE]`."),
-    ] = None
+    ] = MISSING
 
 
 class OpenAIStop1(RootModel[str | None]):
@@ -338,8 +338,8 @@ class ChatCompletionDeltaFunction(BaseModel):
     model_config = ConfigDict(
         extra="allow",
     )
-    name: Annotated[str | None, Field(max_length=256)] = None
-    arguments: Annotated[str | None, Field(max_length=1048576)] = None
+    name: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+    arguments: Annotated[str | MISSING, Field(max_length=1048576)] = MISSING
 
 
 class ServerSentEvent(BaseModel):
@@ -349,9 +349,9 @@ class ServerSentEvent(BaseModel):
     data: Annotated[
         str, Field(max_length=10485760, pattern="^(\\[DONE\\]|\\{[\\s\\S]*\\})$")
     ]
-    event: Annotated[str | None, Field(max_length=64)] = None
-    id: Annotated[str | None, Field(max_length=256)] = None
-    retry: Annotated[int | None, Field(ge=0, le=3600000)] = None
+    event: Annotated[str | MISSING, Field(max_length=64)] = MISSING
+    id: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+    retry: Annotated[int | MISSING, Field(ge=0, le=3600000)] = MISSING
 
 
 class CompletionPrompt1(RootModel[str]):
@@ -401,7 +401,7 @@ class CompletionChoice(BaseModel):
     text: Annotated[str, Field(max_length=10000000)]
     index: Annotated[int, Field(ge=0, le=1023)]
     finish_reason: Annotated[str | None, Field(max_length=64)]
-    logprobs: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None | MISSING = MISSING
 
 
 class OpenAIModel(BaseModel):
@@ -441,7 +441,7 @@ class HealthCheck(BaseModel):
         ),
     ]
     status: Literal["pass", "warn", "fail"]
-    details: Annotated[str | None, Field(max_length=500)] = None
+    details: Annotated[str | MISSING, Field(max_length=500)] = MISSING
     observed_at: AwareDatetime
 
 
@@ -451,8 +451,8 @@ class HealthStatus(BaseModel):
     )
     status: Literal["healthy", "degraded", "unhealthy"]
     version: Annotated[str, Field(max_length=64, min_length=1)]
-    commit: Annotated[str | None, Field(max_length=64)] = None
-    build_time: Annotated[str | None, Field(max_length=64)] = None
+    commit: Annotated[str | MISSING, Field(max_length=64)] = MISSING
+    build_time: Annotated[str | MISSING, Field(max_length=64)] = MISSING
     checks: Annotated[list[HealthCheck], Field(max_length=256)]
 
 
@@ -462,8 +462,8 @@ class ReadinessStatus(BaseModel):
     )
     status: Literal["healthy", "degraded", "unhealthy"]
     version: Annotated[str, Field(max_length=64, min_length=1)]
-    commit: Annotated[str | None, Field(max_length=64)] = None
-    build_time: Annotated[str | None, Field(max_length=64)] = None
+    commit: Annotated[str | MISSING, Field(max_length=64)] = MISSING
+    build_time: Annotated[str | MISSING, Field(max_length=64)] = MISSING
     checks: Annotated[list[HealthCheck], Field(max_length=256)]
     ready_backends: Annotated[list[Identifier], Field(max_length=1000)]
     degraded_backends: Annotated[list[Identifier], Field(max_length=1000)]
@@ -511,26 +511,26 @@ class AuditRecord(BaseModel):
     ]
     limit_state: Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
     routing_backend_id: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
         ),
-    ] = None
+    ] = MISSING
     actor: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Key id of the administrator, for POLICY_UPDATE and LIMIT_RESET.",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         ),
-    ] = None
+    ] = MISSING
     trace_id: Annotated[
-        str | None, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
-    ] = None
-    received_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
-    metadata: StringMap | None = None
+        str | MISSING, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
+    ] = MISSING
+    received_at: AwareDatetime | MISSING = MISSING
+    completed_at: AwareDatetime | MISSING = MISSING
+    metadata: StringMap | MISSING = MISSING
     timestamp: AwareDatetime
 
 
@@ -540,14 +540,14 @@ class AuditEventList(BaseModel):
     )
     items: Annotated[list[AuditRecord], Field(max_length=1000)]
     next_cursor: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Absent on the last page.",
             max_length=512,
             min_length=1,
             pattern="^[A-Za-z0-9._~=-]{1,512}$",
         ),
-    ] = None
+    ] = MISSING
 
 
 class BackendHealthCheck(BaseModel):
@@ -597,8 +597,8 @@ class Backend(BaseModel):
             le=100000,
         ),
     ] = 256
-    health_check: BackendHealthCheck | None = None
-    labels: StringMap | None = None
+    health_check: BackendHealthCheck | MISSING = MISSING
+    labels: StringMap | MISSING = MISSING
 
 
 class BackendStatus(BaseModel):
@@ -626,20 +626,20 @@ class BackendStatus(BaseModel):
     connect_timeout_ms: Annotated[int, Field(ge=10, le=60000)]
     max_in_flight: Annotated[int, Field(ge=1, le=100000)]
     health_check: BackendHealthCheck
-    labels: StringMap | None = None
+    labels: StringMap | MISSING = MISSING
     state: Annotated[
         Literal["healthy", "degraded", "disabled"],
         Field(
             description="Operator-set state; `disabled` is the kill switch, `degraded` takes the backend out of primary selection."
         ),
     ]
-    state_reason: Annotated[str | None, Field(max_length=500)] = None
+    state_reason: Annotated[str | MISSING, Field(max_length=500)] = MISSING
     breaker_state: Literal["closed", "open", "half_open"]
     in_flight: Annotated[int, Field(ge=0, le=1000000)]
     latency_p50_ms: Annotated[
-        float | None,
+        float | MISSING,
         Field(description="Absent until the backend has served a request.", ge=0.0),
-    ] = None
+    ] = MISSING
     error_ratio: Annotated[
         float,
         Field(
@@ -719,14 +719,14 @@ class ModelPolicy(BaseModel):
         extra="forbid",
     )
     model: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Echo of the model name; set from the path on write (a differing value is rejected with 400).",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
         ),
-    ] = None
+    ] = MISSING
     enabled: Annotated[
         bool,
         Field(
@@ -751,22 +751,22 @@ class ModelPolicy(BaseModel):
         ),
     ] = 30
     allow_keys: Annotated[
-        list[Identifier] | None,
+        list[Identifier] | MISSING,
         Field(
             description="When present, only these key ids may use the model.",
             max_length=1000,
         ),
-    ] = None
-    deny_keys: Annotated[list[Identifier] | None, Field(max_length=1000)] = None
+    ] = MISSING
+    deny_keys: Annotated[list[Identifier] | MISSING, Field(max_length=1000)] = MISSING
     org_overrides: Annotated[
-        dict[str, OrgPolicyOverride] | None,
+        dict[str, OrgPolicyOverride] | MISSING,
         Field(description="Organisation id → backends override.", max_length=256),
-    ] = None
-    pricing: ModelPricing | None = None
+    ] = MISSING
+    pricing: ModelPricing | MISSING = MISSING
     aliases: Annotated[
-        list[ModelName] | None,
+        list[ModelName] | MISSING,
         Field(description="Other names clients may use for this model.", max_length=32),
-    ] = None
+    ] = MISSING
 
 
 class ModelPolicyList(BaseModel):
@@ -786,22 +786,22 @@ class ApiKeyCreateRequest(BaseModel):
             max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
         ),
     ]
-    name: Annotated[str | None, Field(max_length=128, min_length=1)] = None
+    name: Annotated[str | MISSING, Field(max_length=128, min_length=1)] = MISSING
     scopes: Annotated[
         list[Literal["inference", "audit", "admin"]], Field(max_length=3, min_length=1)
     ]
     allowed_models: Annotated[
-        list[ModelName] | None,
+        list[ModelName] | MISSING,
         Field(
             description="When present, the only models the key may use.", max_length=256
         ),
-    ] = None
+    ] = MISSING
     expires_at: Annotated[
-        AwareDatetime | None,
+        AwareDatetime | MISSING,
         Field(
             description="Absent → the key never expires. A past instant is accepted (the key is created expired)."
         ),
-    ] = None
+    ] = MISSING
     signature_required: Annotated[
         bool,
         Field(
@@ -826,25 +826,27 @@ class ApiKeyInfo(BaseModel):
             max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
         ),
     ]
-    name: Annotated[str | None, Field(max_length=128, min_length=1)] = None
+    name: Annotated[str | MISSING, Field(max_length=128, min_length=1)] = MISSING
     scopes: Annotated[
         list[Literal["inference", "audit", "admin"]], Field(max_length=3, min_length=1)
     ]
-    allowed_models: Annotated[list[ModelName] | None, Field(max_length=256)] = None
-    expires_at: AwareDatetime | None = None
+    allowed_models: Annotated[list[ModelName] | MISSING, Field(max_length=256)] = (
+        MISSING
+    )
+    expires_at: AwareDatetime | MISSING = MISSING
     revoked: bool
-    revoked_at: AwareDatetime | None = None
-    created_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | MISSING = MISSING
+    created_at: AwareDatetime | MISSING = MISSING
     signature_required: bool
     prefix: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="First characters of the key (e.g. `rk_live_ab12`), to recognise it.",
             max_length=32,
             min_length=4,
             pattern="^[A-Za-z0-9_]{4,32}$",
         ),
-    ] = None
+    ] = MISSING
 
 
 class ApiKeyCreated(BaseModel):
@@ -861,13 +863,13 @@ class ApiKeyCreated(BaseModel):
         ),
     ]
     signing_secret: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="HMAC signing secret, present when `signature_required`. Shown once.",
             max_length=256,
             min_length=16,
         ),
-    ] = None
+    ] = MISSING
 
 
 class ApiKeyList(BaseModel):
@@ -876,68 +878,68 @@ class ApiKeyList(BaseModel):
     )
     items: Annotated[list[ApiKeyInfo], Field(max_length=1000)]
     next_cursor: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Absent on the last page.",
             max_length=512,
             min_length=1,
             pattern="^[A-Za-z0-9._~=-]{1,512}$",
         ),
-    ] = None
+    ] = MISSING
 
 
 class ApiKeyRevokeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    reason: Annotated[str | None, Field(max_length=500, min_length=1)] = None
+    reason: Annotated[str | MISSING, Field(max_length=500, min_length=1)] = MISSING
 
 
 class RateLimitConfig(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    requests_per_minute: Annotated[int | None, Field(ge=1, le=10000000)] = None
+    requests_per_minute: Annotated[int | MISSING, Field(ge=1, le=10000000)] = MISSING
     burst: Annotated[
-        int | None,
+        int | MISSING,
         Field(
             description="Bucket capacity in requests (defaults to requests_per_minute).",
             ge=1,
             le=10000000,
         ),
-    ] = None
-    tokens_per_minute: Annotated[int | None, Field(ge=1, le=10000000000)] = None
+    ] = MISSING
+    tokens_per_minute: Annotated[int | MISSING, Field(ge=1, le=10000000000)] = MISSING
 
 
 class BudgetLimits(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    daily_tokens: Annotated[int | None, Field(ge=0, le=1000000000000)] = None
-    monthly_tokens: Annotated[int | None, Field(ge=0, le=1000000000000)] = None
-    daily_usd: Annotated[float | None, Field(ge=0.0, le=1000000000.0)] = None
-    monthly_usd: Annotated[float | None, Field(ge=0.0, le=1000000000.0)] = None
+    daily_tokens: Annotated[int | MISSING, Field(ge=0, le=1000000000000)] = MISSING
+    monthly_tokens: Annotated[int | MISSING, Field(ge=0, le=1000000000000)] = MISSING
+    daily_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
+    monthly_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
 
 
 class OrgLimits(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    rate_limits: RateLimitConfig | None = None
-    key_rate_limits: RateLimitConfig | None = None
-    budgets: BudgetLimits | None = None
+    rate_limits: RateLimitConfig | MISSING = MISSING
+    key_rate_limits: RateLimitConfig | MISSING = MISSING
+    budgets: BudgetLimits | MISSING = MISSING
     failure_mode: Annotated[
-        Literal["fail_open", "fail_closed"] | None,
+        Literal["fail_open", "fail_closed"] | MISSING,
         Field(description="What to do when the shared limit store is unreachable."),
-    ] = None
+    ] = MISSING
     max_tokens_cap: Annotated[
-        int | None,
+        int | MISSING,
         Field(
             description="Upper bound on a request's max_tokens: a larger request is clamped to it\n(not rejected); also the amount reserved against budgets when a request\nsets no max_tokens.\n",
             ge=1,
             le=1000000,
         ),
-    ] = None
+    ] = MISSING
 
 
 class BudgetState(BaseModel):
@@ -946,9 +948,9 @@ class BudgetState(BaseModel):
     )
     period: Literal["DAILY", "MONTHLY"]
     tokens_used: Annotated[int, Field(ge=0)]
-    tokens_limit: Annotated[int | None, Field(ge=0)] = None
+    tokens_limit: Annotated[int | MISSING, Field(ge=0)] = MISSING
     usd_used: Annotated[float, Field(ge=0.0)]
-    usd_limit: Annotated[float | None, Field(ge=0.0)] = None
+    usd_limit: Annotated[float | MISSING, Field(ge=0.0)] = MISSING
     reset_at: AwareDatetime
 
 
@@ -957,26 +959,26 @@ class OrgLimitCounters(BaseModel):
         extra="forbid",
     )
     requests_remaining: Annotated[
-        int | None,
+        int | MISSING,
         Field(
             description="Requests left in the organisation's bucket (absent without a request limit).",
             ge=0,
         ),
-    ] = None
+    ] = MISSING
     tokens_remaining: Annotated[
-        int | None,
+        int | MISSING,
         Field(
             description="Tokens left in the organisation's token bucket (absent without a token rate limit).",
             ge=0,
         ),
-    ] = None
+    ] = MISSING
     budgets: Annotated[list[BudgetState], Field(max_length=2)]
     lockout_until: Annotated[
-        AwareDatetime | None,
+        AwareDatetime | MISSING,
         Field(
             description="Present while the organisation is locked out after exhausting a budget."
         ),
-    ] = None
+    ] = MISSING
 
 
 class OrgLimitsState(BaseModel):
@@ -997,16 +999,16 @@ class LimitResetRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    scope: Literal["buckets", "budget", "all"] | None = None
+    scope: Literal["buckets", "budget", "all"] | MISSING = MISSING
     key_id: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Reset only this key's buckets (and lockouts); absent resets the organisation's.",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         ),
-    ] = None
+    ] = MISSING
     reason: Annotated[str, Field(max_length=500, min_length=1)]
 
 
@@ -1026,11 +1028,11 @@ class LimitResetResult(BaseModel):
     ]
     scope: Literal["buckets", "budget", "all"]
     key_id: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
         ),
-    ] = None
+    ] = MISSING
     reset_at: AwareDatetime
     cleared: Annotated[
         list[ClearedItem],
@@ -1085,7 +1087,7 @@ class RoutingDecision(BaseModel):
     attempts: Annotated[
         int, Field(description="Backend calls made (1 without failover).", ge=1, le=100)
     ]
-    warning: Annotated[str | None, Field(max_length=256)] = None
+    warning: Annotated[str | MISSING, Field(max_length=256)] = MISSING
     latency_ms: Annotated[int, Field(ge=0)]
 
 
@@ -1101,8 +1103,8 @@ class BudgetSnapshot(BaseModel):
         extra="forbid",
     )
     period: Literal["DAILY", "MONTHLY"]
-    tokens_remaining: Annotated[int | None, Field(ge=0)] = None
-    currency_remaining: Annotated[float | None, Field(ge=0.0)] = None
+    tokens_remaining: Annotated[int | MISSING, Field(ge=0)] = MISSING
+    currency_remaining: Annotated[float | MISSING, Field(ge=0.0)] = MISSING
 
 
 MetadataAdditionalProperty = TypeAliasType(
@@ -1115,8 +1117,9 @@ class UsageRecord(BaseModel):
         extra="forbid",
     )
     schema_version: Annotated[
-        Literal[1] | None, Field(description="Version of this schema; absent means 1.")
-    ] = None
+        Literal[1] | MISSING,
+        Field(description="Version of this schema; absent means 1."),
+    ] = MISSING
     record_id: Annotated[
         UUID, Field(description="Unique id of this record, the de-duplication key.")
     ]
@@ -1167,9 +1170,9 @@ class UsageRecord(BaseModel):
         ),
     ]
     cost_micro_usd: Annotated[
-        int | None,
+        int | MISSING,
         Field(description="Exact cost in millionths of a USD.", ge=0, le=1000000000000),
-    ] = None
+    ] = MISSING
     limit_state: Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
     decision_reason: Annotated[
         Literal["PRIMARY", "FAILOVER", "OVERRIDE", "RATE_LIMIT", "BUDGET", "DENIED"],
@@ -1181,61 +1184,61 @@ class UsageRecord(BaseModel):
         AwareDatetime, Field(description="When the request completed (RFC 3339).")
     ]
     budget_snapshot: Annotated[
-        BudgetSnapshot | None,
+        BudgetSnapshot | MISSING,
         Field(
             description="Budget remaining after this request, for the period that is closest to exhaustion."
         ),
-    ] = None
+    ] = MISSING
     retry_count: Annotated[
-        int | None,
+        int | MISSING,
         Field(
             description="Backend attempts beyond the first (failover / retries).",
             ge=0,
             le=100,
         ),
-    ] = None
+    ] = MISSING
     trace_id: Annotated[
-        str | None, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
-    ] = None
+        str | MISSING, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
+    ] = MISSING
     span_id: Annotated[
-        str | None, Field(max_length=16, min_length=16, pattern="^[0-9a-f]{16}$")
-    ] = None
+        str | MISSING, Field(max_length=16, min_length=16, pattern="^[0-9a-f]{16}$")
+    ] = MISSING
     metadata: Annotated[
-        dict[str, MetadataAdditionalProperty] | None,
+        dict[str, MetadataAdditionalProperty] | MISSING,
         Field(
             description="The request's metadata (at most 32 entries, values up to 512 characters).",
             max_length=32,
         ),
-    ] = None
+    ] = MISSING
     status_code: Annotated[
-        int | None,
+        int | MISSING,
         Field(description="HTTP status returned to the client.", ge=100, le=599),
-    ] = None
+    ] = MISSING
     endpoint: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Route template that served the request, e.g. /v1/chat/completions.",
             max_length=256,
             min_length=1,
             pattern="^/[A-Za-z0-9._~/{}-]{0,255}$",
         ),
-    ] = None
+    ] = MISSING
     stream: Annotated[
-        bool | None, Field(description="Whether the response was streamed.")
-    ] = None
+        bool | MISSING, Field(description="Whether the response was streamed.")
+    ] = MISSING
 
 
 class InferenceParameters(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    max_tokens: Annotated[int | None, Field(ge=1, le=1000000)] = None
-    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
-    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    max_tokens: Annotated[int | MISSING, Field(ge=1, le=1000000)] = MISSING
+    temperature: Annotated[float | MISSING, Field(ge=0.0, le=2.0)] = MISSING
+    top_p: Annotated[float | MISSING, Field(ge=0.0, le=1.0)] = MISSING
     stop: Annotated[
-        InferenceStop1 | InferenceStop2 | None,
+        InferenceStop1 | InferenceStop2 | MISSING,
         Field(description="One stop sequence or up to four."),
-    ] = None
+    ] = MISSING
 
 
 class InferenceResponse(BaseModel):
@@ -1317,9 +1320,9 @@ class ChatCompletionDeltaToolCall(BaseModel):
         extra="allow",
     )
     index: Annotated[int, Field(ge=0, le=127)]
-    id: Annotated[str | None, Field(max_length=256)] = None
-    type: Literal["function"] | None = None
-    function: ChatCompletionDeltaFunction | None = None
+    id: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+    type: Literal["function"] | MISSING = MISSING
+    function: ChatCompletionDeltaFunction | MISSING = MISSING
 
 
 class CreateCompletionRequest(BaseModel):
@@ -1336,27 +1339,31 @@ class CreateCompletionRequest(BaseModel):
         CompletionPrompt1 | CompletionPrompt2 | CompletionPrompt3,
         Field(description="A prompt, a batch of prompts, or one prompt as token ids."),
     ]
-    suffix: Annotated[str | None, Field(max_length=60000)] = None
-    max_tokens: Annotated[int | None, Field(ge=1, le=1000000)] = None
-    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
-    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
-    n: Annotated[int | None, Field(ge=1, le=8)] = None
-    best_of: Annotated[int | None, Field(ge=1, le=20)] = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    logprobs: Annotated[int | None, Field(ge=0, le=5)] = None
-    echo: bool | None = None
+    suffix: Annotated[str | None | MISSING, Field(max_length=60000)] = MISSING
+    max_tokens: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
+    temperature: Annotated[float | None | MISSING, Field(ge=0.0, le=2.0)] = MISSING
+    top_p: Annotated[float | None | MISSING, Field(ge=0.0, le=1.0)] = MISSING
+    n: Annotated[int | None | MISSING, Field(ge=1, le=8)] = MISSING
+    best_of: Annotated[int | None | MISSING, Field(ge=1, le=20)] = MISSING
+    stream: bool | None | MISSING = MISSING
+    stream_options: StreamOptions | None | MISSING = MISSING
+    logprobs: Annotated[int | None | MISSING, Field(ge=0, le=5)] = MISSING
+    echo: bool | None | MISSING = MISSING
     stop: Annotated[
-        OpenAIStop1 | OpenAIStop2 | None,
+        OpenAIStop1 | OpenAIStop2 | None | MISSING,
         Field(description="Up to four stop sequences, one string, or null."),
-    ] = None
-    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    logit_bias: LogitBias | None = None
+    ] = MISSING
+    presence_penalty: Annotated[float | None | MISSING, Field(ge=-2.0, le=2.0)] = (
+        MISSING
+    )
+    frequency_penalty: Annotated[float | None | MISSING, Field(ge=-2.0, le=2.0)] = (
+        MISSING
+    )
+    logit_bias: LogitBias | None | MISSING = MISSING
     seed: Annotated[
-        int | None, Field(ge=-9223372036854775808, le=9223372036854775807)
-    ] = None
-    user: Annotated[str | None, Field(max_length=256)] = None
+        int | None | MISSING, Field(ge=-9223372036854775808, le=9223372036854775807)
+    ] = MISSING
+    user: Annotated[str | MISSING, Field(max_length=256)] = MISSING
 
 
 class Completion(BaseModel):
@@ -1368,8 +1375,8 @@ class Completion(BaseModel):
     created: Annotated[int, Field(ge=0)]
     model: Annotated[str, Field(max_length=256)]
     choices: Annotated[list[CompletionChoice], Field(max_length=1024)]
-    usage: CompletionUsage | None = None
-    system_fingerprint: Annotated[str | None, Field(max_length=256)] = None
+    usage: CompletionUsage | MISSING = MISSING
+    system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
 
 
 class InferenceRequest(BaseModel):
@@ -1392,18 +1399,18 @@ class InferenceRequest(BaseModel):
             max_length=60000,
         ),
     ]
-    parameters: InferenceParameters | None = None
+    parameters: InferenceParameters | MISSING = MISSING
     content_type: Literal["text/plain", "application/json"] = "text/plain"
-    metadata: StringMap | None = None
+    metadata: StringMap | MISSING = MISSING
     hmac_signature: Annotated[
-        str | None,
+        str | MISSING,
         Field(
             description="Hex HMAC-SHA256 of the UTF-8 `payload` with the key's signing secret. When present it\nmust match (401 SIGNATURE_INVALID); for keys with `signature_required` it is accepted\nin place of the `X-Signature` headers.\n",
             max_length=64,
             min_length=64,
             pattern="^[0-9a-f]{64}$",
         ),
-    ] = None
+    ] = MISSING
 
 
 class ChatMessage(BaseModel):
@@ -1412,12 +1419,12 @@ class ChatMessage(BaseModel):
     )
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: Annotated[
-        ChatMessageContent1 | ChatMessageContent2 | None,
+        ChatMessageContent1 | ChatMessageContent2 | None | MISSING,
         Field(description="Text, an array of content parts, or null."),
-    ] = None
-    name: Annotated[str | None, Field(max_length=256)] = None
-    tool_call_id: Annotated[str | None, Field(max_length=256)] = None
-    tool_calls: Annotated[list[ChatToolCall] | None, Field(max_length=128)] = None
+    ] = MISSING
+    name: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+    tool_call_id: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+    tool_calls: Annotated[list[ChatToolCall] | MISSING, Field(max_length=128)] = MISSING
 
 
 class ChatCompletionMessage(BaseModel):
@@ -1426,22 +1433,22 @@ class ChatCompletionMessage(BaseModel):
     )
     role: Literal["assistant"]
     content: Annotated[str | None, Field(max_length=10000000)]
-    refusal: Annotated[str | None, Field(max_length=1048576)] = None
+    refusal: Annotated[str | None | MISSING, Field(max_length=1048576)] = MISSING
     tool_calls: Annotated[
-        list[ChatCompletionToolCall] | None, Field(max_length=128)
-    ] = None
+        list[ChatCompletionToolCall] | MISSING, Field(max_length=128)
+    ] = MISSING
 
 
 class ChatCompletionDelta(BaseModel):
     model_config = ConfigDict(
         extra="allow",
     )
-    role: Literal["assistant"] | None = None
-    content: Annotated[str | None, Field(max_length=10000000)] = None
-    refusal: Annotated[str | None, Field(max_length=1048576)] = None
+    role: Literal["assistant"] | MISSING = MISSING
+    content: Annotated[str | None | MISSING, Field(max_length=10000000)] = MISSING
+    refusal: Annotated[str | None | MISSING, Field(max_length=1048576)] = MISSING
     tool_calls: Annotated[
-        list[ChatCompletionDeltaToolCall] | None, Field(max_length=128)
-    ] = None
+        list[ChatCompletionDeltaToolCall] | MISSING, Field(max_length=128)
+    ] = MISSING
 
 
 class CreateChatCompletionRequest(BaseModel):
@@ -1455,34 +1462,40 @@ class CreateChatCompletionRequest(BaseModel):
         ),
     ]
     messages: Annotated[list[ChatMessage], Field(max_length=2048, min_length=1)]
-    max_tokens: Annotated[int | None, Field(ge=1, le=1000000)] = None
-    max_completion_tokens: Annotated[int | None, Field(ge=1, le=1000000)] = None
-    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
-    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
-    n: Annotated[int | None, Field(ge=1, le=8)] = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
+    max_completion_tokens: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = (
+        MISSING
+    )
+    temperature: Annotated[float | None | MISSING, Field(ge=0.0, le=2.0)] = MISSING
+    top_p: Annotated[float | None | MISSING, Field(ge=0.0, le=1.0)] = MISSING
+    n: Annotated[int | None | MISSING, Field(ge=1, le=8)] = MISSING
+    stream: bool | None | MISSING = MISSING
+    stream_options: StreamOptions | None | MISSING = MISSING
     stop: Annotated[
-        OpenAIStop1 | OpenAIStop2 | None,
+        OpenAIStop1 | OpenAIStop2 | None | MISSING,
         Field(description="Up to four stop sequences, one string, or null."),
-    ] = None
-    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    logit_bias: LogitBias | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
-    user: Annotated[str | None, Field(max_length=256)] = None
+    ] = MISSING
+    presence_penalty: Annotated[float | None | MISSING, Field(ge=-2.0, le=2.0)] = (
+        MISSING
+    )
+    frequency_penalty: Annotated[float | None | MISSING, Field(ge=-2.0, le=2.0)] = (
+        MISSING
+    )
+    logit_bias: LogitBias | None | MISSING = MISSING
+    logprobs: bool | None | MISSING = MISSING
+    top_logprobs: Annotated[int | None | MISSING, Field(ge=0, le=20)] = MISSING
+    user: Annotated[str | MISSING, Field(max_length=256)] = MISSING
     seed: Annotated[
-        int | None, Field(ge=-9223372036854775808, le=9223372036854775807)
-    ] = None
-    response_format: ResponseFormat | None = None
-    tools: Annotated[list[ChatTool] | None, Field(max_length=128)] = None
+        int | None | MISSING, Field(ge=-9223372036854775808, le=9223372036854775807)
+    ] = MISSING
+    response_format: ResponseFormat | MISSING = MISSING
+    tools: Annotated[list[ChatTool] | MISSING, Field(max_length=128)] = MISSING
     tool_choice: Annotated[
-        Literal["none", "auto", "required"] | ChatNamedToolChoice | None,
+        Literal["none", "auto", "required"] | ChatNamedToolChoice | MISSING,
         Field(description="`none`, `auto`, `required`, or a named function."),
-    ] = None
-    parallel_tool_calls: bool | None = None
-    metadata: OpenAIMetadata | None = None
+    ] = MISSING
+    parallel_tool_calls: bool | MISSING = MISSING
+    metadata: OpenAIMetadata | MISSING = MISSING
 
 
 class ChatCompletionChoice(BaseModel):
@@ -1498,7 +1511,7 @@ class ChatCompletionChoice(BaseModel):
             max_length=64,
         ),
     ]
-    logprobs: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None | MISSING = MISSING
 
 
 class ChatCompletionChunkChoice(BaseModel):
@@ -1507,8 +1520,8 @@ class ChatCompletionChunkChoice(BaseModel):
     )
     index: Annotated[int, Field(ge=0, le=127)]
     delta: ChatCompletionDelta
-    finish_reason: Annotated[str | None, Field(max_length=64)] = None
-    logprobs: dict[str, Any] | None = None
+    finish_reason: Annotated[str | None | MISSING, Field(max_length=64)] = MISSING
+    logprobs: dict[str, Any] | None | MISSING = MISSING
 
 
 class ChatCompletion(BaseModel):
@@ -1521,7 +1534,7 @@ class ChatCompletion(BaseModel):
     model: Annotated[str, Field(max_length=256)]
     choices: Annotated[list[ChatCompletionChoice], Field(max_length=128)]
     usage: CompletionUsage
-    system_fingerprint: Annotated[str | None, Field(max_length=256)] = None
+    system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
 
 
 class ChatCompletionChunk(BaseModel):
@@ -1533,5 +1546,5 @@ class ChatCompletionChunk(BaseModel):
     created: Annotated[int, Field(ge=0)]
     model: Annotated[str, Field(max_length=256)]
     choices: Annotated[list[ChatCompletionChunkChoice], Field(max_length=128)]
-    usage: ChatCompletionChunkUsage | None = None
-    system_fingerprint: Annotated[str | None, Field(max_length=256)] = None
+    usage: ChatCompletionChunkUsage | None | MISSING = MISSING
+    system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING

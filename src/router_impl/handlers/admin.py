@@ -11,6 +11,7 @@ from router_impl.auth.admin import ApiKeyAdmin
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.components import Components
 from router_impl.errors import ApiError
+from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response
 
 
@@ -55,7 +56,8 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-async def create_api_key(components: Components, body: dict[str, Any]) -> Response:
+async def create_api_key(components: Components) -> Response:
+    body = current_document()
     record, secret, signing_secret = await _key_admin(components).create(
         organization_id=body["organization_id"],
         name=body.get("name"),
@@ -81,7 +83,8 @@ async def list_api_keys(
     return json_response(page)
 
 
-async def revoke_api_key(components: Components, key_id: str, body: dict[str, Any] | None = None) -> Response:
-    reason = (body or {}).get("reason")
+async def revoke_api_key(components: Components, key_id: str) -> Response:
+    document = current_state().document
+    reason = document.get("reason") if isinstance(document, dict) else None
     record = await _key_admin(components).revoke(key_id, datetime.now(UTC), reason)
     return json_response(key_info(record))

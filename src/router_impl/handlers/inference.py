@@ -10,7 +10,7 @@ from starlette.responses import Response
 from router_impl.components import Components
 from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
 from router_impl.usage.cost import micro_to_usd
-from router_impl.web.current import current_method_and_path, current_state
+from router_impl.web.current import current_document, current_method_and_path, current_state
 
 _PARAMETERS = ("max_tokens", "temperature", "top_p", "stop")
 
@@ -52,9 +52,8 @@ def _render(call: Call, completed: Completed) -> FinalReply:
     return FinalReply(status=200, body=orjson.dumps(body), headers=routing_headers(completed.routed))
 
 
-async def route_inference(
-    components: Components, body: dict[str, Any], token_info: dict[str, Any]
-) -> Response:
+async def route_inference(components: Components, token_info: dict[str, Any]) -> Response:
+    body = current_document()
     state = current_state()
     method, path = current_method_and_path()
     principal = token_info["principal"]

@@ -18,7 +18,7 @@ from router_impl.pipeline import (
     fingerprint,
     routing_headers,
 )
-from router_impl.web.current import current_header, current_method_and_path, current_state
+from router_impl.web.current import current_document, current_header, current_method_and_path, current_state
 from router_impl.web.event_stream import EventStreamResponse
 from router_impl.web.responses import JSON
 
@@ -58,16 +58,12 @@ async def _complete(
     )
 
 
-async def create_chat_completion(
-    components: Components, body: dict[str, Any], token_info: dict[str, Any]
-) -> Response:
-    return await _complete(components, "chat", body, token_info)
+async def create_chat_completion(components: Components, token_info: dict[str, Any]) -> Response:
+    return await _complete(components, "chat", current_document(), token_info)
 
 
-async def create_completion(
-    components: Components, body: dict[str, Any], token_info: dict[str, Any]
-) -> Response:
-    return await _complete(components, "completion", body, token_info)
+async def create_completion(components: Components, token_info: dict[str, Any]) -> Response:
+    return await _complete(components, "completion", current_document(), token_info)
 
 
 async def list_models(components: Components, token_info: dict[str, Any]) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from connexion.context import scope as _scope
 
 from router_impl.web.request_state import RequestState, state_of
@@ -12,6 +14,14 @@ def current_state() -> RequestState:
     if state is None:  # the request-context middleware always sets it; this is a wiring bug
         raise RuntimeError("RequestContextMiddleware is not installed")
     return state
+
+
+def current_document() -> dict[str, Any]:
+    """The request body, validated against the contract's model (handlers never parse it again)."""
+    document = current_state().document
+    if not isinstance(document, dict):
+        raise RuntimeError("the operation's body was not validated by ModelBodyValidator")
+    return document
 
 
 def current_header(name: bytes) -> str | None:

@@ -22,6 +22,8 @@ class RequestState:
     openai: bool
     # The raw request body, once BodyGuardMiddleware has read it (for signatures and handlers).
     body: bytes = b""
+    # The parsed JSON body, once the body validator has checked it against the generated model.
+    document: Any = None
 
 
 def new_state(headers: list[tuple[bytes, bytes]], *, openai: bool) -> RequestState:

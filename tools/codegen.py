@@ -65,6 +65,8 @@ class Op:
     scope: str | None
     params: tuple[str, ...]
     has_body: bool
+    body_model: str | None
+    header_params: tuple[str, ...]
 
 
 def snake(name: str) -> str:
@@ -150,11 +152,11 @@ def operations(spec: dict[str, Any]) -> list[Op]:
             scope = op.get("x-required-scope")
             if op.get("security", spec.get("security")) and not scope:
                 raise SystemExit(f"codegen: authenticated operation {op_id} needs x-required-scope")
+            declared = [resolve(spec, p) for p in [*shared_params, *op.get("parameters", [])]]
             params = tuple(
-                snake(resolve(spec, p)["name"].replace("-", "_"))
-                for p in [*shared_params, *op.get("parameters", [])]
-                if resolve(spec, p)["in"] in ("path", "query")
+                snake(p["name"].replace("-", "_")) for p in declared if p["in"] in ("path", "query")
             )
+            headers = tuple(p["name"].lower() for p in declared if p["in"] == "header")
             ops.append(
                 Op(
                     operation_id=op_id,
@@ -165,9 +167,19 @@ def operations(spec: dict[str, Any]) -> list[Op]:
                     scope=scope,
                     params=params,
                     has_body="requestBody" in op,
+                    body_model=body_model(spec, op),
+                    header_params=headers,
                 )
             )
     return sorted(ops, key=lambda o: o.operation_id)
+
+
+def body_model(spec: dict[str, Any], op: dict[str, Any]) -> str | None:
+    """The component (= generated model) of an operation's JSON request body, when it is one."""
+    body = op.get("requestBody")
+    media = resolve(spec, body).get("content", {}).get("application/json", {}) if body else {}
+    ref = media.get("schema", {}).get("$ref", "")
+    return ref.rsplit("/", 1)[1] if ref.startswith("#/components/schemas/") else None
 
 
 def resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +220,8 @@ def emit_operations(ops: list[Op]) -> tuple[str, list[Op]]:
         "    scope: str | None\n",
         "    params: tuple[str, ...]\n",
         "    has_body: bool\n",
+        "    body_model: str | None\n",
+        "    header_params: tuple[str, ...]\n",
         "    stub: bool\n\n\n",
         "OPERATIONS: dict[str, Operation] = {\n",
     ]
@@ -226,6 +240,8 @@ def emit_operations(ops: list[Op]) -> tuple[str, list[Op]]:
             f"        scope={op.scope!r},\n"
             f"        params={op.params!r},\n"
             f"        has_body={op.has_body!r},\n"
+            f"        body_model={op.body_model!r},\n"
+            f"        header_params={op.header_params!r},\n"
             f"        stub={stub!r},\n"
             "    ),\n"
         )
@@ -283,14 +299,9 @@ def mark_body_models(spec: dict[str, Any]) -> None:
     schemas = spec.get("components", {}).get("schemas", {})
     for item in spec.get("paths", {}).values():
         for method in HTTP_METHODS:
-            body = (item.get(method) or {}).get("requestBody")
-            if body is None:
-                continue
-            for media in resolve(spec, body).get("content", {}).values():
-                ref = media.get("schema", {}).get("$ref", "")
-                if ref.startswith("#/components/schemas/"):
-                    name = ref.rsplit("/", 1)[1]
-                    schemas[name][BODY_MODEL_KEY] = name
+            name = body_model(spec, item.get(method) or {})
+            if name is not None:
+                schemas[name][BODY_MODEL_KEY] = name
 
 
 def generate(dest: Path) -> list[Op]:

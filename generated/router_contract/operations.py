@@ -14,6 +14,8 @@ class Operation:
     scope: str | None
     params: tuple[str, ...]
     has_body: bool
+    body_model: str | None
+    header_params: tuple[str, ...]
     stub: bool
 
 
@@ -27,6 +29,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=(),
         has_body=True,
+        body_model='ApiKeyCreateRequest',
+        header_params=(),
         stub=False,
     ),
     'createChatCompletion': Operation(
@@ -38,6 +42,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='inference',
         params=(),
         has_body=True,
+        body_model='CreateChatCompletionRequest',
+        header_params=('idempotency-key', 'x-signature', 'x-signature-timestamp'),
         stub=False,
     ),
     'createCompletion': Operation(
@@ -49,6 +55,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='inference',
         params=(),
         has_body=True,
+        body_model='CreateCompletionRequest',
+        header_params=('idempotency-key', 'x-signature', 'x-signature-timestamp'),
         stub=False,
     ),
     'deleteBackend': Operation(
@@ -60,6 +68,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('backend_id',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'deleteModelPolicy': Operation(
@@ -71,6 +81,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('model',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'getAuditByRequest': Operation(
@@ -82,6 +94,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='audit',
         params=('request_id',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'getBackend': Operation(
@@ -93,6 +107,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('backend_id',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'getHealth': Operation(
@@ -104,6 +120,8 @@ OPERATIONS: dict[str, Operation] = {
         scope=None,
         params=(),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=False,
     ),
     'getModelPolicy': Operation(
@@ -115,6 +133,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('model',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'getOrgLimits': Operation(
@@ -126,6 +146,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('org_id',),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'getReadiness': Operation(
@@ -137,6 +159,8 @@ OPERATIONS: dict[str, Operation] = {
         scope=None,
         params=(),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=False,
     ),
     'listApiKeys': Operation(
@@ -148,6 +172,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('organization_id', 'limit', 'cursor'),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=False,
     ),
     'listAuditEvents': Operation(
@@ -159,6 +185,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='audit',
         params=('organization_id', 'action', 'since', 'until', 'limit', 'cursor'),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'listBackends': Operation(
@@ -170,6 +198,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=(),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'listModelPolicies': Operation(
@@ -181,6 +211,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=(),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'listModels': Operation(
@@ -192,6 +224,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='inference',
         params=(),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=False,
     ),
     'listRoutingDecisions': Operation(
@@ -203,6 +237,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('model', 'organization_id', 'limit'),
         has_body=False,
+        body_model=None,
+        header_params=(),
         stub=True,
     ),
     'putBackend': Operation(
@@ -214,6 +250,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('backend_id',),
         has_body=True,
+        body_model='Backend',
+        header_params=(),
         stub=True,
     ),
     'putModelPolicy': Operation(
@@ -225,6 +263,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('model',),
         has_body=True,
+        body_model='ModelPolicy',
+        header_params=(),
         stub=True,
     ),
     'putOrgLimits': Operation(
@@ -236,6 +276,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('org_id',),
         has_body=True,
+        body_model='OrgLimits',
+        header_params=(),
         stub=True,
     ),
     'resetOrgLimits': Operation(
@@ -247,6 +289,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('org_id',),
         has_body=True,
+        body_model='LimitResetRequest',
+        header_params=(),
         stub=True,
     ),
     'revokeApiKey': Operation(
@@ -258,6 +302,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('key_id',),
         has_body=True,
+        body_model='ApiKeyRevokeRequest',
+        header_params=(),
         stub=False,
     ),
     'routeInference': Operation(
@@ -269,6 +315,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='inference',
         params=(),
         has_body=True,
+        body_model='InferenceRequest',
+        header_params=('x-signature', 'x-signature-timestamp'),
         stub=False,
     ),
     'setBackendState': Operation(
@@ -280,6 +328,8 @@ OPERATIONS: dict[str, Operation] = {
         scope='admin',
         params=('backend_id',),
         has_body=True,
+        body_model='BackendStateChange',
+        header_params=(),
         stub=True,
     ),
 }

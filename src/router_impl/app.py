@@ -6,9 +6,10 @@ Each port gets its embedded adapter unless its shared service is configured
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +56,7 @@ from router_impl.telemetry.logging import configure_logging
 from router_impl.usage.sink import JsonlUsageSink, JsonlWriter
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
+from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
 from router_impl.web.middleware.request_context import RequestContextMiddleware
 from router_impl.web.resolver import OperationTableResolver
 from router_impl.web.security import security_map
@@ -250,7 +252,8 @@ def _health(
     )
 
 
-def build_app(components: Components) -> ASGIApp:
+def build_app(components: Components, *, random_hex: Callable[[int], str] = secrets.token_hex) -> ASGIApp:
+    """``random_hex`` mints trace and span ids (tests make them deterministic)."""
     settings = components.settings
 
     @asynccontextmanager
@@ -262,9 +265,10 @@ def build_app(components: Components) -> ASGIApp:
             await components.lifecycle.stop()
 
     app = AsyncApp(__name__, middlewares=list(_CONNEXION_MIDDLEWARES), lifespan=lifespan)
+    resolver = OperationTableResolver(OPERATIONS, components)
     app.add_api(
         SPEC_PATH,
-        resolver=OperationTableResolver(OPERATIONS, components),
+        resolver=resolver,
         security_map=security_map(components.authenticator, components.signatures, OPERATIONS),
         pythonic_params=True,
         strict_validation=True,
@@ -273,8 +277,14 @@ def build_app(components: Components) -> ASGIApp:
     for exception, handler in error_handlers(OPERATIONS.values()):
         app.add_error_handler(exception, handler)
     openai_paths = frozenset(op.path for op in OPERATIONS.values() if op.module == "openai")
-    guarded = BodyGuardMiddleware(app, max_body_bytes=settings.max_body_bytes)
-    return RequestContextMiddleware(guarded, openai_paths=openai_paths, access_log=settings.access_log)
+    inner: ASGIApp = app
+    if settings.fast_lane:
+        routes = build_routes(OPERATIONS, resolver.handler_for)
+        inner = FastLaneMiddleware(app, routes=routes, authenticator=components.authenticator)
+    guarded = BodyGuardMiddleware(inner, max_body_bytes=settings.max_body_bytes)
+    return RequestContextMiddleware(
+        guarded, openai_paths=openai_paths, access_log=settings.access_log, random_hex=random_hex
+    )
 
 
 def create_app() -> ASGIApp:

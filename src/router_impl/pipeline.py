@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +21,7 @@ import structlog
 from router_impl.auth.authenticator import Authenticator, Principal
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig
 from router_impl.errors import ApiError
+from router_impl.errors import render as render_error
 from router_impl.limits.idempotency import (
     IdempotencyStore,
     IdempotencyUnavailable,
@@ -95,6 +96,8 @@ class FinalReply:
 class StreamingReply:
     headers: dict[str, str]
     events: AsyncGenerator[bytes, None]
+    # Called once the response is over; undoes what a relay that never started still holds.
+    abandon: Callable[[], Awaitable[None]]
 
 
 fingerprint = request_fingerprint
@@ -133,7 +136,7 @@ class Pipeline:
         snapshot = self.config()
         policy = snapshot.policy_for(call.model)
         if policy is None:
-            available = ", ".join(sorted(m.model for m in snapshot.models if m.enabled)) or "none"
+            available = ", ".join(sorted(self.model_names(call.principal))) or "none"
             raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{call.model}'. Available models: {available}.")
         self.authenticator.authorize_model(call.principal, policy.model, call.model)
         if not policy.enabled:
@@ -146,9 +149,19 @@ class Pipeline:
                 return Routed(policy, backend, backend_model, "PRIMARY")
         raise ApiError("NO_BACKEND_AVAILABLE", f"No backend serves '{policy.model}'.")
 
-    def available_models(self, principal: Principal) -> list[ModelPolicy]:
+    def available_models(self, principal: Principal) -> list[tuple[str, ModelPolicy]]:
+        """(name, policy) for every model name or alias this key may use."""
         allowed = principal.allowed_models
-        return [m for m in self.config().models if m.enabled and (allowed is None or m.model in allowed)]
+        return [
+            (name, m)
+            for m in self.config().models
+            if m.enabled
+            for name in (m.model, *m.aliases)
+            if allowed is None or name in allowed or m.model in allowed
+        ]
+
+    def model_names(self, principal: Principal) -> list[str]:
+        return [name for name, _ in self.available_models(principal)]
 
     # ------------------------------------------------------------------ non-streaming
 
@@ -281,25 +294,48 @@ class Pipeline:
         tracker = StreamUsageTracker()
         headers = routing_headers(routed)
 
+        started_relay = False
+
         async def relay() -> AsyncGenerator[bytes, None]:
+            nonlocal started_relay
+            started_relay = True
             status, finished = 200, False
             transcript: list[bytes] | None = [] if began is not None else None
             kept = 0
             try:
-                async for event in events:
-                    tracker.feed(event)
-                    if tracker.last_was_usage_only and not wants_usage:
-                        continue
-                    if transcript is not None:
-                        kept += len(event)
-                        transcript = transcript if kept <= self.max_stored_stream_bytes else None
+                failure: ApiError | None = None
+                try:
+                    async for event in events:
+                        tracker.feed(event)
+                        if tracker.last_was_usage_only and not wants_usage:
+                            continue
                         if transcript is not None:
-                            transcript.append(event)
-                    yield event
-                finished = True
-            except StreamBroken:
-                status = 502
-                log.warning("backend_stream_broken", backend=routed.backend.id, request_id=call.request_id)
+                            kept += len(event)
+                            transcript = transcript if kept <= self.max_stored_stream_bytes else None
+                            if transcript is not None:
+                                transcript.append(event)
+                        yield event
+                except StreamBroken as exc:
+                    code = "BACKEND_TIMEOUT" if "Timeout" in exc.reason else "BACKEND_ERROR"
+                    failure = ApiError(code, "The backend stream broke before the answer was complete.")
+                else:
+                    if not tracker.done:
+                        failure = ApiError(
+                            "BACKEND_ERROR", "The backend ended the stream before it was complete."
+                        )
+                if failure is None:
+                    finished = True
+                else:
+                    # OpenAI's clients raise on an error event; without it a cut answer looks complete.
+                    status = failure.status_code
+                    log.warning(
+                        "backend_stream_broken", backend=routed.backend.id, request_id=call.request_id
+                    )
+                    yield (
+                        b"data: "
+                        + render_error(failure, trace_id=call.trace_id, request_id=None, openai=True)
+                        + b"\n\n"
+                    )
             finally:
                 await opened.__aexit__(None, None, None)
                 reported = tracker.usage()
@@ -319,7 +355,13 @@ class Pipeline:
                 else:
                     await self._release(call, began)
 
-        return StreamingReply(headers=headers, events=relay())
+        async def abandon() -> None:
+            """The client left before the first event was relayed: close the call, free the key."""
+            if not started_relay:
+                await opened.__aexit__(None, None, None)
+                await self._release(call, began)
+
+        return StreamingReply(headers=headers, events=relay(), abandon=abandon)
 
 
 def routing_headers(routed: Routed) -> dict[str, str]:

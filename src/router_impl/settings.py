@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".router-data")
 
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Serve the hot operations' certain happy path without Connexion's per-request plumbing
+    # (web/middleware/fast_lane.py); off gives the plain Connexion path, byte for byte the same.
+    fast_lane: bool = True
     # Slow clients must not hold a worker: uvicorn closes idle keep-alive connections after this.
     keep_alive_seconds: int = Field(5, ge=1)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Scope = Literal["inference", "audit", "admin"]
 SECRET_PREFIX = "rk_"  # noqa: S105 -- a public marker that makes leaked keys greppable, not a secret
@@ -44,6 +44,14 @@ class ApiKeyRecord(BaseModel):
     created_at: datetime | None = None
     signature_required: bool = False
     signing_secret_enc: str | None = Field(default=None, repr=False)
+
+    @field_validator("expires_at", "revoked_at", "created_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """Times without a zone (e.g. hand-written YAML) are read as UTC, never compared naively."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 def hash_secret(secret: str) -> str:

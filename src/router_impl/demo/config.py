@@ -6,10 +6,10 @@ from decimal import Decimal
 
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, ModelPolicy, ModelPricing, RuntimeConfig, WeightedBackend
+from router_impl.demo.answers import DEMO_MODEL
 
 DEMO_ORG = "demo-org"
 DEMO_BACKEND = "demo-upstream"
-DEMO_MODEL = "demo"
 
 
 def openai_base_url(url: str) -> str:

@@ -52,7 +52,7 @@ async def _complete(
         components.pipeline.stream(call) if call.stream else components.pipeline.complete(call, _passthrough)
     )
     if isinstance(reply, StreamingReply):
-        return EventStreamResponse(reply.events, headers=reply.headers)
+        return EventStreamResponse(reply.events, headers=reply.headers, on_close=reply.abandon)
     return Response(
         reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
     )
@@ -70,7 +70,6 @@ async def list_models(components: Components, token_info: dict[str, Any]) -> Res
     created = components.started_at
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": policy.owned_by}
-        for policy in components.pipeline.available_models(token_info["principal"])
-        for name in (policy.model, *policy.aliases)
+        for name, policy in components.pipeline.available_models(token_info["principal"])
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)

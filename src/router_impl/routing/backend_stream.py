@@ -42,16 +42,18 @@ class BackendStream:
         self._on_enter = on_enter
         self._on_exit = on_exit
         self._events: BackendEvents | None = None
+        self._entered = False
 
     async def __aenter__(self) -> BackendEvents:
         call = self._call
         loop = asyncio.get_running_loop()
         first_event_at = loop.time() + call.first_event_s
         self._on_enter()
+        self._entered = True
         try:
             self._events = BackendEvents(await self._open(first_event_at), call.backend_id, first_event_at)
         except BaseException:
-            self._on_exit()
+            self._leave()
             raise
         return self._events
 
@@ -61,10 +63,16 @@ class BackendStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Safe to call more than once (a relay may call it from several clean-up paths)."""
         try:
             if self._events is not None:
                 self._events.finish()
         finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        if self._entered:
+            self._entered = False
             self._on_exit()
 
     async def _open(self, first_event_at: float) -> aiohttp.ClientResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -18,9 +18,15 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(content=None, status_code=200, headers=headers, media_type=self.media_type)
         self.events = events
+        self.on_close = on_close
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"] + [
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
@@ -48,5 +54,7 @@ class EventStreamResponse(Response):
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
             await self.events.aclose()
+            if self.on_close is not None:
+                await self.on_close()
         if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
             raise pumping.exception()  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,9 @@ class RequestState:
     document: Any = None
 
 
-def new_state(headers: list[tuple[bytes, bytes]], *, openai: bool) -> RequestState:
+def new_state(
+    headers: list[tuple[bytes, bytes]], *, openai: bool, random_hex: Callable[[int], str] = secrets.token_hex
+) -> RequestState:
     """Take X-Request-ID and traceparent from the client when well-formed, otherwise mint them.
 
     Raw client input is never echoed back unless it matches a strict pattern.
@@ -43,8 +46,8 @@ def new_state(headers: list[tuple[bytes, bytes]], *, openai: bool) -> RequestSta
                 trace_id, parent = match.group(1).decode(), match.group(2).decode()
     return RequestState(
         request_id=request_id or str(uuid.uuid4()),
-        trace_id=trace_id or secrets.token_hex(16),
-        span_id=secrets.token_hex(8),
+        trace_id=trace_id or random_hex(16),
+        span_id=random_hex(8),
         parent_span_id=parent,
         openai=openai,
     )

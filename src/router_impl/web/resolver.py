@@ -15,11 +15,11 @@ from router_impl.components import Components
 
 class OperationTableResolver(Resolver):  # type: ignore[misc]
     def __init__(self, operations: Mapping[str, Operation], components: Components) -> None:
-        super().__init__(function_resolver=self._bind)
+        super().__init__(function_resolver=self.handler_for)
         self.operations = operations
         self.components = components
 
-    def _bind(self, operation_id: str) -> Callable[..., Any]:
+    def handler_for(self, operation_id: str) -> Callable[..., Any]:
         operation = self.operations[operation_id]
         handler = get_function_from_name(operation.handler)
         return handler if operation.stub else partial(handler, self.components)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import orjson
 import router_contract.models as contract_models
 from connexion.datastructures import MediaTypeDict
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
 from router_impl.errors import ApiError
+from router_impl.web.json_body import parse_json
 from router_impl.web.request_state import state_of
 
 BODY_MODEL_KEY = "x-router-model"
@@ -55,7 +55,7 @@ class ModelBodyValidator(JSONRequestBodyValidator):  # type: ignore[misc]
             self._model.model_validate_json(raw, strict=True)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        document = orjson.loads(raw)  # BodyGuardMiddleware has already proven it parses
+        document = parse_json(raw)  # BodyGuardMiddleware has already proven it parses
         state = state_of(scope)
         if state is not None:
             state.document = document

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_impl.errors import ApiError
+from router_impl.web.current import CURRENT_SCOPE
 from router_impl.web.request_state import STATE_KEY, new_state
 from router_impl.web.responses import send_error
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, openai_paths: frozenset[str], access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        openai_paths: frozenset[str],
+        access_log: bool = True,
+        random_hex: Callable[[int], str] = secrets.token_hex,
+    ) -> None:
         self.app = app
+        self.random_hex = random_hex
         self.openai_paths = openai_paths
         self.access_log = access_log
         self.log = structlog.get_logger("router.access")
@@ -25,8 +36,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state = new_state(scope["headers"], openai=scope["path"] in self.openai_paths)
+        state = new_state(
+            scope["headers"], openai=scope["path"] in self.openai_paths, random_hex=self.random_hex
+        )
         scope.setdefault("state", {})[STATE_KEY] = state
+        CURRENT_SCOPE.set(scope)
         request_id_header = (b"x-request-id", state.request_id.encode("ascii"))
         status = 500
         response_started = False

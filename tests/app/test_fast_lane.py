@@ -1,0 +1,242 @@
+"""The fast lane answers exactly as Connexion would: same status, headers and body bytes.
+
+Two apps are built from the same settings, one with the lane and one without. Each has its own
+demo upstream on a fixed clock and deterministic trace/span ids, so every response is
+reproducible; the same cases go to both, in the same order, and must match byte for byte.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from router_impl.app import build_app, build_components
+from router_impl.demo.upstream import start_demo_upstream
+from router_impl.settings import Settings
+from router_impl.web.middleware.fast_lane import FastLaneMiddleware
+
+KEY = "rk-demo-key"
+ADMIN = "rk-demo-admin-key"
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello fast lane"}], "max_tokens": 8}
+
+
+@dataclass
+class Case:
+    name: str
+    path: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    fast: bool = False  # the lane is expected to answer it
+
+
+def _json(document: Any) -> bytes:
+    return orjson.dumps(document)
+
+
+def _auth(**extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **extra}
+
+
+CASES = [
+    Case("chat", "/v1/chat/completions", _json(CHAT), _auth(), fast=True),
+    Case(
+        "chat-x-api-key",
+        "/v1/chat/completions",
+        _json(CHAT),
+        {"X-API-Key": KEY, "Content-Type": "application/json"},
+        fast=True,
+    ),
+    Case(
+        "completion", "/v1/completions", _json({"model": "demo", "prompt": "once upon"}), _auth(), fast=True
+    ),
+    Case(
+        "inference",
+        "/v1/inference",
+        _json({"request_id": "0b8f1c52-3a0e-4e8e-9a55-4c1f7d0e2a11", "model": "demo", "payload": "one two"}),
+        _auth(),
+        fast=True,
+    ),
+    Case(
+        "inference-replayed",
+        "/v1/inference",
+        _json({"request_id": "0b8f1c52-3a0e-4e8e-9a55-4c1f7d0e2a11", "model": "demo", "payload": "one two"}),
+        _auth(),
+        fast=True,
+    ),
+    Case(
+        "inference-conflict",
+        "/v1/inference",
+        _json({"request_id": "0b8f1c52-3a0e-4e8e-9a55-4c1f7d0e2a11", "model": "demo", "payload": "changed"}),
+        _auth(),
+        fast=True,
+    ),
+    Case(
+        "chat-idempotency-key",
+        "/v1/chat/completions",
+        _json(CHAT),
+        _auth(**{"Idempotency-Key": "k-1"}),
+        fast=True,
+    ),
+    Case(
+        "chat-idempotency-replay",
+        "/v1/chat/completions",
+        _json(CHAT),
+        _auth(**{"Idempotency-Key": "k-1"}),
+        fast=True,
+    ),
+    Case("stream", "/v1/chat/completions", _json({**CHAT, "stream": True}), _auth(), fast=True),
+    Case(
+        "stream-with-usage",
+        "/v1/chat/completions",
+        _json({**CHAT, "stream": True, "stream_options": {"include_usage": True}}),
+        _auth(),
+        fast=True,
+    ),
+    Case("unknown-model", "/v1/chat/completions", _json({**CHAT, "model": "nope"}), _auth(), fast=True),
+    Case(
+        "big-integer",
+        "/v1/chat/completions",
+        b'{"model":"demo","messages":[{"role":"user","content":"n"}],"seed":1,"x":123456789012345678901234567890}',
+        _auth(),
+        fast=True,
+    ),
+    Case(
+        "bad-key",
+        "/v1/chat/completions",
+        _json(CHAT),
+        {"Authorization": "Bearer nope", "Content-Type": "application/json"},
+    ),
+    Case("no-key", "/v1/chat/completions", _json(CHAT), {"Content-Type": "application/json"}),
+    Case(
+        "admin-key-lacks-scope",
+        "/v1/chat/completions",
+        _json(CHAT),
+        {"X-API-Key": ADMIN, "Content-Type": "application/json"},
+    ),
+    Case("invalid-body", "/v1/chat/completions", _json({"model": "demo", "messages": "no"}), _auth()),
+    Case("null-optional-field", "/v1/chat/completions", _json({**CHAT, "user": None}), _auth()),
+    Case(
+        "charset",
+        "/v1/chat/completions",
+        _json(CHAT),
+        _auth(**{"Content-Type": "application/json; charset=utf-8"}),
+    ),
+    Case("text-plain", "/v1/chat/completions", b"hello", _auth(**{"Content-Type": "text/plain"})),
+    Case(
+        "bad-idempotency-key", "/v1/chat/completions", _json(CHAT), _auth(**{"Idempotency-Key": "has space"})
+    ),
+    Case(
+        "signature-headers",
+        "/v1/chat/completions",
+        _json(CHAT),
+        _auth(**{"X-Signature": "0" * 64, "X-Signature-Timestamp": "1"}),
+    ),
+    Case(
+        "inference-bad-uuid",
+        "/v1/inference",
+        _json({"request_id": "x", "model": "demo", "payload": "p"}),
+        _auth(),
+    ),
+    Case(
+        "inference-hmac-field",
+        "/v1/inference",
+        _json(
+            {
+                "request_id": "1b8f1c52-3a0e-4e8e-9a55-4c1f7d0e2a11",
+                "model": "demo",
+                "payload": "p",
+                "hmac_signature": "0" * 64,
+            }
+        ),
+        _auth(),
+    ),
+    Case("empty-body", "/v1/chat/completions", b"", _auth()),
+]
+
+
+def _ids() -> Callable[[int], str]:
+    counter = itertools.count(1)
+    return lambda n: f"{next(counter):0{2 * n}x}"
+
+
+async def _client(tmp_path, name: str, fast_lane: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    upstream = await start_demo_upstream(clock=lambda: 1_700_000_000.0)
+    settings = Settings(
+        data_dir=tmp_path / name,
+        demo=True,
+        demo_upstream=upstream.base_url,
+        fast_lane=fast_lane,
+        access_log=False,
+        secret_key="0123456789abcdef0123456789abcdef-fast-lane-test",
+    )
+    components = build_components(settings)
+    app = build_app(components, random_hex=_ids())
+    await components.lifecycle.start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://router"
+        ) as client:
+            yield client, app
+    finally:
+        await components.lifecycle.stop()
+        await upstream.stop()
+
+
+def _lane(app: Any) -> FastLaneMiddleware | None:
+    while app is not None and not isinstance(app, FastLaneMiddleware):
+        app = getattr(app, "app", None)
+    return app
+
+
+@pytest.fixture
+async def both(tmp_path):
+    fast = _client(tmp_path, "fast", True)
+    plain = _client(tmp_path, "plain", False)
+    fast_client, fast_app = await fast.__anext__()
+    plain_client, plain_app = await plain.__anext__()
+    yield (fast_client, fast_app), (plain_client, plain_app)
+    for gen in (fast, plain):
+        with pytest.raises(StopAsyncIteration):
+            await gen.__anext__()
+
+
+async def test_fast_lane_responses_are_byte_identical_to_connexion(both):
+    (fast, fast_app), (plain, plain_app) = both
+    lane = _lane(fast_app)
+    assert lane is not None and _lane(plain_app) is None
+    for case in CASES:
+        headers = {"X-Request-ID": f"case-{case.name}", **case.headers}
+        before = lane.served
+        a = await fast.post(case.path, content=case.body, headers=headers)
+        b = await plain.post(case.path, content=case.body, headers=headers)
+        assert (a.status_code, a.headers.raw, a.content) == (b.status_code, b.headers.raw, b.content), (
+            case.name
+        )
+        assert (lane.served - before == 1) == case.fast, f"{case.name}: lane served={lane.served - before}"
+
+
+async def test_fast_lane_serves_the_happy_path(both):
+    (fast, fast_app), _ = both
+    lane = _lane(fast_app)
+    response = await fast.post("/v1/chat/completions", content=_json(CHAT), headers=_auth())
+    assert response.status_code == 200 and lane.served == 1
+
+
+def test_fast_lane_refuses_to_start_on_unsupported_contract_features():
+    from router_contract.operations import OPERATIONS
+
+    from router_impl.web.middleware.fast_lane import FastLaneUnsupported, build_routes
+
+    altered = dict(OPERATIONS)
+    op = altered["createChatCompletion"]
+    altered["createChatCompletion"] = type(op)(
+        **{**op.__dict__, "header_params": (*op.header_params, "x-new")}
+    )
+    with pytest.raises(FastLaneUnsupported):
+        build_routes(altered, lambda _: None)  # type: ignore[arg-type,return-value]

@@ -1,0 +1,184 @@
+"""US-1 as a newcomer lives it: `make run`, the README and banner examples, then the openai client.
+
+The router is started with exactly the command `make run` runs (read from `make -n run`), so the
+test follows the Makefile rather than a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.conftest import MODEL
+from tests.harness.backend import MockBackend
+from tests.harness.router_proc import RouterFleet, RouterProcess
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+DEMO_KEY = "rk-demo-key"
+DEMO_ADMIN_KEY = "rk-demo-admin-key"
+README_ADDRESS = re.compile(r"(?:localhost|127\.0\.0\.1):8080")
+
+
+def make_run_command(port: int) -> list[str]:
+    """The `router serve` line `make run` would execute on this port (make -n only prints it)."""
+    printed = subprocess.run(
+        ["make", "-n", "-s", "run", f"PORT={port}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    lines = [line for line in printed.splitlines() if " serve " in line and "router" in line]
+    assert len(lines) == 1, f"`make -n run` shows no single router command:\n{printed}"
+    command = shlex.split(lines[0])
+    program = Path(command[0])
+    command[0] = str(program if program.is_absolute() else REPO / program)
+    return command
+
+
+class MakeRunRouter(RouterProcess):
+    """The router exactly as `make run` starts it (its data dir kept out of the work tree)."""
+
+    def command(self) -> list[str]:
+        return make_run_command(self.port)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    router = MakeRunRouter(workdir=tmp_path_factory.mktemp("make-run"))
+    try:
+        yield router.start()
+    finally:
+        router.close()
+
+
+@pytest.fixture(scope="module")
+def demo_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFleet]:
+    fleet = RouterFleet(tmp_path_factory.mktemp("demo-routers"))
+    yield fleet
+    fleet.close()
+
+
+def run_shell_example(line: str, router: RouterProcess) -> subprocess.CompletedProcess[str]:
+    """Runs one documented command line as written, only pointed at this router's port."""
+    command = shlex.split(README_ADDRESS.sub(f"127.0.0.1:{router.port}", line), comments=True)
+    return subprocess.run(command, capture_output=True, text=True, timeout=10, env={"PATH": "/usr/bin:/bin"})
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_make_run_is_the_demo_router(demo):
+    command = make_run_command(demo.port)
+
+    assert command[1:3] == ["serve", "--demo"]
+    assert "router demo mode" in demo.log_text()
+
+
+def test_the_banners_curl_example_returns_a_completion_verbatim(demo):
+    tries = [line for line in demo.log_text().splitlines() if line.strip().startswith("try: curl")]
+    assert tries, "the demo banner shows no example"
+
+    done = run_shell_example(tries[-1].strip().removeprefix("try: "), demo)
+
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"] == "hello"
+    assert answer["usage"]["total_tokens"] > 0
+
+
+def test_every_curl_example_in_the_readme_works_against_the_demo(demo):
+    lines = [
+        line.strip()
+        for block in readme_blocks("sh") + readme_blocks("bash")
+        for line in block.splitlines()
+        if line.strip().startswith("curl ")
+    ]
+    assert lines, "the README shows no curl example"
+
+    for line in lines:
+        done = run_shell_example(line, demo)
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+        answer = json.loads(done.stdout)
+        assert "error" not in answer, f"{line}: {answer}"
+        if "/v1/status/" in line:
+            assert answer["status"] == "healthy", f"{line}: {answer}"
+
+
+def test_the_readme_shows_the_openai_client_working_against_the_demo(demo):
+    examples = [block for block in readme_blocks("python") if "openai" in block]
+    assert examples, "the README has no openai client example"
+    assert DEMO_KEY in README.read_text(encoding="utf-8")
+
+    for example in examples:
+        code = README_ADDRESS.sub(f"127.0.0.1:{demo.port}", example)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0, done.stderr
+
+
+def test_the_openai_client_gets_completions_from_the_demo(demo, clients):
+    client = clients.openai(demo, DEMO_KEY)
+
+    completion = client.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "hello demo world"}]
+    )
+    streamed = client.chat.completions.create(
+        model="demo",
+        messages=[{"role": "user", "content": "stream it to me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
+    legacy = client.completions.create(model="demo", prompt="legacy text works")
+
+    assert completion.choices[0].message.content == "hello demo world"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "stream it to me"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert legacy.choices[0].text == "legacy text works"
+    assert [m.id for m in client.models.list().data] == ["demo"]
+
+
+def test_the_demo_admin_key_cannot_run_inference(demo, clients):
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        clients.openai(demo, DEMO_ADMIN_KEY).chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    assert caught.value.code == "FORBIDDEN"
+
+
+def test_the_demo_can_point_at_another_upstream(
+    demo_fleet: RouterFleet, clients, start_mock: Callable[[], MockBackend]
+):
+    upstream = start_mock()
+    router = demo_fleet.start(env={"ROUTER_DEMO_UPSTREAM": upstream.base_url}, args=("--demo",))
+
+    completion = clients.openai(router, DEMO_KEY).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "served elsewhere"}]
+    )
+
+    assert completion.choices[0].message.content == "served elsewhere"
+    assert upstream.inference_requests == 1
+    assert upstream.last_request is not None and upstream.last_request.body["model"] == "demo"
+
+
+@pytest.fixture
+def start_mock() -> Iterator[Callable[[], MockBackend]]:
+    started: list[MockBackend] = []
+
+    def start() -> MockBackend:
+        backend = MockBackend(models=("demo", MODEL)).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()

@@ -20,19 +20,18 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from tests.harness import backend_responses as responses
 from tests.harness.ports import LOOPBACK
+from tests.harness.threaded_server import ThreadedServer
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
 GARBAGE_BODY = b'{"id": "chatcmpl-garbage", "choices": [ <<not json'
-THREAD_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -153,20 +152,21 @@ def _sse(payload: object) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-class MockBackend:
+class MockBackend(ThreadedServer):
     """An OpenAI-compatible server on a loopback port, controllable from sync and async tests."""
+
+    thread_name = "mock-backend"
 
     def __init__(
         self, port: int = 0, models: tuple[str, ...] = ("mock-model",), history: int = 200, seed: int = 0
     ) -> None:
+        super().__init__()
         self.port = port
         self.models = models
         self.controls = BackendControls()
         self.requests = RequestLog(history)
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
 
@@ -201,44 +201,6 @@ class MockBackend:
     def last_request(self) -> RecordedRequest | None:
         recent = self.requests.recent
         return recent[-1] if recent else None
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name=f"mock-backend-{self.port}", daemon=True
-        )
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(THREAD_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(THREAD_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(THREAD_TIMEOUT_S)
-        loop.close()
-        self._loop = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import re
@@ -19,17 +18,16 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
 from tests.harness.backend import _drop_connection
 from tests.harness.ports import LOOPBACK
+from tests.harness.threaded_server import ThreadedServer
 
 VALIDATE_PATH = "/v1/keys/validate"
 REVOCATIONS_PATH = "/v1/keys/revocations"
-THREAD_TIMEOUT_S = 10.0
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -70,16 +68,17 @@ class IdentityKey:
         return body
 
 
-class MockIdentityService:
+class MockIdentityService(ThreadedServer):
+    thread_name = "mock-identity"
+
     def __init__(self, port: int = 0, token: str = "identity-test-token") -> None:
+        super().__init__()
         self.port = port
         self.token = token
         self.controls = IdentityControls()
         self._keys: dict[str, IdentityKey] = {}
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -123,39 +122,6 @@ class MockIdentityService:
         self.start()
 
     # ---------------------------------------------------------------- lifecycle
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="mock-identity", daemon=True)
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(THREAD_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(THREAD_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(THREAD_TIMEOUT_S)
-        loop.close()
-        self._loop = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     async def _serve(self) -> None:
         app = web.Application()

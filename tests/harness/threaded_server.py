@@ -1,0 +1,60 @@
+"""A server whose event loop runs on a background thread, so sync and async tests can both use it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from types import TracebackType
+from typing import Self
+
+THREAD_TIMEOUT_S = 10.0
+
+
+class ThreadedServer:
+    """Subclasses implement ``_serve`` (bind and start, on the loop) and ``_shutdown`` (stop serving)."""
+
+    thread_name = "threaded-server"
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+    async def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(THREAD_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(THREAD_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(THREAD_TIMEOUT_S)
+        loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -35,6 +35,7 @@ from router_impl.routing.sse import StreamUsageTracker
 from router_impl.usage.cost import cost_micro_usd
 from router_impl.usage.record import DecisionReason, Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
+from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
 
 Kind = Literal["chat", "completion"]
 BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
@@ -101,11 +102,6 @@ class StreamingReply:
 
 
 fingerprint = request_fingerprint
-
-
-def estimate_tokens(text: str) -> int:
-    """A deliberately rough estimate (about 4 characters per token) for backends that omit usage."""
-    return max(1, (len(text) + 3) // 4) if text else 0
 
 
 class Pipeline:
@@ -235,7 +231,7 @@ class Pipeline:
             deadline=None,
         )
         payload = answer.document
-        usage = _usage_of(payload) or _estimate(call, payload)
+        usage = usage_of(payload) or estimate(call.kind, call.body, payload)
         latency_ms = int((self.monotonic() - started) * 1000)
         cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
         return Completed(routed, payload, answer.body, usage, cost, latency_ms)
@@ -342,7 +338,9 @@ class Pipeline:
                 usage = (
                     Usage(reported.prompt_tokens, reported.completion_tokens)
                     if reported is not None
-                    else Usage(_prompt_estimate(call), estimate_tokens(tracker.text), estimated=True)
+                    else Usage(
+                        prompt_estimate(call.kind, call.body), estimate_tokens(tracker.text), estimated=True
+                    )
                 )
                 cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
                 elapsed = int((self.monotonic() - started) * 1000)
@@ -385,44 +383,3 @@ def _dumps(document: dict[str, Any]) -> bytes:
 
 def _traceparent(call: Call) -> str:
     return f"00-{call.trace_id}-{call.span_id}-01"
-
-
-def _usage_of(payload: dict[str, Any]) -> Usage | None:
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
-        return None
-    return Usage(tokens_input=prompt, tokens_output=completion)
-
-
-def _prompt_text(call: Call) -> str:
-    if call.kind == "completion":
-        prompt = call.body.get("prompt")
-        return prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
-    parts: list[str] = []
-    for message in call.body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return " ".join(parts)
-
-
-def _prompt_estimate(call: Call) -> int:
-    return estimate_tokens(_prompt_text(call))
-
-
-def _estimate(call: Call, payload: dict[str, Any]) -> Usage:
-    texts: list[str] = []
-    for choice in payload.get("choices") or ():
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            text = message.get("content") if isinstance(message, dict) else choice.get("text")
-            if isinstance(text, str):
-                texts.append(text)
-    return Usage(
-        tokens_input=_prompt_estimate(call), tokens_output=estimate_tokens(" ".join(texts)), estimated=True
-    )

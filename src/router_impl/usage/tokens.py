@@ -1,0 +1,55 @@
+"""Token counts of a request: from the backend's usage block, or estimated when it has none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router_impl.usage.record import Usage
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberately rough estimate (about 4 characters per token) for backends that omit usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def usage_of(payload: dict[str, Any]) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+        return None
+    return Usage(tokens_input=prompt, tokens_output=completion)
+
+
+def prompt_text(kind: str, body: dict[str, Any]) -> str:
+    if kind == "completion":
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
+    parts: list[str] = []
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return " ".join(parts)
+
+
+def prompt_estimate(kind: str, body: dict[str, Any]) -> int:
+    return estimate_tokens(prompt_text(kind, body))
+
+
+def estimate(kind: str, body: dict[str, Any], payload: dict[str, Any]) -> Usage:
+    texts: list[str] = []
+    for choice in payload.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return Usage(
+        tokens_input=prompt_estimate(kind, body),
+        tokens_output=estimate_tokens(" ".join(texts)),
+        estimated=True,
+    )

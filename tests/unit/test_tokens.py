@@ -1,0 +1,37 @@
+from router_impl.usage.record import Usage
+from router_impl.usage.tokens import estimate, estimate_tokens, usage_of
+
+
+def test_the_backend_usage_block_is_taken_as_reported():
+    assert usage_of({"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}) == Usage(
+        7, 3
+    )
+
+
+def test_a_missing_or_malformed_usage_block_is_not_trusted():
+    for payload in (
+        {},
+        {"usage": None},
+        {"usage": {"prompt_tokens": -1, "completion_tokens": 2}},
+        {"usage": {"prompt_tokens": "7", "completion_tokens": 3}},
+    ):
+        assert usage_of(payload) is None
+
+
+def test_without_usage_tokens_are_estimated_and_marked_as_such():
+    chat = {
+        "messages": [
+            {"role": "user", "content": "abcdefgh"},
+            {"role": "user", "content": [{"type": "text", "text": "ijkl"}]},
+        ]
+    }
+    answer = {"choices": [{"message": {"content": "abcd"}}]}
+    assert estimate("chat", chat, answer) == Usage(
+        tokens_input=estimate_tokens("abcdefgh ijkl"), tokens_output=1, estimated=True
+    )
+    legacy = estimate("completion", {"prompt": ["ab", "cd"]}, {"choices": [{"text": "xyz"}]})
+    assert legacy == Usage(tokens_input=estimate_tokens("ab cd"), tokens_output=1, estimated=True)
+
+
+def test_estimates_are_about_four_characters_per_token():
+    assert [estimate_tokens(t) for t in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]

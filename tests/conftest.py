@@ -10,11 +10,16 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+from hypothesis import settings
 
 from tests.harness.backend import MockBackend
 from tests.harness.process import BinaryNotFoundError, ManagedProcess
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer, router_service_env
+
+# Property tests check behaviour, not speed: a loaded CI machine must not fail them on time.
+settings.register_profile("router", deadline=None)
+settings.load_profile("router")
 
 ServiceT = TypeVar("ServiceT", bound=ManagedProcess)
 SERVICE_FIXTURES = frozenset({"redis_server", "etcd_server", "kafka_broker", "services_env"})

@@ -7,6 +7,7 @@ backend, a duplicate id or alias makes the whole snapshot invalid.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -19,6 +20,14 @@ MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+class HealthCheckConfig(BaseModel):
+    model_config = _FROZEN
+
+    path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=256)
+    interval_seconds: int = Field(10, ge=1, le=3600)
+    timeout_ms: int = Field(2_000, ge=100, le=60_000)
+
+
 class BackendConfig(BaseModel):
     model_config = _FROZEN
 
@@ -28,8 +37,9 @@ class BackendConfig(BaseModel):
     # The model names this backend knows; a policy's model is sent as the first one unless it is listed.
     models: tuple[str, ...] = ()
     timeout_ms: int = Field(30_000, ge=100, le=600_000)
-    connect_timeout_ms: int = Field(2_000, ge=50, le=60_000)
+    connect_timeout_ms: int = Field(2_000, ge=10, le=60_000)
     max_in_flight: int = Field(256, ge=1, le=100_000)
+    health_check: HealthCheckConfig = HealthCheckConfig()
     # Name of an environment variable holding the bearer token the backend expects (never the token).
     api_key_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
     labels: dict[str, str] = Field(default_factory=dict)
@@ -40,6 +50,28 @@ class WeightedBackend(BaseModel):
 
     backend_id: str = Field(pattern=IDENTIFIER)
     weight: int = Field(100, ge=0, le=1000)
+
+
+class OrgOverride(BaseModel):
+    """A per-organisation backend list for one model (decision OVERRIDE)."""
+
+    model_config = _FROZEN
+
+    backends: tuple[WeightedBackend, ...] = Field(min_length=1)
+
+
+BackendStateName = Literal["healthy", "degraded", "disabled"]
+
+
+class BackendState(BaseModel):
+    """The operator's word on a backend: the kill switch (disabled) and the degraded flag."""
+
+    model_config = _FROZEN
+
+    state: BackendStateName = "healthy"
+    reason: str = Field("", max_length=500)
+    updated_at: datetime | None = None
+    updated_by: str | None = None
 
 
 class ModelPricing(BaseModel):
@@ -58,6 +90,13 @@ class ModelPolicy(BaseModel):
     pricing: ModelPricing = ModelPricing()
     enabled: bool = True
     owned_by: str = "api-router"
+    # Consecutive failures that open a backend's circuit breaker (traffic shifts to the others).
+    failover_threshold: int = Field(3, ge=1, le=100)
+    # After recovery a backend's weight ramps up linearly over this window.
+    warmup_seconds: int = Field(30, ge=0, le=3600)
+    allow_keys: tuple[str, ...] | None = None  # key ids; None = every key
+    deny_keys: tuple[str, ...] = ()
+    org_overrides: dict[str, OrgOverride] = Field(default_factory=dict)
 
 
 class RuntimeConfig(BaseModel):
@@ -66,6 +105,7 @@ class RuntimeConfig(BaseModel):
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelPolicy, ...] = ()
     api_keys: tuple[ApiKeyRecord, ...] = ()
+    backend_states: dict[str, BackendState] = Field(default_factory=dict)
 
     _policies: dict[str, ModelPolicy] = PrivateAttr(default_factory=dict)
     _backends: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
@@ -78,9 +118,13 @@ class RuntimeConfig(BaseModel):
         _unique("models: model name or alias", [n for m in self.models for n in (m.model, *m.aliases)])
         known = {b.id for b in self.backends}
         for policy in self.models:
-            for wb in policy.backends:
+            lists = [policy.backends, *(o.backends for o in policy.org_overrides.values())]
+            for wb in (wb for backends in lists for wb in backends):
                 if wb.backend_id not in known:
                     raise ValueError(f"models: {policy.model} names unknown backend {wb.backend_id}")
+        for backend_id in self.backend_states:
+            if backend_id not in known:
+                raise ValueError(f"backend_states: unknown backend {backend_id}")
         self._policies = {name: m for m in self.models for name in (m.model, *m.aliases)}
         self._backends = {b.id: b for b in self.backends}
         return self
@@ -91,6 +135,12 @@ class RuntimeConfig(BaseModel):
 
     def backend(self, backend_id: str) -> BackendConfig | None:
         return self._backends.get(backend_id)
+
+    def state_of(self, backend_id: str) -> BackendState:
+        return self.backend_states.get(backend_id) or _HEALTHY
+
+
+_HEALTHY = BackendState()
 
 
 def _unique(what: str, values: list[str]) -> None:

@@ -6,6 +6,7 @@ Each port gets its embedded adapter unless its shared service is configured
 
 from __future__ import annotations
 
+import random
 import secrets
 import socket
 import time
@@ -51,6 +52,11 @@ from router_impl.limits.idempotency_memory import MemoryIdempotencyStore
 from router_impl.limits.idempotency_redis import RedisIdempotencyStore
 from router_impl.pipeline import Pipeline
 from router_impl.routing.backend_client import BackendClient
+from router_impl.routing.decisions import DecisionLog
+from router_impl.routing.dispatcher import Dispatcher
+from router_impl.routing.engine import RoutingEngine
+from router_impl.routing.health import BackendHealth
+from router_impl.routing.prober import Prober
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
 from router_impl.usage.sink import JsonlUsageSink, JsonlWriter
@@ -151,14 +157,22 @@ def build_components(settings: Settings) -> Components:
     backends = BackendClient()
     lifecycle.on_start(lambda: backends.start(holder.current().backends))
     lifecycle.on_stop(backends.close)
+    health = BackendHealth(time.monotonic, cool_down_s=settings.breaker_cool_down_seconds)
+    prober = Prober(health)
+    lifecycle.background(lambda: prober.run(holder.current))
+    decisions = DecisionLog()
     writer = JsonlWriter(settings.data_dir / "usage")
     lifecycle.on_stop(_sync(writer.close))
     pipeline = Pipeline(
         config=holder.current,
         authenticator=authenticator,
         backends=backends,
+        engine=RoutingEngine(health, random.Random()),  # noqa: S311 -- load spreading, not secrecy
+        dispatcher=Dispatcher(backends, health),
+        decisions=decisions,
         idempotency=_idempotency(settings, redis, lifecycle),
         usage=JsonlUsageSink(writer),
+        request_timeout_seconds=settings.request_timeout_seconds,
     )
     return Components(
         settings=settings,
@@ -169,6 +183,9 @@ def build_components(settings: Settings) -> Components:
         identity=identity,
         health=_health(settings, holder, identity),
         pipeline=pipeline,
+        health_registry=health,
+        backend_client=backends,
+        decisions=decisions,
         lifecycle=lifecycle,
         started_at=int(time.time()),
     )

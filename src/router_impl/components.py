@@ -12,6 +12,9 @@ from router_impl.config.holder import ConfigHolder
 from router_impl.health import HealthService
 from router_impl.lifecycle import Lifecycle
 from router_impl.pipeline import Pipeline
+from router_impl.routing.backend_client import BackendClient
+from router_impl.routing.decisions import DecisionLog
+from router_impl.routing.health import BackendHealth
 from router_impl.settings import Settings
 
 
@@ -25,5 +28,8 @@ class Components:
     identity: IdentityServiceKeyStore | None
     health: HealthService
     pipeline: Pipeline
+    health_registry: BackendHealth
+    backend_client: BackendClient
+    decisions: DecisionLog
     lifecycle: Lifecycle
     started_at: int

@@ -30,10 +30,14 @@ from router_impl.limits.idempotency import (
     StoredReply,
     request_fingerprint,
 )
-from router_impl.routing.backend_client import BackendClient, StreamBroken
+from router_impl.routing.backend_client import BackendClient, BackendReply, StreamBroken
+from router_impl.routing.backend_stream import BackendEvents, BackendStream
+from router_impl.routing.decisions import DecisionLog, RoutingDecisionRecord
+from router_impl.routing.dispatcher import Attempted, Dispatcher
+from router_impl.routing.engine import Candidate, RouteDecision, RouteReason, RouteRequest, RoutingEngine
 from router_impl.routing.sse import StreamUsageTracker
 from router_impl.usage.cost import cost_micro_usd
-from router_impl.usage.record import DecisionReason, Usage, UsageFacts, build_record
+from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
 from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
 
@@ -67,10 +71,26 @@ class Call:
 
 @dataclass(frozen=True)
 class Routed:
+    """Where a request was served: the backend that answered, why, and after how many calls."""
+
     policy: ModelPolicy
     backend: BackendConfig
     backend_model: str
-    decision: DecisionReason
+    decision: RouteReason
+    warning: str | None = None
+    attempts: int = 1
+
+    @classmethod
+    def of(cls, decision: RouteDecision, attempted: Attempted[Any]) -> Routed:
+        candidate = attempted.candidate
+        return cls(
+            decision.policy,
+            candidate.backend,
+            candidate.backend_model,
+            decision.reason_at(attempted.index),
+            decision.warning_at(attempted.index),
+            attempted.attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -111,8 +131,12 @@ class Pipeline:
         config: Callable[[], RuntimeConfig],
         authenticator: Authenticator,
         backends: BackendClient,
+        engine: RoutingEngine,
+        dispatcher: Dispatcher,
+        decisions: DecisionLog,
         idempotency: IdempotencyStore,
         usage: UsageSink,
+        request_timeout_seconds: float = 120.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
         max_stored_stream_bytes: int = 1024 * 1024,
@@ -120,6 +144,10 @@ class Pipeline:
         self.config = config
         self.authenticator = authenticator
         self.backends = backends
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.decisions = decisions
+        self.request_timeout_seconds = request_timeout_seconds
         self.idempotency = idempotency
         self.usage = usage
         self.now = now
@@ -128,22 +156,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ routing
 
-    def route(self, call: Call) -> Routed:
+    def route(self, call: Call) -> RouteDecision:
+        """The ordered candidates for this request (weights, health, kill switches, org policy)."""
         snapshot = self.config()
         policy = snapshot.policy_for(call.model)
         if policy is None:
             available = ", ".join(sorted(self.model_names(call.principal))) or "none"
             raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{call.model}'. Available models: {available}.")
         self.authenticator.authorize_model(call.principal, policy.model, call.model)
-        if not policy.enabled:
-            raise ApiError("NO_BACKEND_AVAILABLE", f"Model '{policy.model}' is switched off.")
-        for weighted in policy.backends:
-            backend = snapshot.backend(weighted.backend_id)
-            if weighted.weight > 0 and backend is not None:
-                served = backend.models
-                backend_model = policy.model if not served or policy.model in served else served[0]
-                return Routed(policy, backend, backend_model, "PRIMARY")
-        raise ApiError("NO_BACKEND_AVAILABLE", f"No backend serves '{policy.model}'.")
+        principal = call.principal
+        return self.engine.candidates(
+            snapshot, RouteRequest(call.model, principal.organization_id, principal.key_id)
+        )
 
     def available_models(self, principal: Principal) -> list[tuple[str, ModelPolicy]]:
         """(name, policy) for every model name or alias this key may use."""
@@ -163,12 +187,12 @@ class Pipeline:
 
     async def complete(self, call: Call, render: Callable[[Call, Completed], FinalReply]) -> FinalReply:
         """One completion; a retried idempotency key replays the stored reply and is not billed."""
-        routed = self.route(call)
+        decision = self.route(call)
         began = await self._begin(call)
         if isinstance(began, FinalReply):
             return began
         try:
-            completed = await self._call_backend(call, routed)
+            completed = await self._call_backend(call, decision)
             reply = render(call, completed)
             await self._account(call, completed, reply.status, stream=False)
         except BaseException:
@@ -219,17 +243,22 @@ class Pipeline:
             # The client still gets its (billed) reply; a retry after the lease would run again.
             log.error("idempotency_complete_failed", error=str(exc)[:200], request_id=call.request_id)
 
-    async def _call_backend(self, call: Call, routed: Routed) -> Completed:
+    async def _call_backend(self, call: Call, decision: RouteDecision) -> Completed:
         started = self.monotonic()
-        outbound = _dumps({**call.body, "model": routed.backend_model})
-        answer = await self.backends.post_json(
-            routed.backend,
-            BACKEND_PATHS[call.kind],
-            outbound,
-            traceparent=_traceparent(call),
-            request_id=call.request_id,
-            deadline=None,
-        )
+        deadline = started + self.request_timeout_seconds
+
+        async def send(candidate: Candidate) -> BackendReply:
+            return await self.backends.post_json(
+                candidate.backend,
+                BACKEND_PATHS[call.kind],
+                _dumps({**call.body, "model": candidate.backend_model}),
+                traceparent=_traceparent(call),
+                request_id=call.request_id,
+                deadline=deadline,
+            )
+
+        attempted = await self.dispatcher.call(decision, send)
+        routed, answer = Routed.of(decision, attempted), attempted.result
         payload = answer.document
         usage = usage_of(payload) or estimate(call.kind, call.body, payload)
         latency_ms = int((self.monotonic() - started) * 1000)
@@ -247,6 +276,7 @@ class Pipeline:
             latency_ms=completed.latency_ms,
             cost_micro_usd=completed.cost_micro_usd,
             decision_reason=completed.routed.decision,
+            retry_count=completed.routed.attempts - 1,
             endpoint=call.endpoint,
             status_code=status,
             stream=stream,
@@ -255,6 +285,21 @@ class Pipeline:
             timestamp=self.now(),
         )
         await self.usage.emit(build_record(facts))
+        routed = completed.routed
+        self.decisions.record(
+            RoutingDecisionRecord(
+                request_id=call.request_id,
+                timestamp=facts.timestamp,
+                model=routed.policy.model,
+                organization_id=call.principal.organization_id,
+                api_key_id=call.principal.key_id,
+                backend_id=routed.backend.id,
+                decision=routed.decision,
+                attempts=routed.attempts,
+                latency_ms=completed.latency_ms,
+                warning=routed.warning,
+            )
+        )
 
     # ------------------------------------------------------------------ streaming
 
@@ -265,28 +310,33 @@ class Pipeline:
         ``max_stored_stream_bytes``) and a retry replays it whole; a stream that broke or whose
         client went away releases the key, so the retry runs again (and only it is billed in full).
         """
-        routed = self.route(call)
+        decision = self.route(call)
         began = await self._begin(call)
         if isinstance(began, FinalReply):
             return began
         wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        outbound = _dumps(
-            {**call.body, "model": routed.backend_model, "stream_options": {"include_usage": True}}
-        )
         started = self.monotonic()
-        opened = self.backends.stream(
-            routed.backend,
-            BACKEND_PATHS[call.kind],
-            outbound,
-            traceparent=_traceparent(call),
-            request_id=call.request_id,
-            deadline=None,
-        )
+        deadline = started + self.request_timeout_seconds
+
+        async def open_stream(candidate: Candidate) -> tuple[BackendStream, BackendEvents]:
+            body = {**call.body, "model": candidate.backend_model, "stream_options": {"include_usage": True}}
+            opened = self.backends.stream(
+                candidate.backend,
+                BACKEND_PATHS[call.kind],
+                _dumps(body),
+                traceparent=_traceparent(call),
+                request_id=call.request_id,
+                deadline=deadline,
+            )
+            return opened, await opened.__aenter__()  # errors before the first byte surface here
+
         try:
-            events = await opened.__aenter__()  # errors before the first byte surface here, as ApiError
+            attempted = await self.dispatcher.call(decision, open_stream)
         except BaseException:
             await self._release(call, began)
             raise
+        routed = Routed.of(decision, attempted)
+        opened, events = attempted.result
         tracker = StreamUsageTracker()
         headers = routing_headers(routed)
 
@@ -312,6 +362,7 @@ class Pipeline:
                                 transcript.append(event)
                         yield event
                 except StreamBroken as exc:
+                    self.dispatcher.health.record_failure(routed.backend.id, routed.policy.failover_threshold)
                     code = "BACKEND_TIMEOUT" if "Timeout" in exc.reason else "BACKEND_ERROR"
                     failure = ApiError(code, "The backend stream broke before the answer was complete.")
                 else:
@@ -363,7 +414,10 @@ class Pipeline:
 
 
 def routing_headers(routed: Routed) -> dict[str, str]:
-    return {"X-Routing-Backend": routed.backend.id, "X-Routing-Decision": routed.decision}
+    headers = {"X-Routing-Backend": routed.backend.id, "X-Routing-Decision": routed.decision}
+    if routed.warning:
+        headers["X-Routing-Warning"] = routed.warning
+    return headers
 
 
 def _replayed(reply: StoredReply) -> FinalReply:

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     identity_timeout_seconds: float = Field(2.0, gt=0, le=30)
     identity_revocation_poll_seconds: float = Field(5.0, gt=0)
 
+    # One request's whole budget across failover attempts; each attempt is also bounded by its
+    # backend's timeout_ms.
+    request_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    breaker_cool_down_seconds: float = Field(10.0, gt=0, le=3600)
+
     redis_timeout_seconds: float = Field(0.5, gt=0, le=10)
     redis_max_connections: int = Field(64, ge=1, le=10_000)
 

@@ -197,7 +197,13 @@ def runtime_config(backend: MockBackend, faulty_backend: MockBackend) -> dict[st
                 "pricing": pricing,
             },
             {"model": OTHER_MODEL, "backends": [{"backend_id": BACKEND_ID, "weight": 100}]},
-            {"model": FAULTY_MODEL, "backends": [{"backend_id": FAULTY_BACKEND_ID, "weight": 100}]},
+            # These tests break the backend on purpose to check error mapping; the breaker is tested
+            # on its own (tests/e2e/test_failover.py), so it must not open here.
+            {
+                "model": FAULTY_MODEL,
+                "backends": [{"backend_id": FAULTY_BACKEND_ID, "weight": 100}],
+                "failover_threshold": 100,
+            },
         ],
         "api_keys": [key.record for key in KEYS.values()],
     }

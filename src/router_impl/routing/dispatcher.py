@@ -1,0 +1,83 @@
+"""Tries a route's candidates in order until one answers: failover inside one request.
+
+Moves on after a connect error, a timeout before any response, or 502/503/504 from the backend
+(the issue's rule); any other error is the answer. Skips backends at their ``max_in_flight``
+(backpressure: when every candidate is saturated the answer is 503 with Retry-After, and no task
+waits for a slot) and half-open backends whose single trial is taken. Every outcome is recorded
+with the health registry, which opens and closes the breakers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+
+from router_impl.errors import ApiError
+from router_impl.routing.backend_client import BackendClient
+from router_impl.routing.backend_errors import BackendCallError
+from router_impl.routing.engine import Candidate, RouteDecision
+from router_impl.routing.health import BackendHealth
+
+T = TypeVar("T")
+_FAILOVER_STATUSES = frozenset({502, 503, 504})
+log = structlog.get_logger("router.routing")
+
+
+@dataclass(frozen=True)
+class Attempted(Generic[T]):
+    candidate: Candidate
+    index: int  # position in the decision's candidates: reason_at / warning_at
+    attempts: int  # backend calls made for this request
+    result: T
+
+
+def may_fail_over(error: BackendCallError) -> bool:
+    return error.retry_safe or error.code == "BACKEND_TIMEOUT" or error.upstream_status in _FAILOVER_STATUSES
+
+
+class Dispatcher:
+    def __init__(self, backends: BackendClient, health: BackendHealth) -> None:
+        self.backends = backends
+        self.health = health
+
+    async def call(self, decision: RouteDecision, send: Callable[[Candidate], Awaitable[T]]) -> Attempted[T]:
+        attempts, saturated = 0, 0
+        last: BackendCallError | None = None
+        threshold = decision.policy.failover_threshold
+        for index, candidate in enumerate(decision.candidates):
+            backend_id = candidate.backend.id
+            if self.backends.in_flight(backend_id) >= candidate.backend.max_in_flight:
+                saturated += 1
+                continue
+            if not self.health.try_acquire(backend_id):
+                continue
+            attempts += 1
+            try:
+                result = await send(candidate)
+            except BackendCallError as exc:
+                self.health.record_error(backend_id, exc, threshold)
+                if not may_fail_over(exc):
+                    raise
+                self.health.record_failover(backend_id)
+                log.warning(
+                    "backend_failover", backend=backend_id, reason=exc.reason, model=decision.policy.model
+                )
+                last = exc
+                continue
+            except BaseException:
+                self.health.release(backend_id)  # cancelled or crashed: give a half-open trial back
+                raise
+            self.health.record_success(backend_id)
+            return Attempted(candidate, index, attempts, result)
+        if last is not None:
+            raise last
+        if saturated:
+            raise ApiError(
+                "SERVICE_UNAVAILABLE",
+                "Every backend for this model is at capacity.",
+                headers={"Retry-After": "1"},
+            )
+        raise ApiError("NO_BACKEND_AVAILABLE", f"No backend is available for '{decision.policy.model}'.")

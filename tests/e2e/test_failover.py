@@ -1,0 +1,179 @@
+"""US-3: traffic keeps flowing when a backend fails, and comes back when it recovers.
+
+One model on two real backends: ``primary`` (weight 100) and ``standby`` (weight 0, failover
+only). The router's breaker cools down in 0.5 s and backends probe every second, so recovery is
+observable within a test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from router_impl.auth.keys import hash_secret
+from tests.e2e.conftest import records_for, wait_until
+from tests.harness.backend import MockBackend
+from tests.harness.router_proc import RouterFleet, RouterProcess
+
+MODEL = "fo-model"
+KEY = "rk_e2e_failover_key"
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[tuple[MockBackend, MockBackend]]:
+    with MockBackend(models=(MODEL,)) as primary, MockBackend(models=(MODEL,)) as standby:
+        yield primary, standby
+
+
+@pytest.fixture
+def pair(backends: tuple[MockBackend, MockBackend]) -> Iterator[tuple[MockBackend, MockBackend]]:
+    for backend in backends:
+        backend.start()
+        backend.reset_controls()
+        backend.reset_counters()
+    yield backends
+    for backend in backends:
+        backend.start()
+        backend.reset_controls()
+
+
+@pytest.fixture(scope="module")
+def router(
+    tmp_path_factory: pytest.TempPathFactory, backends: tuple[MockBackend, MockBackend]
+) -> Iterator[RouterProcess]:
+    primary, standby = backends
+    config: dict[str, Any] = {
+        "backends": [
+            {
+                "id": "primary",
+                "base_url": primary.openai_base_url,
+                "models": [MODEL],
+                "connect_timeout_ms": 200,
+                "timeout_ms": 2000,
+                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
+            },
+            {
+                "id": "standby",
+                "base_url": standby.openai_base_url,
+                "models": [MODEL],
+                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
+            },
+        ],
+        "models": [
+            {
+                "model": MODEL,
+                "backends": [
+                    {"backend_id": "primary", "weight": 100},
+                    {"backend_id": "standby", "weight": 0},
+                ],
+                "failover_threshold": 3,
+                "warmup_seconds": 0,
+            }
+        ],
+        "api_keys": [
+            {
+                "id": "key-fo",
+                "organization_id": "org-fo",
+                "key_hash": hash_secret(KEY),
+                "scopes": ["inference"],
+            }
+        ],
+    }
+    workdir = tmp_path_factory.mktemp("failover")
+    path = Path(workdir) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    fleet = RouterFleet(workdir)
+    yield fleet.start(
+        env={
+            "ROUTER_CONFIG_PATH": str(path),
+            "ROUTER_BREAKER_COOL_DOWN_SECONDS": "0.5",
+            "ROUTER_ACCESS_LOG": "false",
+        }
+    )
+    fleet.close()
+
+
+def ask(http: httpx.Client) -> tuple[httpx.Response, str]:
+    request_id = f"fo-{uuid.uuid4()}"
+    response = http.post(
+        "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": request_id},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "are you there"}]},
+    )
+    return response, request_id
+
+
+@pytest.fixture
+def http(router: RouterProcess, pair: tuple[MockBackend, MockBackend]) -> Iterator[httpx.Client]:
+    """A client, once the router routes to the primary again (an earlier test may have killed it)."""
+    with httpx.Client(base_url=router.base_url, trust_env=False, timeout=10) as client:
+        assert routes_to_primary(client), "the router never took the restarted primary back"
+        for backend in pair:
+            backend.reset_counters()
+        yield client
+
+
+def routes_to_primary(http: httpx.Client, within: float = 8.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        response, _ = ask(http)
+        if response.status_code == 200 and response.headers["x-routing-backend"] == "primary":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_healthy_primary_serves_everything_as_primary(http, pair):
+    _, standby = pair
+    answers = [ask(http)[0] for _ in range(10)]
+    assert {
+        (r.status_code, r.headers["x-routing-backend"], r.headers["x-routing-decision"]) for r in answers
+    } == {(200, "primary", "PRIMARY")}
+    assert standby.inference_requests == 0
+
+
+def test_killing_the_primary_loses_no_request_and_failover_is_visible(http, router, pair):
+    primary, _ = pair
+    primary.stop()
+    answers = [ask(http) for _ in range(20)]
+    assert [r.status_code for r, _ in answers] == [200] * 20, "a client saw an error during failover"
+    assert {r.headers["x-routing-backend"] for r, _ in answers} == {"standby"}
+    assert {r.headers["x-routing-decision"] for r, _ in answers} == {"FAILOVER"}
+    # The first request paid for the failed attempt; one usage record, its retry counted.
+    first = wait_until(lambda: records_for(router, answers[0][1]))
+    assert len(first) == 1 and first[0]["decision_reason"] == "FAILOVER" and first[0]["retry_count"] == 1
+    # Once the breaker is open the dead primary is not even tried: the warning says why.
+    assert "primary" in answers[-1][0].headers.get("x-routing-warning", "")
+
+
+def test_a_primary_answering_503_fails_over_within_the_request(http, pair):
+    primary, standby = pair
+    primary.configure(fixed_status=503)
+    response, _ = ask(http)
+    assert (response.status_code, response.headers["x-routing-backend"]) == (200, "standby")
+    assert primary.inference_requests == 1 and standby.inference_requests == 1
+
+
+def test_a_primary_answering_500_is_not_retried(http, pair):
+    primary, standby = pair
+    primary.configure(fixed_status=500)
+    response, _ = ask(http)
+    assert (response.status_code, response.json()["error"]["code"]) == (502, "BACKEND_ERROR")
+    assert standby.inference_requests == 0
+
+
+def test_traffic_returns_to_the_primary_after_it_recovers(http, pair):
+    primary, _ = pair
+    primary.stop()
+    for _ in range(5):
+        assert ask(http)[0].status_code == 200
+    primary.start()
+    assert routes_to_primary(http), "traffic never returned to the recovered primary"
+    assert [ask(http)[0].headers["x-routing-decision"] for _ in range(5)] == ["PRIMARY"] * 5

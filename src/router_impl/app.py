@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -39,9 +40,13 @@ from router_impl.auth.signature_gate import SignatureGate
 from router_impl.auth.signing import SignatureVerifier
 from router_impl.auth.store_lmdb import LmdbKeyStore
 from router_impl.components import Components
-from router_impl.config.file_source import load_file
+from router_impl.config.etcd_source import EtcdSource
+from router_impl.config.file_source import FileSource
 from router_impl.config.holder import ConfigHolder
+from router_impl.config.lkg_cache import LastKnownGood
 from router_impl.config.model import RuntimeConfig
+from router_impl.config.service import ConfigService
+from router_impl.config.source import ConfigSource
 from router_impl.demo.config import demo_config
 from router_impl.demo.upstream import start_demo_upstream
 from router_impl.health import BuildInfo, CheckStatus, HealthCheck, HealthService
@@ -101,13 +106,19 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+def _config_source(settings: Settings) -> ConfigSource:
+    if settings.etcd_endpoints:
+        endpoints = [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()]
+        return EtcdSource(endpoints, settings.etcd_prefix, settings.etcd_timeout_seconds)
+    path = settings.config_path or settings.data_dir / "runtime-config.yaml"
+    return FileSource(path, settings.config_poll_seconds, missing_ok=settings.config_path is None)
+
+
 def build_components(settings: Settings) -> Components:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lifecycle = Lifecycle()
-    runtime_config = load_file(settings.config_path)
-    if settings.demo:
-        runtime_config = _with_demo(settings, runtime_config, lifecycle)
-    holder = ConfigHolder(runtime_config)
+    holder = ConfigHolder(RuntimeConfig())  # filled by the config service before serving starts
+    overlay = _demo_overlay(settings, lifecycle) if settings.demo else None
     redis = _redis(settings)
     if redis is not None:
         lifecycle.on_stop(redis.aclose)
@@ -133,7 +144,7 @@ def build_components(settings: Settings) -> Components:
     else:
         key_admin = LmdbKeyStore(
             settings.data_dir / "keys",
-            runtime_config.api_keys,
+            (),  # the config file's keys arrive with each applied snapshot (replace_static)
             secret_box=box,
             map_size=settings.key_store_map_size_bytes,
         )
@@ -155,7 +166,6 @@ def build_components(settings: Settings) -> Components:
     authenticator = Authenticator(store)
 
     backends = BackendClient()
-    lifecycle.on_start(lambda: backends.start(holder.current().backends))
     lifecycle.on_stop(backends.close)
     health = BackendHealth(time.monotonic, cool_down_s=settings.breaker_cool_down_seconds)
     prober = Prober(health)
@@ -174,6 +184,23 @@ def build_components(settings: Settings) -> Components:
         usage=JsonlUsageSink(writer),
         request_timeout_seconds=settings.request_timeout_seconds,
     )
+
+    async def follow_snapshot(snapshot: RuntimeConfig) -> None:
+        await backends.update(snapshot.backends)
+        health.forget_except(b.id for b in snapshot.backends)
+        if key_admin is not None:
+            key_admin.replace_static(snapshot.api_keys)
+
+    config_service = ConfigService(
+        _config_source(settings),
+        holder,
+        LastKnownGood(settings.data_dir / "config-lkg"),
+        clock=lambda: datetime.now(UTC),
+        on_apply=[follow_snapshot],
+        overlay=overlay,
+    )
+    lifecycle.on_start(lambda: config_service.start(within=settings.config_start_timeout_seconds))
+    lifecycle.on_stop(config_service.stop)
     return Components(
         settings=settings,
         config=holder,
@@ -181,8 +208,9 @@ def build_components(settings: Settings) -> Components:
         signatures=signatures,
         key_admin=key_admin,
         identity=identity,
-        health=_health(settings, holder, identity),
+        health=_health(settings, config_service, identity),
         pipeline=pipeline,
+        config_service=config_service,
         health_registry=health,
         backend_client=backends,
         decisions=decisions,
@@ -212,45 +240,39 @@ def _idempotency(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) 
     return store
 
 
-def _with_demo(settings: Settings, base: RuntimeConfig, lifecycle: Lifecycle) -> RuntimeConfig:
-    """Demo mode's config: the built-in upstream, on a socket bound now so that its URL is known,
-    or ROUTER_DEMO_UPSTREAM."""
+def _demo_overlay(settings: Settings, lifecycle: Lifecycle) -> Callable[[RuntimeConfig], RuntimeConfig]:
+    """Demo mode adds its model, upstream and keys to every snapshot: the built-in upstream (on a
+    socket bound now, so its URL is known), or ROUTER_DEMO_UPSTREAM."""
     keys = {
         "api_key": settings.demo_api_key.get_secret_value(),
         "admin_key": settings.demo_admin_key.get_secret_value(),
     }
-    if settings.demo_upstream:
-        return demo_config(base, upstream_url=settings.demo_upstream, **keys)
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    upstream: list[Any] = []
+    upstream_url = settings.demo_upstream
+    if upstream_url is None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        upstream_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        upstream: list[Any] = []
 
-    async def start() -> None:
-        upstream.append(await start_demo_upstream(sock=sock))
+        async def start() -> None:
+            upstream.append(await start_demo_upstream(sock=sock))
 
-    async def stop() -> None:
-        for running in upstream:
-            await running.stop()
+        async def stop() -> None:
+            for running in upstream:
+                await running.stop()
 
-    lifecycle.on_start(start)
-    lifecycle.on_stop(stop)
-    return demo_config(base, upstream_url=f"http://127.0.0.1:{port}", **keys)
+        lifecycle.on_start(start)
+        lifecycle.on_stop(stop)
+    url = upstream_url
+    return lambda base: demo_config(base, upstream_url=url, **keys)
 
 
 def _health(
-    settings: Settings, holder: ConfigHolder, identity: IdentityServiceKeyStore | None
+    settings: Settings, service: ConfigService, identity: IdentityServiceKeyStore | None
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
-    async def config() -> tuple[CheckStatus, str]:
-        snapshot = holder.current()
-        return (
-            "pass",
-            f"runtime config loaded ({len(snapshot.models)} models, {len(snapshot.backends)} backends)",
-        )
-
-    checks = [HealthCheck("process", process), HealthCheck("config", config)]
+    checks = [HealthCheck("process", process), HealthCheck("config", service.readiness)]
     if identity is not None:
 
         async def identity_service() -> tuple[CheckStatus, str]:

@@ -9,6 +9,7 @@ from router_impl.auth.authenticator import Authenticator
 from router_impl.auth.identity import IdentityServiceKeyStore
 from router_impl.auth.signature_gate import SignatureGate
 from router_impl.config.holder import ConfigHolder
+from router_impl.config.service import ConfigService
 from router_impl.health import HealthService
 from router_impl.lifecycle import Lifecycle
 from router_impl.pipeline import Pipeline
@@ -28,6 +29,7 @@ class Components:
     identity: IdentityServiceKeyStore | None
     health: HealthService
     pipeline: Pipeline
+    config_service: ConfigService
     health_registry: BackendHealth
     backend_client: BackendClient
     decisions: DecisionLog

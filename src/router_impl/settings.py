@@ -29,7 +29,13 @@ class Settings(BaseSettings):
     keep_alive_seconds: int = Field(5, ge=1)
 
     redis_url: str | None = None
+    # Comma-separated host:port list; the runtime config then lives under etcd_prefix, one key per object.
     etcd_endpoints: str | None = None
+    etcd_prefix: str = "/api-router/"
+    etcd_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    # How long start-up waits for the config source before serving the last known good copy.
+    config_start_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    config_poll_seconds: float = Field(1.0, gt=0, le=3600)
     kafka_bootstrap: str | None = None
 
     # Encrypts per-key signing secrets at rest; without it a key file is generated in data_dir.

@@ -48,9 +48,14 @@ async def client(tmp_path):
 
     config.write_text(yaml.safe_dump(RuntimeConfig(api_keys=keys()).model_dump(mode="json")))
     settings = Settings(config_path=config, data_dir=tmp_path, access_log=False)
-    app = build_app(build_components(settings))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
-        yield c
+    components = build_components(settings)
+    app = build_app(components)
+    await components.lifecycle.start()  # what the ASGI lifespan does: the config is applied here
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+            yield c
+    finally:
+        await components.lifecycle.stop()
 
 
 def stubbed(scope: str) -> tuple[str, str]:

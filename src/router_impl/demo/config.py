@@ -48,4 +48,5 @@ def demo_config(base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_k
         backends=(*base.backends, backend),
         models=(*base.models, model),
         api_keys=(*base.api_keys, *keys),
+        backend_states=base.backend_states,
     )

@@ -101,11 +101,29 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return _print_json(_admin(args).request("POST", f"/v1/admin/keys/{args.key_id}/revoke", body))
 
 
+def _admin_parser(sub: Any, name: str, help_text: str) -> Any:
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--url", default=os.environ.get("ROUTER_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--admin-key", default=None, help="admin-scope key (default: ROUTER_ADMIN_KEY)")
+    return parser.add_subparsers(dest="action", required=True)
+
+
+def _add_policy_commands(sub: Any) -> None:
+    from router_impl import policy_cli
+
+    actions = _admin_parser(
+        sub, "policy", "routing config (backends, model policies, states) over the admin API"
+    )
+    dump = actions.add_parser("dump", help="print the applied routing config as runtime-config YAML")
+    dump.add_argument("--output", "-o", help="write to this file instead of stdout")
+    dump.set_defaults(func=lambda args: policy_cli.run_dump(_admin(args), args))
+    apply = actions.add_parser("apply", help="apply a runtime-config YAML file (backends, models, states)")
+    apply.add_argument("file")
+    apply.set_defaults(func=lambda args: policy_cli.run_apply(_admin(args), args))
+
+
 def _add_keys_commands(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="manage API keys through the admin API")
-    keys.add_argument("--url", default=os.environ.get("ROUTER_URL", "http://127.0.0.1:8080"))
-    keys.add_argument("--admin-key", default=None, help="admin-scope key (default: ROUTER_ADMIN_KEY)")
-    actions = keys.add_subparsers(dest="action", required=True)
+    actions = _admin_parser(sub, "keys", "manage API keys through the admin API")
     create = actions.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--org", required=True, help="organisation id")
     create.add_argument("--scope", action="append", choices=["inference", "audit", "admin"])
@@ -143,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     _add_keys_commands(sub)
+    _add_policy_commands(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)

@@ -10,24 +10,8 @@ class OperationNotImplemented(Exception):
         self.operation_id = operation_id
 
 
-async def delete_backend(**_: Any) -> Any:
-    raise OperationNotImplemented('deleteBackend')
-
-
-async def delete_model_policy(**_: Any) -> Any:
-    raise OperationNotImplemented('deleteModelPolicy')
-
-
 async def get_audit_by_request(**_: Any) -> Any:
     raise OperationNotImplemented('getAuditByRequest')
-
-
-async def get_backend(**_: Any) -> Any:
-    raise OperationNotImplemented('getBackend')
-
-
-async def get_model_policy(**_: Any) -> Any:
-    raise OperationNotImplemented('getModelPolicy')
 
 
 async def get_org_limits(**_: Any) -> Any:
@@ -38,33 +22,9 @@ async def list_audit_events(**_: Any) -> Any:
     raise OperationNotImplemented('listAuditEvents')
 
 
-async def list_backends(**_: Any) -> Any:
-    raise OperationNotImplemented('listBackends')
-
-
-async def list_model_policies(**_: Any) -> Any:
-    raise OperationNotImplemented('listModelPolicies')
-
-
-async def list_routing_decisions(**_: Any) -> Any:
-    raise OperationNotImplemented('listRoutingDecisions')
-
-
-async def put_backend(**_: Any) -> Any:
-    raise OperationNotImplemented('putBackend')
-
-
-async def put_model_policy(**_: Any) -> Any:
-    raise OperationNotImplemented('putModelPolicy')
-
-
 async def put_org_limits(**_: Any) -> Any:
     raise OperationNotImplemented('putOrgLimits')
 
 
 async def reset_org_limits(**_: Any) -> Any:
     raise OperationNotImplemented('resetOrgLimits')
-
-
-async def set_backend_state(**_: Any) -> Any:
-    raise OperationNotImplemented('setBackendState')

@@ -58,12 +58,17 @@ async def client(tmp_path):
         await components.lifecycle.stop()
 
 
-def stubbed(scope: str) -> tuple[str, str]:
-    """A GET operation still on a stub that needs ``scope`` (so the test outlives later issues)."""
+def admin_get() -> tuple[str, str]:
+    """An admin GET without parameters: credentials and scope are checked before any handler runs."""
+    return "GET", OPERATIONS["listApiKeys"].path
+
+
+def stubbed() -> tuple[str, str, str]:
+    """(method, path, scope) of a GET operation still on a stub (so the test outlives later issues)."""
     for op in OPERATIONS.values():
-        if op.stub and op.scope == scope and op.method == "GET" and "{" not in op.path:
-            return op.method, op.path
-    pytest.skip(f"no stubbed GET operation with scope {scope} is left")
+        if op.stub and op.scope is not None and op.method == "GET" and "{" not in op.path:
+            return op.method, op.path, op.scope
+    pytest.skip("every operation is implemented")
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -119,14 +124,14 @@ async def test_wrong_method_is_405_with_allow_header(client):
     ids=["none", "basic", "unknown", "expired", "revoked"],
 )
 async def test_bad_credentials_are_401_with_a_code(client, headers, code):
-    method, path = stubbed("admin")
+    method, path = admin_get()
     response = await client.request(method, path, headers=headers)
     assert (response.status_code, error_of(response)["code"]) == (401, code)
     assert_conforms(response)
 
 
 async def test_missing_scope_is_403(client):
-    method, path = stubbed("admin")
+    method, path = admin_get()
     response = await client.request(method, path, headers={"X-API-Key": SECRETS["inference"]})
     assert (response.status_code, error_of(response)["code"]) == (403, "FORBIDDEN")
     assert_conforms(response)
@@ -134,8 +139,8 @@ async def test_missing_scope_is_403(client):
 
 @pytest.mark.parametrize("header", ["X-API-Key", "Authorization"])
 async def test_valid_key_reaches_a_stub_which_answers_501(client, header):
-    method, path = stubbed("admin")
-    value = SECRETS["admin"] if header == "X-API-Key" else f"Bearer {SECRETS['admin']}"
+    method, path, scope = stubbed()
+    value = SECRETS[scope] if header == "X-API-Key" else f"Bearer {SECRETS[scope]}"
     response = await client.request(method, path, headers={header: value})
     assert (response.status_code, error_of(response)["code"]) == (501, "NOT_IMPLEMENTED")
     assert_conforms(response)
@@ -197,7 +202,7 @@ async def test_body_breaking_the_schema_is_400_validation_error(client):
 
 
 async def test_unknown_query_parameter_is_400(client):
-    method, path = stubbed("admin")
+    method, path = admin_get()
     response = await client.request(method, path + "?bogus=1", headers={"X-API-Key": SECRETS["admin"]})
     assert (response.status_code, error_of(response)["code"]) == (400, "VALIDATION_ERROR")
 

@@ -1,15 +1,27 @@
-"""Admin operations (scope admin). Keys today; backends, policies and limits follow in their issues."""
+"""Admin operations (scope admin): keys, backends, model policies and recent routing decisions.
+
+Backend and policy writes go through the config source (every replica applies them); reads show
+this replica's applied snapshot. Limits follow in their issue."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+from pydantic import ValidationError
 from starlette.responses import Response
 
+from router_impl import admin_views as views
 from router_impl.auth.admin import ApiKeyAdmin
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.components import Components
+from router_impl.config.layout import object_key, summary
+from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
+from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable
+from router_impl.demo.answers import DEMO_MODEL
+from router_impl.demo.config import DEMO_BACKEND
 from router_impl.errors import ApiError
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response
@@ -88,3 +100,273 @@ async def revoke_api_key(components: Components, key_id: str) -> Response:
     reason = document.get("reason") if isinstance(document, dict) else None
     record = await _key_admin(components).revoke(key_id, datetime.now(UTC), reason)
     return json_response(key_info(record))
+
+
+# ---------------------------------------------------------------- config writes
+
+log = structlog.get_logger("router.admin")
+_MESSAGE_MAX = 2000
+
+
+def _actor(token_info: dict[str, Any]) -> str | None:
+    principal = token_info.get("principal")
+    return getattr(principal, "key_id", None) or token_info.get("sub")
+
+
+def _problem_details(problems: dict[str, str]) -> list[dict[str, str]]:
+    return [{"field": key[:256], "message": reason[:1000]} for key, reason in sorted(problems.items())][:100]
+
+
+def _invalid_object(exc: ValidationError) -> ApiError:
+    return ApiError("VALIDATION_ERROR", f"Invalid object: {summary(exc)}"[:_MESSAGE_MAX])
+
+
+async def _write(
+    components: Components,
+    token_info: dict[str, Any],
+    action: str,
+    kind: Kind,
+    object_id: str,
+    call: Callable[[], Awaitable[int]],
+    *,
+    invalid_as: str = "CONFLICT",
+    conflict_as: str = "CONFLICT",
+) -> int:
+    """Run one source write, mapping the source's errors to the contract's; log the audit event.
+
+    ``invalid_as`` / ``conflict_as`` let an operation that does not document 409 answer otherwise."""
+    try:
+        revision = await call()
+    except ObjectNotFound as exc:
+        raise ApiError("NOT_FOUND", f"No {kind} object {object_id!r} in the config source.") from exc
+    except ConfigInvalid as exc:
+        listed = "; ".join(f"{k}: {v}" for k, v in sorted(exc.problems.items()))
+        message = f"The change would make the runtime config invalid: {listed}"[:_MESSAGE_MAX]
+        raise ApiError(invalid_as, message, details=_problem_details(exc.problems)) from exc
+    except ConfigConflict as exc:
+        raise ApiError(conflict_as, str(exc)[:_MESSAGE_MAX]) from exc
+    except SourceUnavailable as exc:
+        raise ApiError(
+            "SERVICE_UNAVAILABLE", f"The config source is unavailable: {exc}"[:_MESSAGE_MAX]
+        ) from exc
+    # The audit store arrives with its issue; until then the event goes to the log.
+    log.info(
+        "policy_update",
+        actor_key_id=_actor(token_info),
+        kind=kind,
+        id=object_id,
+        key=object_key(kind, object_id),
+        action=action,
+        revision=revision,
+    )
+    return revision
+
+
+def _refuse_overlay_names(components: Components, kind: Kind, names: tuple[str, ...]) -> None:
+    """Demo mode adds backend ``demo-upstream`` and model ``demo`` to every snapshot on this replica
+    only. The source would accept an object of the same name, but every later snapshot would then
+    fail the overlay (a duplicate) and this replica would stop applying changes: refuse it (409)."""
+    if not components.settings.demo:
+        return
+    owned = DEMO_BACKEND if kind == "backends" else DEMO_MODEL
+    if owned in names:
+        raise ApiError(
+            "CONFLICT",
+            f"{owned!r} belongs to demo mode (process-local, not in the config source); "
+            "choose another name or run without --demo.",
+        )
+
+
+# ---------------------------------------------------------------- backends
+
+
+def _live(components: Components, config: RuntimeConfig, backend_id: str) -> views.LiveFigures:
+    health = components.health_registry
+    error_ratio = 0.0
+    if backend_id in health.known():  # stats() would start tracking a backend never called
+        stats = health.stats(backend_id)
+        calls = stats.successes + stats.failures
+        error_ratio = stats.failures / calls if calls else 0.0
+    return views.LiveFigures(
+        breaker_state=health.breaker_state(backend_id),
+        in_flight=components.backend_client.in_flight(backend_id),
+        error_ratio=error_ratio,
+        weight_factor=health.weight_factor(backend_id, views.warmup_seconds_for(config, backend_id)),
+        updated_at=components.config_service.applied_at or datetime.now(UTC),
+    )
+
+
+def _status(components: Components, config: RuntimeConfig, backend: BackendConfig) -> dict[str, Any]:
+    return views.backend_status(backend, config.state_of(backend.id), _live(components, config, backend.id))
+
+
+def _backend(config: RuntimeConfig, backend_id: str) -> BackendConfig:
+    backend = config.backend(backend_id)
+    if backend is None:
+        raise ApiError("NOT_FOUND", f"No backend {backend_id!r}.")
+    return backend
+
+
+async def list_backends(components: Components) -> Response:
+    config = components.config.current()
+    return json_response({"items": [_status(components, config, b) for b in config.backends]})
+
+
+async def get_backend(components: Components, backend_id: str) -> Response:
+    config = components.config.current()
+    return json_response(_status(components, config, _backend(config, backend_id)))
+
+
+async def put_backend(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
+    _refuse_overlay_names(components, "backends", (backend_id,))
+    existing = components.config.current().backend(backend_id)
+    try:
+        backend = views.backend_config(backend_id, current_document(), existing)
+    except ValidationError as exc:
+        raise _invalid_object(exc) from exc
+    action = "replace" if existing is not None else "create"
+    await _write(
+        components,
+        token_info,
+        action,
+        "backends",
+        backend_id,
+        lambda: components.config_service.put("backends", backend_id, backend),
+    )
+    config = components.config.current()
+    return json_response(_status(components, config, backend), 200 if existing is not None else 201)
+
+
+async def delete_backend(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
+    config = components.config.current()
+    users = views.policies_using(config, backend_id)
+    if users:
+        raise ApiError(
+            "CONFLICT",
+            f"Backend {backend_id!r} is still used by model policies: {', '.join(users)}"[:_MESSAGE_MAX],
+            details=[
+                {"field": object_key("models", m)[:256], "message": "names this backend"} for m in users
+            ][:100],
+        )
+    service = components.config_service
+    if backend_id in config.backend_states:  # its state goes with it (a state of no backend is invalid)
+        try:
+            await service.delete("backend_states", backend_id)
+        except ObjectNotFound:
+            pass
+        except (ConfigInvalid, ConfigConflict, SourceUnavailable) as exc:
+            raise ApiError(
+                "SERVICE_UNAVAILABLE", f"Could not clear the backend's state: {exc}"[:_MESSAGE_MAX]
+            ) from exc
+    await _write(
+        components,
+        token_info,
+        "delete",
+        "backends",
+        backend_id,
+        lambda: service.delete("backends", backend_id),
+    )
+    return Response(status_code=204)
+
+
+async def set_backend_state(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
+    _backend(components.config.current(), backend_id)
+    body = current_document()
+    try:
+        state = BackendState(
+            state=body["state"],
+            reason=body["reason"],
+            updated_at=datetime.now(UTC),
+            updated_by=_actor(token_info),
+        )
+    except ValidationError as exc:
+        raise _invalid_object(exc) from exc
+    await _write(
+        components,
+        token_info,
+        f"state:{state.state}",
+        "backend_states",
+        backend_id,
+        lambda: components.config_service.put("backend_states", backend_id, state),
+        invalid_as="NOT_FOUND",  # the backend vanished meanwhile, or lives only in an overlay
+        conflict_as="SERVICE_UNAVAILABLE",  # 409 is not documented here; retrying helps
+    )
+    config = components.config.current()
+    backend = config.backend(backend_id) or _backend(config, backend_id)
+    # The state just written, whether or not this replica has applied it yet.
+    return json_response(views.backend_status(backend, state, _live(components, config, backend_id)))
+
+
+# ---------------------------------------------------------------- model policies
+
+
+def _policy(config: RuntimeConfig, model: str) -> ModelPolicy:
+    """By name or alias (a model whose name contains '/' is addressed by an alias)."""
+    policy = config.policy_for(model)
+    if policy is None:
+        raise ApiError("NOT_FOUND", f"No model policy {model!r}.")
+    return policy
+
+
+async def list_model_policies(components: Components) -> Response:
+    config = components.config.current()
+    return json_response({"items": [views.policy_document(p) for p in config.models]})
+
+
+async def get_model_policy(components: Components, model: str) -> Response:
+    return json_response(views.policy_document(_policy(components.config.current(), model)))
+
+
+async def put_model_policy(components: Components, model: str, token_info: dict[str, Any]) -> Response:
+    body = current_document()
+    existing = components.config.current().policy_for(model)
+    name = existing.model if existing is not None else model  # an alias path addresses its policy
+    given = body.get("model")
+    if given is not None and given not in (model, name):
+        raise ApiError(
+            "VALIDATION_ERROR",
+            f"The body names model {given!r} but the path names {model!r}.",
+            details=[{"field": "body.model", "message": "differs from the path's model"}],
+        )
+    try:
+        policy = views.model_policy(name, body, existing)
+    except ValidationError as exc:
+        raise _invalid_object(exc) from exc
+    _refuse_overlay_names(components, "models", (policy.model, *policy.aliases))
+    action = "replace" if existing is not None else "create"
+    await _write(
+        components,
+        token_info,
+        action,
+        "models",
+        name,
+        lambda: components.config_service.put("models", name, policy),
+    )
+    return json_response(views.policy_document(policy), 200 if existing is not None else 201)
+
+
+async def delete_model_policy(components: Components, model: str, token_info: dict[str, Any]) -> Response:
+    policy = components.config.current().policy_for(model)
+    name = policy.model if policy is not None else model
+    await _write(
+        components,
+        token_info,
+        "delete",
+        "models",
+        name,
+        lambda: components.config_service.delete("models", name),
+        # Neither is documented here: an invalid source or a lost race is the source's trouble.
+        invalid_as="SERVICE_UNAVAILABLE",
+        conflict_as="SERVICE_UNAVAILABLE",
+    )
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- routing decisions
+
+
+async def list_routing_decisions(
+    components: Components, model: str | None = None, organization_id: str | None = None, limit: int = 100
+) -> Response:
+    records = components.decisions.recent(model=model, organization_id=organization_id, limit=limit)
+    return json_response({"items": [views.decision_document(r) for r in records]})

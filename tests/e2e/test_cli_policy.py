@@ -1,0 +1,77 @@
+"""An operator changes routing without a redeploy: `router policy apply FILE`, then `policy dump`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.harness.backend import MockBackend
+from tests.harness.router_proc import RouterFleet, RouterProcess
+
+ADMIN = "rk-demo-admin-key"
+ROUTER_BIN = Path(sys.executable).with_name("router")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[MockBackend]:
+    with MockBackend(models=("policy-model",)) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    fleet = RouterFleet(tmp_path_factory.mktemp("policy-cli"))
+    yield fleet.start(args=("--demo",))
+    fleet.close()
+
+
+def policy(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(ROUTER_BIN), "policy", "--url", router.base_url, "--admin-key", ADMIN, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, upstream, tmp_path):
+    document = {
+        "backends": [
+            {"id": "policy-backend", "base_url": upstream.openai_base_url, "models": ["policy-model"]}
+        ],
+        "models": [{"model": "policy-model", "backends": [{"backend_id": "policy-backend", "weight": 100}]}],
+    }
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(document))
+
+    applied = policy(demo, "apply", str(path))
+    assert applied.returncode == 0, applied.stderr
+    assert (
+        "applied backend policy-backend" in applied.stdout and "applied model policy-model" in applied.stdout
+    )
+
+    response = httpx.post(
+        demo.base_url + "/v1/chat/completions",
+        headers={"Authorization": "Bearer rk-demo-key"},
+        json={"model": "policy-model", "messages": [{"role": "user", "content": "new route"}]},
+        timeout=10,
+    )
+    assert (response.status_code, response.headers["x-routing-backend"]) == (200, "policy-backend")
+    assert upstream.inference_requests == 1
+
+    dumped = yaml.safe_load(policy(demo, "dump").stdout)
+    assert "policy-backend" in [b["id"] for b in dumped["backends"]]
+    assert "policy-model" in [m["model"] for m in dumped["models"]]
+
+
+def test_an_invalid_policy_file_is_refused_and_nothing_changes(demo, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump({"models": [{"model": "orphan", "backends": [{"backend_id": "nope", "weight": 1}]}]})
+    )
+    refused = policy(demo, "apply", str(path))
+    assert refused.returncode == 1 and '"CONFLICT"' in refused.stderr
+    dumped = yaml.safe_load(policy(demo, "dump").stdout)
+    assert "orphan" not in [m["model"] for m in dumped["models"]]

@@ -209,3 +209,10 @@ async def test_hanging_backend_times_out_without_piling_up_probes() -> None:
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe:")] == []
     finally:
         await silent.stop()
+
+
+async def test_a_backend_without_the_health_path_stays_in_service(mock, session):
+    """Ollama and some proxies have no /health: a 404 means the server is up."""
+    assert await check(session, backend_config(mock.base_url, path="/no-such-health-path"))
+    mock.configure(healthy=False)  # /health answers 503: the server says it is not ready
+    assert not await check(session, backend_config(mock.base_url))

@@ -109,7 +109,12 @@ class Prober:
 
 
 async def check(session: aiohttp.ClientSession, backend: BackendConfig) -> bool:
-    """True when the health endpoint answers 2xx within the timeout; any failure is False."""
+    """True when the backend answers the health path within the timeout with anything but a 5xx.
+
+    A server that answers 404 is up: many OpenAI-compatible servers (Ollama, some proxies) have
+    no /health, and must not be taken out of service for it. Connection failures, timeouts and
+    5xx answers (a server saying it is not ready) are failures.
+    """
     timeout_s = backend.health_check.timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):
@@ -117,6 +122,6 @@ async def check(session: aiohttp.ClientSession, backend: BackendConfig) -> bool:
                 probe_url(backend), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 await response.content.read(_MAX_BODY_BYTES)  # drained, the connection is reused
-                return 200 <= response.status < 300
+                return response.status < 500
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         return False

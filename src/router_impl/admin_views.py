@@ -10,19 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
 from router_impl.routing.decisions import RoutingDecisionRecord
-
-
-def timestamp(value: datetime) -> str:
-    """ISO 8601 in UTC with a ``Z``."""
-    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
+from router_impl.web.responses import timestamp
 
 # ---------------------------------------------------------------- backends
 

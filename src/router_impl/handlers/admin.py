@@ -24,7 +24,7 @@ from router_impl.demo.answers import DEMO_MODEL
 from router_impl.demo.config import DEMO_BACKEND
 from router_impl.errors import ApiError
 from router_impl.web.current import current_document, current_state
-from router_impl.web.responses import json_response
+from router_impl.web.responses import json_response, timestamp
 
 
 def _key_admin(components: Components) -> ApiKeyAdmin:
@@ -34,7 +34,7 @@ def _key_admin(components: Components) -> ApiKeyAdmin:
 
 
 def _timestamp(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+    return timestamp(value) if value is not None else None
 
 
 def key_info(record: ApiKeyRecord) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from router_impl.components import Components
 from router_impl.health import Report
-from router_impl.web.responses import json_response
+from router_impl.web.responses import json_response, timestamp
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -24,7 +24,7 @@ def _body(report: Report, *, readiness: bool) -> dict[str, Any]:
                 "name": c.name,
                 "status": c.status,
                 "details": c.details,
-                "observed_at": c.observed_at.isoformat().replace("+00:00", "Z"),
+                "observed_at": timestamp(c.observed_at),
             }
             for c in report.checks
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,6 +14,12 @@ from router_impl.errors import ApiError, render
 from router_impl.web.request_state import state_of
 
 JSON = "application/json"
+
+
+def timestamp(value: datetime) -> str:
+    """The wire form of a time: ISO 8601 in UTC with a ``Z`` (a time without a zone is UTC)."""
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,0 +1,113 @@
+"""US-3 / runtime config: a router keeps routing through an etcd outage and catches up after it.
+
+Real etcd (the session server, restarted in a finally), real router processes, one etcd prefix
+per test so nothing leaks between tests.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness.backend import MockBackend
+from tests.harness.router_proc import RouterFleet, RouterProcess
+
+ADMIN = {"X-API-Key": "rk-demo-admin-key"}
+USER = {"Authorization": "Bearer rk-demo-key"}
+
+
+@pytest.fixture
+def upstream() -> Iterator[MockBackend]:
+    with MockBackend(models=("etcd-model",)) as backend:
+        yield backend
+
+
+@pytest.fixture
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFleet]:
+    routers = RouterFleet(tmp_path_factory.mktemp("etcd-routers"))
+    yield routers
+    routers.close()
+
+
+def readiness_of_config(router: RouterProcess) -> dict[str, Any]:
+    body = httpx.get(router.base_url + "/v1/status/readyz", timeout=5).json()
+    return next(c for c in body["checks"] if c["name"] == "config")
+
+
+def chat(router: RouterProcess) -> httpx.Response:
+    return httpx.post(
+        router.base_url + "/v1/chat/completions",
+        headers=USER,
+        json={"model": "etcd-model", "messages": [{"role": "user", "content": "through etcd"}]},
+        timeout=10,
+    )
+
+
+def put_route(router: RouterProcess, upstream: MockBackend, model: str = "etcd-model") -> None:
+    backend = {"base_url": upstream.openai_base_url, "models": [model]}
+    assert httpx.put(
+        router.base_url + "/v1/admin/backends/etcd-b", headers=ADMIN, json=backend, timeout=10
+    ).is_success
+    policy = {"backends": [{"backend_id": "etcd-b", "weight": 100}]}
+    response = httpx.put(
+        router.base_url + f"/v1/admin/models/{model}", headers=ADMIN, json=policy, timeout=10
+    )
+    assert response.is_success, response.text
+
+
+def wait_for(predicate, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(etcd_server, fleet, upstream):
+    env = {"ROUTER_ETCD_ENDPOINTS": etcd_server.endpoints, "ROUTER_ETCD_PREFIX": f"/e2e-{uuid.uuid4()}/"}
+    router = fleet.start(env=env, args=("--demo",))
+    put_route(router, upstream)
+    assert chat(router).status_code == 200
+    assert readiness_of_config(router)["status"] == "pass"
+
+    router.stop()
+    etcd_server.stop()
+    try:
+        router.start()  # same data dir: its LMDB holds the last known good config
+        answer = chat(router)
+        assert (answer.status_code, answer.headers["x-routing-backend"]) == (200, "etcd-b")
+        check = readiness_of_config(router)
+        assert check["status"] == "warn" and "etcd" in check["details"]
+    finally:
+        etcd_server.start()
+
+    assert wait_for(lambda: readiness_of_config(router)["status"] == "pass"), "never caught up with etcd"
+    # Changes go through again once etcd is back, and are applied.
+    put_route(router, upstream, model="etcd-model-2")
+    assert httpx.get(router.base_url + "/v1/admin/models/etcd-model-2", headers=ADMIN, timeout=5).is_success
+
+
+def test_a_change_made_while_one_router_was_down_reaches_it_when_it_returns(etcd_server, fleet, upstream):
+    env = {"ROUTER_ETCD_ENDPOINTS": etcd_server.endpoints, "ROUTER_ETCD_PREFIX": f"/e2e-{uuid.uuid4()}/"}
+    a = fleet.start(env=env, args=("--demo",))
+    b = fleet.start(env=env, args=("--demo",))
+    put_route(a, upstream)
+    assert wait_for(lambda: chat(b).status_code == 200)
+
+    b.stop()
+    response = httpx.post(
+        a.base_url + "/v1/admin/backends/etcd-b/state",
+        headers=ADMIN,
+        json={"state": "disabled", "reason": "maintenance"},
+        timeout=10,
+    )
+    assert response.is_success, response.text
+    b.start()
+    refused = chat(b)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "NO_BACKEND_AVAILABLE")

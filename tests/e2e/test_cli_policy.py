@@ -75,3 +75,23 @@ def test_an_invalid_policy_file_is_refused_and_nothing_changes(demo, tmp_path):
     assert refused.returncode == 1 and '"CONFLICT"' in refused.stderr
     dumped = yaml.safe_load(policy(demo, "dump").stdout)
     assert "orphan" not in [m["model"] for m in dumped["models"]]
+
+
+def test_writing_demo_modes_own_names_is_refused_and_the_replica_keeps_applying_changes(demo, upstream):
+    headers = {"X-API-Key": ADMIN}
+    clash = httpx.put(
+        demo.base_url + "/v1/admin/models/demo",
+        headers=headers,
+        json={"backends": [{"backend_id": "demo-upstream", "weight": 1}]},
+        timeout=10,
+    )
+    assert (clash.status_code, clash.json()["code"]) == (409, "CONFLICT")
+    later = httpx.put(
+        demo.base_url + "/v1/admin/backends/after-clash",
+        headers=headers,
+        json={"base_url": upstream.openai_base_url, "models": ["policy-model"]},
+        timeout=10,
+    )
+    assert later.status_code in (200, 201), later.text
+    listed = httpx.get(demo.base_url + "/v1/admin/backends/after-clash", headers=headers, timeout=10)
+    assert listed.status_code == 200

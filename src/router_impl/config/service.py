@@ -14,6 +14,7 @@ import structlog
 from pydantic import BaseModel
 
 from router_impl.config.holder import ConfigHolder
+from router_impl.config.layout import assemble, encode, explode, object_key, with_change
 from router_impl.config.lkg_cache import CachedSnapshot, LastKnownGood
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import ConfigInvalid, ConfigSource, Kind, SourceUnavailable, Versioned
@@ -60,6 +61,7 @@ class ConfigService:
         self._clock = clock
         self._on_apply = tuple(on_apply)
         self._overlay = overlay
+        self._base: RuntimeConfig | None = None  # the source's last snapshot, before the overlay
         self._retry_delay = retry_delay
         self._log = log if log is not None else structlog.get_logger("router.config")
         self._task: asyncio.Task[None] | None = None
@@ -131,15 +133,30 @@ class ConfigService:
         """Write one object through the source (every replica applies it), then wait until this
         replica has applied it, so the admin API reads its own writes. Raises ConfigInvalid,
         ConfigConflict, SourceUnavailable."""
+        self._check_overlay(kind, object_id, obj)
         revision = await self._source.put(kind, object_id, obj)
         await self.wait_applied(revision, wait)
         return revision
 
     async def delete(self, kind: Kind, object_id: str, *, wait: float = 2.0) -> int:
         """As ``put``; raises ObjectNotFound too."""
+        self._check_overlay(kind, object_id, None)
         revision = await self._source.delete(kind, object_id)
         await self.wait_applied(revision, wait)
         return revision
+
+    def _check_overlay(self, kind: Kind, object_id: str, obj: BaseModel | None) -> None:
+        """Refuse a change the overlay could not sit on (e.g. an object named like demo mode's own):
+        the source would accept it, and this replica would then reject every later snapshot."""
+        if self._overlay is None or self._base is None:
+            return
+        value = encode(kind, object_id, obj) if obj is not None else None
+        proposed = assemble(with_change(explode(self._base), kind, object_id, value))
+        try:
+            self._overlay(proposed)
+        except ValueError as exc:
+            reason = f"conflicts with this replica's process-local objects: {exc}".splitlines()[0]
+            raise ConfigInvalid({object_key(kind, object_id): reason}) from exc
 
     async def wait_applied(self, revision: int, within: float) -> bool:
         """Whether a snapshot at ``revision`` or later was applied ``within`` seconds."""
@@ -199,6 +216,7 @@ class ConfigService:
 
     def _swap(self, snapshot: Versioned) -> bool:
         config = snapshot.config
+        self._base = config
         if self._overlay is not None:
             try:
                 config = self._overlay(config)

@@ -20,8 +20,6 @@ from router_impl.components import Components
 from router_impl.config.layout import object_key, summary
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
 from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable
-from router_impl.demo.answers import DEMO_MODEL
-from router_impl.demo.config import DEMO_BACKEND
 from router_impl.errors import ApiError
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response, timestamp
@@ -162,21 +160,6 @@ async def _write(
     return revision
 
 
-def _refuse_overlay_names(components: Components, kind: Kind, names: tuple[str, ...]) -> None:
-    """Demo mode adds backend ``demo-upstream`` and model ``demo`` to every snapshot on this replica
-    only. The source would accept an object of the same name, but every later snapshot would then
-    fail the overlay (a duplicate) and this replica would stop applying changes: refuse it (409)."""
-    if not components.settings.demo:
-        return
-    owned = DEMO_BACKEND if kind == "backends" else DEMO_MODEL
-    if owned in names:
-        raise ApiError(
-            "CONFLICT",
-            f"{owned!r} belongs to demo mode (process-local, not in the config source); "
-            "choose another name or run without --demo.",
-        )
-
-
 # ---------------------------------------------------------------- backends
 
 
@@ -218,7 +201,6 @@ async def get_backend(components: Components, backend_id: str) -> Response:
 
 
 async def put_backend(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
-    _refuse_overlay_names(components, "backends", (backend_id,))
     existing = components.config.current().backend(backend_id)
     try:
         backend = views.backend_config(backend_id, current_document(), existing)
@@ -332,7 +314,6 @@ async def put_model_policy(components: Components, model: str, token_info: dict[
         policy = views.model_policy(name, body, existing)
     except ValidationError as exc:
         raise _invalid_object(exc) from exc
-    _refuse_overlay_names(components, "models", (policy.model, *policy.aliases))
     action = "replace" if existing is not None else "create"
     await _write(
         components,

@@ -10,30 +10,20 @@ from router_impl.auth.identity import IdentityServiceKeyStore
 from router_impl.auth.keys import hash_secret, new_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.errors import ApiError
+from tests.harness.clock import ManualClock
 from tests.harness.identity import MockIdentityService
 
 BOX = SecretBox(b"k" * 32)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def make_store(identity_service: MockIdentityService, clock: Clock):
+async def make_store(identity_service: MockIdentityService, clock: ManualClock):
     stores = []
 
     def make(token: str | None = None, **overrides) -> IdentityServiceKeyStore:

@@ -7,26 +7,16 @@ from structlog.testing import capture_logs
 
 from router_impl.routing.backend_errors import BackendCallError, error_for_status
 from router_impl.routing.health import Availability, BackendHealth, breaker_outcome
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.harness.clock import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def health(clock: Clock) -> BackendHealth:
+def health(clock: ManualClock) -> BackendHealth:
     return BackendHealth(clock, cool_down_s=10.0, warmup_floor=0.05)
 
 
@@ -62,7 +52,7 @@ def test_threshold_failures_open_the_breaker_and_log_an_alertable_event(health: 
 
 
 def test_after_cool_down_one_request_takes_the_trial_and_the_other_is_turned_away(
-    health: BackendHealth, clock: Clock
+    health: BackendHealth, clock: ManualClock
 ) -> None:
     trip(health)
     clock.advance(10.0)
@@ -75,7 +65,7 @@ def test_after_cool_down_one_request_takes_the_trial_and_the_other_is_turned_awa
     assert health.breaker_state("a") == "closed"
 
 
-def test_released_trial_can_be_taken_again(health: BackendHealth, clock: Clock) -> None:
+def test_released_trial_can_be_taken_again(health: BackendHealth, clock: ManualClock) -> None:
     trip(health)
     clock.advance(10.0)
     assert health.try_acquire("a")
@@ -83,7 +73,7 @@ def test_released_trial_can_be_taken_again(health: BackendHealth, clock: Clock) 
     assert health.try_acquire("a")
 
 
-def test_failed_trial_reopens_with_an_event(health: BackendHealth, clock: Clock) -> None:
+def test_failed_trial_reopens_with_an_event(health: BackendHealth, clock: ManualClock) -> None:
     trip(health)
     clock.advance(10.0)
     assert health.try_acquire("a")
@@ -94,7 +84,9 @@ def test_failed_trial_reopens_with_an_event(health: BackendHealth, clock: Clock)
     assert health.stats("a").breaker_openings == 2
 
 
-def test_recovered_backend_weight_ramps_linearly_from_the_floor(health: BackendHealth, clock: Clock) -> None:
+def test_recovered_backend_weight_ramps_linearly_from_the_floor(
+    health: BackendHealth, clock: ManualClock
+) -> None:
     trip(health)
     clock.advance(10.0)
     health.record_success("a")  # closes: warm-up starts now
@@ -112,7 +104,7 @@ def test_recovered_backend_weight_ramps_linearly_from_the_floor(health: BackendH
     assert health.availability("a", 20) == Availability(True)
 
 
-def test_no_warm_up_window_restores_full_weight_at_once(health: BackendHealth, clock: Clock) -> None:
+def test_no_warm_up_window_restores_full_weight_at_once(health: BackendHealth, clock: ManualClock) -> None:
     trip(health)
     clock.advance(10.0)
     health.record_success("a")
@@ -120,7 +112,7 @@ def test_no_warm_up_window_restores_full_weight_at_once(health: BackendHealth, c
 
 
 def test_failing_probe_makes_a_backend_unusable_and_passing_again_starts_warm_up(
-    health: BackendHealth, clock: Clock
+    health: BackendHealth, clock: ManualClock
 ) -> None:
     with capture_logs() as logs:
         health.probe_result("a", True)
@@ -139,7 +131,7 @@ def test_failing_probe_makes_a_backend_unusable_and_passing_again_starts_warm_up
 
 
 def test_probe_success_closes_a_half_open_breaker_but_not_an_open_one(
-    health: BackendHealth, clock: Clock
+    health: BackendHealth, clock: ManualClock
 ) -> None:
     trip(health)
     clock.advance(5)
@@ -153,7 +145,7 @@ def test_probe_success_closes_a_half_open_breaker_but_not_an_open_one(
     assert logs[0]["via"] == "probe"
 
 
-def test_probe_failure_in_half_open_reopens(health: BackendHealth, clock: Clock) -> None:
+def test_probe_failure_in_half_open_reopens(health: BackendHealth, clock: ManualClock) -> None:
     trip(health)
     clock.advance(10)
     health.probe_result("a", False)
@@ -233,7 +225,7 @@ def test_breaker_outcome_of_call_errors(error: BackendCallError, outcome: str) -
     assert breaker_outcome(error) == outcome
 
 
-def test_record_error_dispatches_on_the_outcome(health: BackendHealth, clock: Clock) -> None:
+def test_record_error_dispatches_on_the_outcome(health: BackendHealth, clock: ManualClock) -> None:
     connect = BackendCallError("BACKEND_UNAVAILABLE", reason="connect", maybe_processed=False, backend_id="a")
     assert health.record_error("a", connect, 1) == "failure"
     assert health.breaker_state("a") == "open"

@@ -8,6 +8,7 @@ reproducible; the same cases go to both, in the same order, and must match byte 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +177,10 @@ async def _client(tmp_path, name: str, fast_lane: bool) -> AsyncIterator[tuple[h
         secret_key="0123456789abcdef0123456789abcdef-fast-lane-test",
     )
     components = build_components(settings)
+    # Measured latency is part of /v1/inference bodies: freeze the pipeline's clock so both apps
+    # report the same. An hour ahead, request deadlines stay far off (backend timeouts still bound calls).
+    frozen = time.monotonic() + 3600
+    components.pipeline.monotonic = lambda: frozen
     app = build_app(components, random_hex=_ids())
     await components.lifecycle.start()
     try:

@@ -55,9 +55,9 @@ class SignatureGate:
                 request.timestamp_header,
                 request.signature_header,
             )
-            return
-        payload, signature = request.payload_signature
-        self.verify_payload_field(principal, payload, signature)
+        if request.payload_signature is not None:  # checked whenever sent, headers or not
+            payload, signature = request.payload_signature
+            self.verify_payload_field(principal, payload, signature)
 
     def verify_payload_field(self, principal: Principal, payload: str, hmac_signature: str) -> None:
         """The ``hmac_signature`` field of /v1/inference; when present it must match."""

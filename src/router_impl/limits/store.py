@@ -1,0 +1,160 @@
+"""The limit store port: token buckets and budget counters, taken all or nothing in one step.
+
+The limits service turns an organisation's configured limits into an ``AdmitPlan`` (which buckets
+to take from, which budget counters to reserve on); a store executes it atomically: either every
+bucket has room for its cost and every counter has room for its amount, and all are taken, or
+nothing changes and the first refusal is reported. The Redis adapter does it in one Lua script
+(one round trip, every key hash-tagged with the organisation, so one Redis Cluster slot); the
+embedded adapter does it in process with the same arithmetic, so both pass the same tests.
+
+Buckets hold a float level that refills continuously at ``per_ms`` up to ``capacity``. A bucket
+never seen is full. Levels may go negative through ``adjust`` (token buckets charged by estimate
+and corrected with actual usage afterwards): a bucket in debt refuses until it refills.
+
+Counters are budget usage of one period (integer tokens or integer micro-dollars), keyed by the
+period so a new period starts at zero; they live until ``expires_at_ms``. A counter admits when
+``used + amount <= limit``. When a counter refuses, the plan's lockout is set until the counter's
+``expires_at_ms`` (the period's end): the organisation stays refused, even if refunds later free
+room, until the period ends, an admin resets it, or its limits change (which clear the lockout).
+
+``now_ms`` is the caller's wall clock in Unix milliseconds (replicas compare the same stored
+instants; a clock that goes backwards refills nothing). Stores raise ``LimitStoreUnavailable``
+when their backing service fails; fail-open or fail-closed is the caller's policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Scope = Literal["org", "key"]
+BucketKind = Literal["requests", "tokens"]
+Period = Literal["DAILY", "MONTHLY"]
+Unit = Literal["tokens", "micro_usd"]
+
+
+class LimitStoreUnavailable(RuntimeError):
+    """The backing store (Redis) failed or timed out; nothing is known to have been taken."""
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    key: str  # full store key, e.g. "rl:{org-1}:key:key-7:requests"
+    capacity: float  # burst size; a new bucket starts full
+    per_ms: float  # refill rate, units per millisecond (> 0)
+    cost: float  # taken on admit (>= 0)
+    scope: Scope
+    kind: BucketKind
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    key: str  # full store key, e.g. "budget:{org-1}:DAILY:2026-11-27:tokens"
+    limit: int  # >= 0
+    amount: int  # reserved on admit (>= 0)
+    expires_at_ms: int  # the period's end (Unix ms): the counter and a lockout live until then
+    period: Period
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class AdmitPlan:
+    lockout_key: str  # e.g. "lockout:{org-1}"
+    buckets: tuple[BucketSpec, ...]
+    counters: tuple[CounterSpec, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Admitted:
+    levels: tuple[float, ...]  # each bucket's level after the take, in plan order
+    used: tuple[int, ...]  # each counter's usage after the reservation, in plan order
+
+
+@dataclass(frozen=True)
+class BucketRefused:
+    index: int  # the first bucket (plan order) without room for its cost
+    level: float  # its level at now_ms (after refill, before any take)
+
+
+@dataclass(frozen=True)
+class CounterRefused:
+    index: int  # the first counter (plan order) without room for its amount
+    used: int  # its usage at now_ms
+
+
+@dataclass(frozen=True)
+class LockedOut:
+    until_ms: int  # when the lockout lapses by itself
+    period: Period  # the period of the counter that set it
+
+
+Decision = Admitted | BucketRefused | CounterRefused | LockedOut
+
+
+@dataclass(frozen=True)
+class BucketAdjust:
+    key: str
+    capacity: float
+    per_ms: float
+    delta: float  # added to the refilled level (> 0 gives back, < 0 charges more); capped at capacity
+
+
+@dataclass(frozen=True)
+class CounterAdjust:
+    key: str
+    delta: int  # added to usage (settle: actual - reserved; refund: -reserved); usage never below 0
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class BucketProbe:
+    key: str
+    capacity: float
+    per_ms: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    levels: tuple[float, ...]  # refilled to now_ms, in probe order (a bucket never seen is full)
+    used: tuple[int, ...]  # per counter key (0 when absent)
+    lockout: LockedOut | None
+
+
+def refilled(level: float, last_ms: int, now_ms: int, capacity: float, per_ms: float) -> float:
+    """A bucket's level at ``now_ms``: ``level`` stored at ``last_ms`` plus the refill, capped at capacity.
+
+    Both adapters use exactly these IEEE double operations (the Redis script mirrors them in Lua), so
+    they decide alike. A clock that went backwards refills nothing; the stored instant then stays at
+    ``max(last_ms, now_ms)`` so that time is not refilled twice when the clock catches up.
+    """
+    elapsed = max(0, now_ms - last_ms)
+    return min(float(capacity), float(level) + elapsed * float(per_ms))
+
+
+class LimitStore(Protocol):
+    async def admit(self, plan: AdmitPlan) -> Decision:
+        """Take every bucket's cost and reserve every counter's amount, or nothing (first refusal)."""
+        ...
+
+    async def adjust(
+        self, buckets: tuple[BucketAdjust, ...], counters: tuple[CounterAdjust, ...], now_ms: int
+    ) -> None:
+        """Settle or refund after the call, atomically; never refuses."""
+        ...
+
+    async def snapshot(
+        self, buckets: tuple[BucketProbe, ...], counter_keys: tuple[str, ...], lockout_key: str, now_ms: int
+    ) -> Snapshot:
+        """Current state, changing nothing."""
+        ...
+
+    async def clear(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """Delete these keys (buckets, counters, lockouts); returns those that existed."""
+        ...
+
+    async def clear_prefix(self, prefix: str) -> tuple[str, ...]:
+        """Delete every key starting with ``prefix`` (e.g. all key buckets of one organisation, whose
+        key ids the store cannot know otherwise); returns the deleted keys. Admin-rate only: the
+        Redis adapter scans."""
+        ...

@@ -29,6 +29,15 @@ class RouterVariant:
 ROUTER_VARIANTS: dict[str, RouterVariant] = {
     "embedded": RouterVariant("defaults: one process, embedded adapters, no external services"),
     "redis": RouterVariant("limits and idempotency in Redis", from_caller=("ROUTER_REDIS_URL",)),
+    "embedded-limits": RouterVariant(
+        "embedded, with rate limits and budgets on (bench/limits.yaml): every request checked and settled",
+        env={"ROUTER_CONFIG_PATH": str(HERE / "limits.yaml")},
+    ),
+    "redis-limits": RouterVariant(
+        "Redis, with rate limits and budgets on (bench/limits.yaml): one Lua call to admit, one to settle",
+        env={"ROUTER_CONFIG_PATH": str(HERE / "limits.yaml")},
+        from_caller=("ROUTER_REDIS_URL",),
+    ),
     "shared": RouterVariant(
         "Redis + etcd + Kafka (many-replica deployment)",
         from_caller=("ROUTER_REDIS_URL", "ROUTER_ETCD_ENDPOINTS", "ROUTER_KAFKA_BOOTSTRAP"),

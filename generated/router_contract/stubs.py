@@ -8,23 +8,3 @@ class OperationNotImplemented(Exception):
     def __init__(self, operation_id: str) -> None:
         super().__init__(operation_id)
         self.operation_id = operation_id
-
-
-async def get_audit_by_request(**_: Any) -> Any:
-    raise OperationNotImplemented('getAuditByRequest')
-
-
-async def get_org_limits(**_: Any) -> Any:
-    raise OperationNotImplemented('getOrgLimits')
-
-
-async def list_audit_events(**_: Any) -> Any:
-    raise OperationNotImplemented('listAuditEvents')
-
-
-async def put_org_limits(**_: Any) -> Any:
-    raise OperationNotImplemented('putOrgLimits')
-
-
-async def reset_org_limits(**_: Any) -> Any:
-    raise OperationNotImplemented('resetOrgLimits')

@@ -14,8 +14,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
+from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
+from router_impl.limits.service import OrgState
 from router_impl.routing.decisions import RoutingDecisionRecord
+from router_impl.usage.cost import micro_to_usd
 from router_impl.web.responses import timestamp
 
 # ---------------------------------------------------------------- backends
@@ -154,3 +156,41 @@ def decision_document(record: RoutingDecisionRecord) -> dict[str, Any]:
     if record.warning:
         document["warning"] = record.warning[:256]
     return document
+
+
+# ---------------------------------------------------------------- limits
+
+
+def limits_document(limits: OrgLimits) -> dict[str, Any]:
+    """``OrgLimits``: absent fields stay absent; USD amounts as JSON numbers."""
+    document: dict[str, Any] = limits.model_dump(mode="python", exclude_none=True)
+    budgets = document.get("budgets")
+    if isinstance(budgets, dict):
+        for name, value in budgets.items():
+            if isinstance(value, Decimal):
+                budgets[name] = float(value)
+    return document
+
+
+def limits_state_document(organization_id: str, limits: OrgLimits, state: OrgState) -> dict[str, Any]:
+    """``OrgLimitsState``: the configured limits and this moment's counters."""
+    counters: dict[str, Any] = {
+        "budgets": [
+            {
+                "period": b.period,
+                "tokens_used": max(0, b.tokens_used),
+                "usd_used": micro_to_usd(max(0, b.micro_usd_used)),
+                "reset_at": timestamp(b.reset_at),
+                **({"tokens_limit": b.tokens_limit} if b.tokens_limit is not None else {}),
+                **({"usd_limit": micro_to_usd(b.micro_usd_limit)} if b.micro_usd_limit is not None else {}),
+            }
+            for b in state.budgets
+        ]
+    }
+    if state.requests_remaining is not None:
+        counters["requests_remaining"] = state.requests_remaining
+    if state.tokens_remaining is not None:
+        counters["tokens_remaining"] = state.tokens_remaining
+    if state.lockout_until is not None:
+        counters["lockout_until"] = timestamp(state.lockout_until)
+    return {"organization_id": organization_id, "limits": limits_document(limits), "state": counters}

@@ -51,10 +51,14 @@ from router_impl.demo.config import demo_config
 from router_impl.demo.upstream import start_demo_upstream
 from router_impl.health import BuildInfo, CheckStatus, HealthCheck, HealthService
 from router_impl.lifecycle import Lifecycle, every
+from router_impl.limits.budget_service import BudgetServiceClient
 from router_impl.limits.idempotency import IdempotencyStore
 from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore
 from router_impl.limits.idempotency_memory import MemoryIdempotencyStore
 from router_impl.limits.idempotency_redis import RedisIdempotencyStore
+from router_impl.limits.service import LimitsService
+from router_impl.limits.store_memory import MemoryLimitStore
+from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.pipeline import Pipeline
 from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
@@ -64,6 +68,9 @@ from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
+from router_impl.usage.audit import AuditLog
+from router_impl.usage.audit_lmdb import LmdbAuditLog
+from router_impl.usage.audit_redis import RedisAuditLog
 from router_impl.usage.sink import JsonlUsageSink, JsonlWriter
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
@@ -94,7 +101,7 @@ def _redis(settings: Settings) -> Redis | None:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout_seconds,
+        timeout=settings.redis_pool_wait_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 1),
@@ -173,6 +180,8 @@ def build_components(settings: Settings) -> Components:
     decisions = DecisionLog()
     writer = JsonlWriter(settings.data_dir / "usage")
     lifecycle.on_stop(_sync(writer.close))
+    audit = _audit(settings, redis, lifecycle)
+    limits = _limits(settings, redis, holder, lifecycle)
     pipeline = Pipeline(
         config=holder.current,
         authenticator=authenticator,
@@ -183,6 +192,8 @@ def build_components(settings: Settings) -> Components:
         idempotency=_idempotency(settings, redis, lifecycle),
         usage=JsonlUsageSink(writer),
         request_timeout_seconds=settings.request_timeout_seconds,
+        limits=limits,
+        audit=audit,
     )
 
     async def follow_snapshot(snapshot: RuntimeConfig) -> None:
@@ -208,7 +219,7 @@ def build_components(settings: Settings) -> Components:
         signatures=signatures,
         key_admin=key_admin,
         identity=identity,
-        health=_health(settings, config_service, identity),
+        health=_health(settings, config_service, identity, limits),
         pipeline=pipeline,
         config_service=config_service,
         health_registry=health,
@@ -216,6 +227,8 @@ def build_components(settings: Settings) -> Components:
         decisions=decisions,
         lifecycle=lifecycle,
         started_at=int(time.time()),
+        limits=limits,
+        audit=audit,
     )
 
 
@@ -224,6 +237,44 @@ def _sync(close: Any) -> Any:
         close()
 
     return run
+
+
+def _audit(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> AuditLog:
+    retention = settings.audit_retention_seconds
+    if redis is not None:
+        shared = RedisAuditLog(redis, retention)
+        lifecycle.background(every(300, lambda: shared.sweep(time.time())))
+        return shared
+    store = LmdbAuditLog(settings.data_dir / "audit", settings.audit_map_size_bytes, retention)
+    lifecycle.background(every(60, lambda: store.sweep(time.time())))
+    lifecycle.on_stop(_sync(store.close))
+    return store
+
+
+def _limits(
+    settings: Settings, redis: Redis | None, config: ConfigHolder, lifecycle: Lifecycle
+) -> LimitsService:
+    """Buckets and budget counters in Redis when configured (this process's own store stands in for
+    fail_open organisations while Redis is down), else in process."""
+    local = MemoryLimitStore()
+    lifecycle.background(every(30, _sync(lambda: local.sweep(int(time.time() * 1000)))))
+    budget_service: BudgetServiceClient | None = None
+    if settings.budget_service_url:
+        budget_service = BudgetServiceClient(
+            settings.budget_service_url,
+            _secret(settings.budget_service_token) or "",
+            timeout=settings.budget_service_timeout_seconds,
+            negative_ttl=settings.budget_service_negative_ttl_seconds,
+            stale_window=settings.budget_service_stale_window_seconds,
+        )
+        lifecycle.on_stop(budget_service.close)
+    return LimitsService(
+        config=config.current,
+        local=local,
+        shared=RedisLimitStore(redis) if redis is not None else None,
+        budget_service=budget_service,
+        default_max_tokens_cap=settings.limits_default_max_tokens_cap,
+    )
 
 
 def _idempotency(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> IdempotencyStore:
@@ -267,12 +318,19 @@ def _demo_overlay(settings: Settings, lifecycle: Lifecycle) -> Callable[[Runtime
 
 
 def _health(
-    settings: Settings, service: ConfigService, identity: IdentityServiceKeyStore | None
+    settings: Settings,
+    service: ConfigService,
+    identity: IdentityServiceKeyStore | None,
+    limits: LimitsService,
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
-    checks = [HealthCheck("process", process), HealthCheck("config", service.readiness)]
+    checks = [
+        HealthCheck("process", process),
+        HealthCheck("config", service.readiness),
+        HealthCheck("limits", limits.readiness),
+    ]
     if identity is not None:
 
         async def identity_service() -> tuple[CheckStatus, str]:

@@ -12,11 +12,13 @@ from router_impl.config.holder import ConfigHolder
 from router_impl.config.service import ConfigService
 from router_impl.health import HealthService
 from router_impl.lifecycle import Lifecycle
+from router_impl.limits.service import LimitsService
 from router_impl.pipeline import Pipeline
 from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
 from router_impl.routing.health import BackendHealth
 from router_impl.settings import Settings
+from router_impl.usage.audit import AuditLog
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,5 @@ class Components:
     decisions: DecisionLog
     lifecycle: Lifecycle
     started_at: int
+    audit: AuditLog
+    limits: LimitsService

@@ -1,7 +1,8 @@
 """The request pipeline for completions, in order, in one readable place.
 
-authorise model -> resolve policy -> idempotency begin -> pick backend -> call (or stream)
--> usage (tokens, cost) -> usage record -> render -> idempotency complete.
+authorise model -> resolve policy -> idempotency begin -> rate limits and budget reservation
+-> pick backend -> call (or stream) -> usage (tokens, cost) -> settle the budget (refund on failure)
+-> usage record and audit event -> render -> idempotency complete.
 
 Transport-free: handlers translate HTTP to a ``Call`` and a ``FinalReply`` back.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,13 +31,15 @@ from router_impl.limits.idempotency import (
     StoredReply,
     request_fingerprint,
 )
+from router_impl.limits.service import Demand, LimitDenied, LimitsService, Ticket
 from router_impl.routing.backend_client import BackendClient, BackendReply, StreamBroken
 from router_impl.routing.backend_stream import BackendEvents, BackendStream
 from router_impl.routing.decisions import DecisionLog, RoutingDecisionRecord
 from router_impl.routing.dispatcher import Attempted, Dispatcher
 from router_impl.routing.engine import Candidate, RouteDecision, RouteReason, RouteRequest, RoutingEngine
 from router_impl.routing.sse import StreamUsageTracker
-from router_impl.usage.cost import cost_micro_usd
+from router_impl.usage.audit import AuditEvent, AuditLog
+from router_impl.usage.cost import cost_micro_usd, micro_to_usd
 from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
 from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
@@ -140,6 +143,8 @@ class Pipeline:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
         max_stored_stream_bytes: int = 1024 * 1024,
+        limits: LimitsService | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -153,6 +158,8 @@ class Pipeline:
         self.now = now
         self.monotonic = monotonic
         self.max_stored_stream_bytes = max_stored_stream_bytes
+        self.limits = limits
+        self.audit = audit
 
     # ------------------------------------------------------------------ routing
 
@@ -192,14 +199,104 @@ class Pipeline:
         if isinstance(began, FinalReply):
             return began
         try:
-            completed = await self._call_backend(call, decision)
+            call, ticket = await self._admit(call, decision.policy)
+            try:
+                completed = await self._call_backend(call, decision)
+            except BaseException:
+                await self._refund(ticket)
+                raise
             reply = render(call, completed)
-            await self._account(call, completed, reply.status, stream=False)
+            if ticket is not None and ticket.headers:
+                reply = replace(reply, headers={**reply.headers, **ticket.headers})
+            await self._account(call, completed, reply.status, stream=False, ticket=ticket)
         except BaseException:
             await self._release(call, began)
             raise
         await self._store(call, began, reply)
         return reply
+
+    # ------------------------------------------------------------------ limits
+
+    async def _admit(self, call: Call, policy: ModelPolicy) -> tuple[Call, Ticket | None]:
+        """Rate limits and budget reservation; the call's max_tokens clamped to the cap."""
+        if self.limits is None:
+            return call, None
+        body = call.body
+        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        asked = body.get(name)
+        choices = body.get("n")
+        demand = Demand(
+            organization_id=call.principal.organization_id,
+            key_id=call.principal.key_id,
+            prompt_tokens=prompt_estimate(call.kind, body),
+            max_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
+            pricing=policy.pricing,
+            choices=choices
+            if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0
+            else 1,
+        )
+        try:
+            ticket = await self.limits.admit(demand)
+        except LimitDenied as denied:
+            await self._denied(call, policy, denied)
+            raise
+        if ticket is not None and ticket.max_tokens is not None:
+            call = replace(call, body={**body, name: ticket.max_tokens})
+        return call, ticket
+
+    async def _refund(self, ticket: Ticket | None) -> None:
+        if ticket is not None and self.limits is not None:
+            await self.limits.refund(ticket)
+
+    async def _denied(self, call: Call, policy: ModelPolicy, denied: LimitDenied) -> None:
+        """A denial is accounted for too: a usage record with its limit state, an audit event."""
+        now = self.now()
+        facts = UsageFacts(
+            request_id=call.request_id,
+            organization_id=call.principal.organization_id,
+            api_key_id=call.principal.key_id,
+            model=policy.model,
+            backend_id="",
+            usage=Usage(0, 0),
+            latency_ms=0,
+            cost_micro_usd=0,
+            decision_reason="RATE_LIMIT" if denied.limit_state == "RATE_LIMITED" else "BUDGET",
+            endpoint=call.endpoint,
+            status_code=denied.status_code,
+            stream=call.stream,
+            trace_id=call.trace_id,
+            span_id=call.span_id,
+            timestamp=now,
+            limit_state=denied.limit_state,
+        )
+        await self.usage.emit(build_record(facts))
+        await self._audit(
+            AuditEvent(
+                request_id=call.request_id,
+                organization_id=call.principal.organization_id,
+                api_key_id=call.principal.key_id,
+                action="REQUEST_DENIED",
+                decision_reason=denied.code,
+                timestamp=now,
+                limit_state=denied.limit_state,
+                trace_id=call.trace_id,
+                metadata={"model": policy.model, "scope": denied.scope, "endpoint": call.endpoint},
+            )
+        )
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        """Admin actions are audited through the same writer (never fatal to the action)."""
+        await self._audit(event)
+
+    async def _audit(self, event: AuditEvent) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.record(event)
+        except Exception as exc:  # the request happened; a lost audit write must be seen, not fatal
+            log.error(
+                "audit_write_failed", action=event.action, request_id=event.request_id, error=str(exc)[:200]
+            )
 
     async def _begin(self, call: Call) -> FinalReply | str | None:
         """The stored reply for a retry, else the token that holds the key (None without a key)."""
@@ -265,7 +362,12 @@ class Pipeline:
         cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
         return Completed(routed, payload, answer.body, usage, cost, latency_ms)
 
-    async def _account(self, call: Call, completed: Completed, status: int, *, stream: bool) -> None:
+    async def _account(
+        self, call: Call, completed: Completed, status: int, *, stream: bool, ticket: Ticket | None
+    ) -> None:
+        if ticket is not None and self.limits is not None:
+            tokens = completed.usage.tokens_input + completed.usage.tokens_output
+            await self.limits.settle(ticket, tokens, completed.cost_micro_usd)
         facts = UsageFacts(
             request_id=call.request_id,
             organization_id=call.principal.organization_id,
@@ -283,6 +385,7 @@ class Pipeline:
             trace_id=call.trace_id,
             span_id=call.span_id,
             timestamp=self.now(),
+            budget_snapshot=_budget_after(ticket, completed),
         )
         await self.usage.emit(build_record(facts))
         routed = completed.routed
@@ -300,6 +403,20 @@ class Pipeline:
                 warning=routed.warning,
             )
         )
+        await self._audit(
+            AuditEvent(
+                request_id=call.request_id,
+                organization_id=call.principal.organization_id,
+                api_key_id=call.principal.key_id,
+                action="REQUEST_ALLOWED",
+                decision_reason=routed.decision,
+                timestamp=facts.timestamp,
+                routing_backend_id=routed.backend.id,
+                trace_id=call.trace_id,
+                completed_at=facts.timestamp,
+                metadata={"model": routed.policy.model, "status": str(status), "endpoint": call.endpoint},
+            )
+        )
 
     # ------------------------------------------------------------------ streaming
 
@@ -314,6 +431,11 @@ class Pipeline:
         began = await self._begin(call)
         if isinstance(began, FinalReply):
             return began
+        try:
+            call, ticket = await self._admit(call, decision.policy)
+        except BaseException:
+            await self._release(call, began)
+            raise
         wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
         started = self.monotonic()
         deadline = started + self.request_timeout_seconds
@@ -333,12 +455,15 @@ class Pipeline:
         try:
             attempted = await self.dispatcher.call(decision, open_stream)
         except BaseException:
+            await self._refund(ticket)
             await self._release(call, began)
             raise
         routed = Routed.of(decision, attempted)
         opened, events = attempted.result
         tracker = StreamUsageTracker()
         headers = routing_headers(routed)
+        if ticket is not None:
+            headers.update(ticket.headers)
 
         started_relay = False
 
@@ -396,7 +521,7 @@ class Pipeline:
                 cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
                 elapsed = int((self.monotonic() - started) * 1000)
                 await self._account(
-                    call, Completed(routed, {}, b"", usage, cost, elapsed), status, stream=True
+                    call, Completed(routed, {}, b"", usage, cost, elapsed), status, stream=True, ticket=ticket
                 )
                 if finished and transcript is not None:
                     reply = FinalReply(200, b"".join(transcript), "text/event-stream", headers)
@@ -408,6 +533,7 @@ class Pipeline:
             """The client left before the first event was relayed: close the call, free the key."""
             if not started_relay:
                 await opened.__aexit__(None, None, None)
+                await self._refund(ticket)
                 await self._release(call, began)
 
         return StreamingReply(headers=headers, events=relay(), abandon=abandon)
@@ -418,6 +544,21 @@ def routing_headers(routed: Routed) -> dict[str, str]:
     if routed.warning:
         headers["X-Routing-Warning"] = routed.warning
     return headers
+
+
+def _budget_after(ticket: Ticket | None, completed: Completed) -> dict[str, Any] | None:
+    """The usage record's budget snapshot: the tightest period's room once the reservation settled."""
+    if ticket is None or ticket.budget is None:
+        return None
+    view = ticket.budget
+    snapshot: dict[str, Any] = {"period": view.period}
+    if view.tokens_remaining is not None:
+        tokens = completed.usage.tokens_input + completed.usage.tokens_output
+        snapshot["tokens_remaining"] = max(0, view.tokens_remaining + ticket.reserved_tokens - tokens)
+    if view.micro_usd_remaining is not None:
+        left = view.micro_usd_remaining + ticket.reserved_micro_usd - completed.cost_micro_usd
+        snapshot["currency_remaining"] = micro_to_usd(max(0, left))
+    return snapshot
 
 
 def _replayed(reply: StoredReply) -> FinalReply:

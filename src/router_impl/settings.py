@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     config_start_timeout_seconds: float = Field(5.0, gt=0, le=300)
     config_poll_seconds: float = Field(1.0, gt=0, le=3600)
     kafka_bootstrap: str | None = None
+    # Usage records and audit events: durable LMDB outbox in data_dir/outbox, published to Kafka
+    # (kafka_bootstrap) or, without it, to JSON Lines files in data_dir/usage. Past outbox_max_bytes
+    # (default: 24 h at 1k RPS of ~600-byte records) billable requests get 503 until it drains to 90 %.
+    usage_topic: str = "usage.records.v1"
+    audit_topic: str = "audit.events.v1"
+    outbox_max_bytes: int = Field(64 * 1024**3, ge=1 << 20)
+    # false: no fsync per group commit; survives a process kill, not a machine crash (benchmarks, dev).
+    outbox_sync: bool = True
+    outbox_drain_seconds: float = Field(10.0, ge=0, le=600)
+    outbox_warn_age_seconds: float = Field(60.0, gt=0)
+    outbox_warn_fraction: float = Field(0.5, gt=0, le=1)
+    kafka_delivery_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
     # Encrypts per-key signing secrets at rest; without it a key file is generated in data_dir.
     secret_key: SecretStr | None = None
@@ -45,6 +57,10 @@ class Settings(BaseSettings):
     idempotency_store: Literal["lmdb", "memory"] = "lmdb"
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1)
     idempotency_lease_seconds: int = Field(120, ge=1)
+
+    # Audit trail (FR-14): events older than the retention are swept (LMDB) or expire (Redis).
+    audit_retention_seconds: int = Field(30 * 86_400, ge=60)
+    audit_map_size_bytes: int = Field(4 << 30, ge=1 << 20)
 
     key_store_map_size_bytes: int = Field(1 << 30, ge=1 << 20)
     nonce_max_entries: int = Field(100_000, ge=1_000)
@@ -60,13 +76,28 @@ class Settings(BaseSettings):
     identity_timeout_seconds: float = Field(2.0, gt=0, le=30)
     identity_revocation_poll_seconds: float = Field(5.0, gt=0)
 
+    # External budget service (openapi/external/budget.yaml); budgets are then defined there.
+    budget_service_url: str | None = None
+    budget_service_token: SecretStr | None = None
+    budget_service_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    budget_service_negative_ttl_seconds: float = Field(30, ge=0, le=3_600)
+    budget_service_stale_window_seconds: float = Field(900, ge=0)
+
     # One request's whole budget across failover attempts; each attempt is also bounded by its
     # backend's timeout_ms.
     request_timeout_seconds: float = Field(120.0, gt=0, le=3600)
     breaker_cool_down_seconds: float = Field(10.0, gt=0, le=3600)
 
+    # Organisations with budgets have max_tokens capped (clamped) at this unless their limits set
+    # max_tokens_cap, so a reservation is a true worst case.
+    limits_default_max_tokens_cap: int = Field(4096, ge=1, le=1_000_000)
+
+    # A Redis command (and connect) not answered within this fails: limits then follow the org's
+    # failure mode, idempotency answers 503. Never a hung request.
     redis_timeout_seconds: float = Field(0.5, gt=0, le=10)
     redis_max_connections: int = Field(64, ge=1, le=10_000)
+    # Waiting for a free pooled connection is local queueing under a burst, not Redis trouble.
+    redis_pool_wait_seconds: float = Field(5.0, gt=0, le=60)
 
     # Demo mode: a built-in upstream serving model "demo" and two keys (see README).
     demo: bool = False

@@ -9,7 +9,7 @@ from urllib.parse import quote, unquote
 from pydantic import BaseModel, ValidationError
 
 from router_impl.auth.keys import ApiKeyRecord
-from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
+from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
 from router_impl.config.source import KINDS, ConfigInvalid, Kind
 
 SNAPSHOT = "(snapshot)"  # the problem key when no single object is to blame
@@ -18,6 +18,7 @@ _CLASSES: dict[Kind, type[BaseModel]] = {
     "models": ModelPolicy,
     "backend_states": BackendState,
     "keys": ApiKeyRecord,
+    "limits": OrgLimits,  # keyed by organisation id
 }
 
 
@@ -92,6 +93,8 @@ def objects_of(config: RuntimeConfig) -> Iterator[tuple[Kind, str, BaseModel]]:
         yield "backend_states", backend_id, state
     for record in config.api_keys:
         yield "keys", record.id, record
+    for org, limits in config.org_limits.items():
+        yield "limits", org, limits
 
 
 def explode(config: RuntimeConfig) -> dict[str, bytes]:
@@ -129,6 +132,7 @@ def assemble(objects: Mapping[str, bytes], memo: Memo | None = None) -> RuntimeC
     models = {key: o for key, (_, o) in parsed["models"].items() if isinstance(o, ModelPolicy)}
     states = {key: (i, o) for key, (i, o) in parsed["backend_states"].items() if isinstance(o, BackendState)}
     keys = {key: o for key, (_, o) in parsed["keys"].items() if isinstance(o, ApiKeyRecord)}
+    limits = {org: o for org, o in parsed["limits"].values() if isinstance(o, OrgLimits)}
     known_backends = {b.id for b in backends.values()} | unreadable_backends
     _cross_check(problems, known_backends, models, states, keys)
     if problems:
@@ -139,6 +143,7 @@ def assemble(objects: Mapping[str, bytes], memo: Memo | None = None) -> RuntimeC
             models=tuple(models.values()),
             api_keys=tuple(keys.values()),
             backend_states={backend_id: state for backend_id, state in states.values()},
+            org_limits=limits,
         )
     except ValidationError as exc:
         raise ConfigInvalid({SNAPSHOT: summary(exc)}) from None

@@ -1,4 +1,5 @@
-"""The one validated model of runtime configuration: backends, model policies and prices, API keys.
+"""The one validated model of runtime configuration: backends, model policies and prices, API keys,
+organisation limits and budgets.
 
 Field names follow the contract's admin schemas (``Backend``, ``ModelPolicy``), so the admin
 API translates by name. Every snapshot is validated whole: a policy that names an unknown
@@ -7,6 +8,7 @@ backend, a duplicate id or alias makes the whole snapshot invalid.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
@@ -99,6 +101,52 @@ class ModelPolicy(BaseModel):
     org_overrides: dict[str, OrgOverride] = Field(default_factory=dict)
 
 
+class RateLimitConfig(BaseModel):
+    """Token buckets; an absent field means no limit of that kind."""
+
+    model_config = _FROZEN
+
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    burst: int | None = Field(None, ge=1, le=10_000_000)  # bucket capacity; defaults to requests_per_minute
+    tokens_per_minute: int | None = Field(None, ge=1, le=10_000_000_000)
+
+
+class BudgetLimits(BaseModel):
+    """Budgets per period; an absent field means no budget of that kind. USD as exact decimals."""
+
+    model_config = _FROZEN
+
+    daily_tokens: int | None = Field(None, ge=0, le=1_000_000_000_000)
+    monthly_tokens: int | None = Field(None, ge=0, le=1_000_000_000_000)
+    daily_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000, decimal_places=6)
+    monthly_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000, decimal_places=6)
+
+    @property
+    def empty(self) -> bool:
+        return all(
+            v is None for v in (self.daily_tokens, self.monthly_tokens, self.daily_usd, self.monthly_usd)
+        )
+
+
+FailureMode = Literal["fail_open", "fail_closed"]
+
+
+class OrgLimits(BaseModel):
+    """One organisation's limits (the contract's ``OrgLimits``). Budgets absent here may come from
+    the external budget service."""
+
+    model_config = _FROZEN
+
+    rate_limits: RateLimitConfig | None = None
+    key_rate_limits: RateLimitConfig | None = None  # applies to each of the organisation's keys
+    budgets: BudgetLimits | None = None
+    # Redis unreachable: fail_open enforces with this process's own buckets and counters (a metric
+    # and a readiness warning say so); fail_closed answers 503. Envoy's ratelimit defaults to open too.
+    failure_mode: FailureMode = "fail_open"
+    # A larger max_tokens is clamped to it; also what is reserved when a request sets none.
+    max_tokens_cap: int | None = Field(None, ge=1, le=1_000_000)
+
+
 class RuntimeConfig(BaseModel):
     model_config = _FROZEN
 
@@ -106,6 +154,7 @@ class RuntimeConfig(BaseModel):
     models: tuple[ModelPolicy, ...] = ()
     api_keys: tuple[ApiKeyRecord, ...] = ()
     backend_states: dict[str, BackendState] = Field(default_factory=dict)
+    org_limits: dict[str, OrgLimits] = Field(default_factory=dict)
 
     _policies: dict[str, ModelPolicy] = PrivateAttr(default_factory=dict)
     _backends: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
@@ -125,6 +174,9 @@ class RuntimeConfig(BaseModel):
         for backend_id in self.backend_states:
             if backend_id not in known:
                 raise ValueError(f"backend_states: unknown backend {backend_id}")
+        for org in self.org_limits:
+            if not _ID.match(org):
+                raise ValueError(f"org_limits: {org!r} is not an organisation id")
         self._policies = {name: m for m in self.models for name in (m.model, *m.aliases)}
         self._backends = {b.id: b for b in self.backends}
         return self
@@ -141,6 +193,7 @@ class RuntimeConfig(BaseModel):
 
 
 _HEALTHY = BackendState()
+_ID = re.compile(IDENTIFIER)
 
 
 def _unique(what: str, values: list[str]) -> None:

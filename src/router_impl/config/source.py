@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from router_impl.config.model import RuntimeConfig
 
 # One kind per object family; an object's key is ``<kind>/<id>`` under the source's prefix.
-Kind = Literal["backends", "models", "backend_states", "keys"]
-KINDS: tuple[Kind, ...] = ("backends", "models", "backend_states", "keys")
+Kind = Literal["backends", "models", "backend_states", "keys", "limits"]
+KINDS: tuple[Kind, ...] = ("backends", "models", "backend_states", "keys", "limits")
 
 
 @dataclass(frozen=True)

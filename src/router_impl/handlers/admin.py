@@ -1,7 +1,8 @@
 """Admin operations (scope admin): keys, backends, model policies and recent routing decisions.
 
 Backend and policy writes go through the config source (every replica applies them); reads show
-this replica's applied snapshot. Limits follow in their issue."""
+this replica's applied snapshot. Organisation limits are config objects too (``limits/<org>``);
+their live counters come from the limit store."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from router_impl.auth.admin import ApiKeyAdmin
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.components import Components
 from router_impl.config.layout import object_key, summary
-from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
+from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
 from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable
 from router_impl.errors import ApiError
+from router_impl.limits.service import ResetScope
+from router_impl.usage.audit import AuditEvent
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response, timestamp
 
@@ -147,15 +150,29 @@ async def _write(
         raise ApiError(
             "SERVICE_UNAVAILABLE", f"The config source is unavailable: {exc}"[:_MESSAGE_MAX]
         ) from exc
-    # The audit store arrives with its issue; until then the event goes to the log.
+    actor = _actor(token_info)
     log.info(
         "policy_update",
-        actor_key_id=_actor(token_info),
+        actor_key_id=actor,
         kind=kind,
         id=object_id,
         key=object_key(kind, object_id),
         action=action,
         revision=revision,
+    )
+    state = current_state()
+    await components.pipeline.record_audit(
+        AuditEvent(
+            request_id=state.request_id,
+            organization_id=object_id if kind == "limits" else "",
+            api_key_id=actor or "",
+            action="POLICY_UPDATE",
+            decision_reason=f"{action} {object_key(kind, object_id)}"[:500],
+            timestamp=datetime.now(UTC),
+            actor=actor,
+            trace_id=state.trace_id,
+            metadata={"kind": kind, "id": object_id[:512], "action": action, "revision": str(revision)},
+        )
     )
     return revision
 
@@ -351,3 +368,71 @@ async def list_routing_decisions(
 ) -> Response:
     records = components.decisions.recent(model=model, organization_id=organization_id, limit=limit)
     return json_response({"items": [views.decision_document(r) for r in records]})
+
+
+# ---------------------------------------------------------------- limits
+
+
+async def get_org_limits(components: Components, org_id: str) -> Response:
+    limits = components.limits.limits_of(org_id) or OrgLimits()
+    state = await components.limits.state(org_id)
+    return json_response(views.limits_state_document(org_id, limits, state))
+
+
+async def put_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
+    try:
+        limits = OrgLimits.model_validate(current_document())
+    except ValidationError as exc:
+        raise _invalid_object(exc) from exc
+    existing = components.limits.limits_of(org_id)
+    await _write(
+        components,
+        token_info,
+        "replace" if existing is not None else "create",
+        "limits",
+        org_id,
+        lambda: components.config_service.put("limits", org_id, limits),
+        invalid_as="VALIDATION_ERROR",
+        conflict_as="SERVICE_UNAVAILABLE",
+    )
+    await components.limits.limits_changed(org_id)
+    state = await components.limits.state(org_id)
+    return json_response(views.limits_state_document(org_id, limits, state))
+
+
+async def reset_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
+    body = current_document()
+    scope: ResetScope = body.get("scope") or "buckets"  # the contract's enum, validated
+    key_id = body.get("key_id")
+    cleared = await components.limits.reset(org_id, scope, key_id)
+    now = datetime.now(UTC)
+    actor = _actor(token_info)
+    await components.pipeline.record_audit(
+        AuditEvent(
+            request_id=current_state().request_id,
+            organization_id=org_id,
+            api_key_id=actor or "",
+            action="LIMIT_RESET",
+            decision_reason=str(body.get("reason", ""))[:500],
+            timestamp=now,
+            actor=actor,
+            trace_id=current_state().trace_id,
+            metadata={
+                "scope": scope,
+                "cleared": ",".join(cleared)[:512],
+                **({"key_id": key_id} if key_id else {}),
+            },
+        )
+    )
+    log.info(
+        "limit_reset", actor_key_id=actor, organization_id=org_id, scope=scope, key_id=key_id, cleared=cleared
+    )
+    result: dict[str, Any] = {
+        "organization_id": org_id,
+        "scope": scope,
+        "reset_at": timestamp(now),
+        "cleared": list(cleared),
+    }
+    if key_id:
+        result["key_id"] = key_id
+    return json_response(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from router_contract.models import UsageRecord
 
@@ -44,6 +44,7 @@ class UsageFacts:
     limit_state: LimitState = "WITHIN_LIMIT"
     retry_count: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    budget_snapshot: dict[str, Any] | None = None  # {period, tokens_remaining?, currency_remaining?}
 
 
 def build_record(facts: UsageFacts) -> UsageRecord:
@@ -75,5 +76,6 @@ def build_record(facts: UsageFacts) -> UsageRecord:
             "status_code": facts.status_code,
             "stream": facts.stream,
             "metadata": metadata,
+            **({"budget_snapshot": facts.budget_snapshot} if facts.budget_snapshot is not None else {}),
         }
     )

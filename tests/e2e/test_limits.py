@@ -1,0 +1,318 @@
+"""US-2 end to end: rate limits and budgets hold across two routers sharing one Redis.
+
+Each scenario has its own organisation (and key), so counters never mix. Requests are sized so
+the router's reservation equals what the mock backend bills: a prompt of n three-letter words is
+estimated at n tokens and counted as n by the mock, and the mock echoes at most ``max_tokens``
+words, so a request with n >= max_tokens costs exactly n + max_tokens tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from router_impl.auth.keys import hash_secret
+from tests.e2e.conftest import (
+    KEYS,
+    MODEL,
+    ObservedBackend,
+    auth,
+    error_code,
+    records_for,
+    runtime_config,
+    wait_until,
+)
+from tests.harness.backend import MockBackend
+from tests.harness.router_proc import RouterProcess
+from tests.harness.services import RedisServer
+
+CHAT = "/v1/chat/completions"
+PROMPT_WORDS = 5
+MAX_TOKENS = 5
+PER_REQUEST = PROMPT_WORDS + MAX_TOKENS  # tokens reserved and billed
+# 5 tokens in at $3/M + 5 out at $15/M = 90 micro-dollars.
+PER_REQUEST_MICRO_USD = 90
+
+LIMITS: dict[str, dict[str, Any]] = {
+    "org-burst": {"rate_limits": {"requests_per_minute": 6, "burst": 5}},
+    # fail_closed: exactness is promised while Redis answers; a stray timeout must not count locally.
+    "org-bucket100": {"rate_limits": {"requests_per_minute": 1, "burst": 100}, "failure_mode": "fail_closed"},
+    "org-budget50": {"budgets": {"daily_tokens": 50 * PER_REQUEST}, "failure_mode": "fail_closed"},
+    "org-daily": {"budgets": {"daily_tokens": 3 * PER_REQUEST, "monthly_tokens": 1_000_000}},
+    "org-monthly-usd": {"budgets": {"monthly_usd": 3 * PER_REQUEST_MICRO_USD / 1_000_000}},
+    "org-reset": {"rate_limits": {"requests_per_minute": 1, "burst": 2}},
+    "org-open": {"rate_limits": {"requests_per_minute": 1, "burst": 3}, "failure_mode": "fail_open"},
+    "org-closed": {"rate_limits": {"requests_per_minute": 600}, "failure_mode": "fail_closed"},
+}
+
+
+def _secret(org: str) -> str:
+    return f"rk_e2e_{org.replace('-', '_')}"
+
+
+def _key_record(org: str) -> dict[str, Any]:
+    return {
+        "id": f"key-{org}",
+        "organization_id": org,
+        "key_hash": hash_secret(_secret(org)),
+        "scopes": ["inference", "audit"],
+    }
+
+
+def chat(words: int = PROMPT_WORDS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": " ".join(["tok"] * words)}],
+        "max_tokens": max_tokens,
+    }
+
+
+def headers(org: str, request_id: str | None = None) -> dict[str, str]:
+    return {**auth(_secret(org)), "X-Request-ID": request_id or f"lim-{uuid.uuid4().hex[:16]}"}
+
+
+@pytest.fixture(scope="module")
+def limits_config(
+    tmp_path_factory: pytest.TempPathFactory, backend_a: ObservedBackend, backend_f: MockBackend
+) -> Path:
+    config = runtime_config(backend_a, backend_f)
+    config["api_keys"].extend(_key_record(org) for org in (*LIMITS, "org-put"))
+    config["org_limits"] = LIMITS
+    path = tmp_path_factory.mktemp("limits-config") / "router.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(
+    start_router: Callable[..., RouterProcess], redis_server: RedisServer, limits_config: Path
+) -> tuple[RouterProcess, RouterProcess]:
+    env = {"ROUTER_REDIS_URL": redis_server.url, "ROUTER_CONFIG_POLL_SECONDS": "0.2"}
+    return start_router(env=env, config=limits_config), start_router(env=env, config=limits_config)
+
+
+def _limit_events(routers: tuple[RouterProcess, ...]) -> list[str]:
+    """The routers' log lines about the limit store, to explain a miscount."""
+    return [line for r in routers for line in r.log_text().splitlines() if "limits_" in line][-10:]
+
+
+async def _burst(
+    routers: tuple[RouterProcess, ...], org: str, count: int, body: dict[str, Any] | None = None
+) -> list[httpx.Response]:
+    """``count`` concurrent requests, spread evenly over ``routers``."""
+    clients = [
+        httpx.AsyncClient(
+            base_url=r.base_url, trust_env=False, timeout=20, limits=httpx.Limits(max_connections=100)
+        )
+        for r in routers
+    ]
+    try:
+        return await asyncio.gather(
+            *(
+                clients[i % len(clients)].post(CHAT, json=body or chat(), headers=headers(org))
+                for i in range(count)
+            )
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_a_burst_over_the_bucket_gets_429_with_retry_after_and_never_reaches_the_backend(pair, clients, mock):
+    http = clients.http(pair[0])
+    for _ in range(5):
+        answer = http.post(CHAT, json=chat(), headers=headers("org-burst"))
+        assert answer.status_code == 200, answer.text
+    assert answer.headers["RateLimit-Limit"] == "5"
+    assert answer.headers["RateLimit-Remaining"] == "0"
+    calls = mock.inference_requests
+    denied = clients.http(pair[1]).post(CHAT, json=chat(), headers=headers("org-burst", "lim-burst-denied"))
+    assert denied.status_code == 429
+    assert error_code(denied) == "RATE_LIMIT_EXCEEDED"
+    assert denied.headers["Retry-After"] == "10"  # 6 per minute: one request every 10 s
+    assert denied.headers["RateLimit-Remaining"] == "0"
+    assert mock.inference_requests == calls
+    # The same denial in the contract's shape on /v1/inference.
+    inference = http.post(
+        "/v1/inference",
+        json={"request_id": str(uuid.uuid4()), "model": MODEL, "payload": "tok tok"},
+        headers=auth(_secret("org-burst")),
+    )
+    assert inference.status_code == 429, inference.text
+    body = inference.json()
+    assert body["code"] == "RATE_LIMIT_EXCEEDED"
+    assert 1 <= body["retry_after_seconds"] <= 10
+    assert body["limit_context"]["scope"] == "org"
+    assert body["limit_context"]["limit"] == 5
+    assert mock.inference_requests == calls
+    # The denial is accounted for: a usage record with its limit state, and an audit event.
+    records = wait_until(lambda: records_for(pair[1], "lim-burst-denied"))
+    assert [(r["limit_state"], r["decision_reason"], r["tokens_input"]) for r in records] == [
+        ("RATE_LIMITED", "RATE_LIMIT", 0)
+    ]
+    audit = http.get("/v1/audit/requests/lim-burst-denied", headers=auth(_secret("org-burst")))
+    assert audit.status_code == 200, audit.text
+    assert (audit.json()["action"], audit.json()["limit_state"]) == ("REQUEST_DENIED", "RATE_LIMITED")
+
+
+async def test_200_concurrent_requests_on_two_routers_take_exactly_the_100_in_the_bucket(pair, mock):
+    calls = mock.inference_requests
+    answers = await _burst(pair, "org-bucket100", 200)
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 100, (statuses, _limit_events(pair))
+    assert statuses.count(429) == 100
+    assert mock.inference_requests - calls == 100
+
+
+async def test_200_concurrent_requests_on_two_routers_spend_a_budget_with_room_for_50_exactly(pair, mock):
+    calls = mock.inference_requests
+    answers = await _burst(pair, "org-budget50", 200)
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 50, (statuses, _limit_events(pair))
+    assert statuses.count(402) == 150
+    assert mock.inference_requests - calls == 50
+    state = httpx.get(
+        f"{pair[0].base_url}/v1/admin/orgs/org-budget50/limits", headers=auth(KEYS["admin"]), trust_env=False
+    ).json()
+    daily = next(b for b in state["state"]["budgets"] if b["period"] == "DAILY")
+    assert (daily["tokens_used"], daily["tokens_limit"]) == (50 * PER_REQUEST, 50 * PER_REQUEST)
+
+
+def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, clients):
+    http = clients.http(pair[0])
+    for _ in range(3):
+        assert http.post(CHAT, json=chat(), headers=headers("org-daily")).status_code == 200
+    denied = http.post(
+        "/v1/inference",
+        json={"request_id": str(uuid.uuid4()), "model": MODEL, "payload": "tok"},
+        headers=auth(_secret("org-daily")),
+    )
+    assert denied.status_code == 402
+    body = denied.json()
+    assert body["code"] == "BUDGET_EXCEEDED"
+    context = body["limit_context"]
+    assert context["period"] == "DAILY"
+    assert context["tokens_remaining"] == 0
+    assert context["reset_at"].endswith("T00:00:00.000Z")
+    assert body["retry_after_seconds"] >= 1
+    # OpenAI routes answer in OpenAI's shape.
+    openai_denied = clients.http(pair[1]).post(CHAT, json=chat(), headers=headers("org-daily"))
+    assert openai_denied.status_code == 402
+    assert openai_denied.json()["error"]["type"] == "insufficient_quota"
+
+
+def test_monthly_currency_budget_exhausted_in_exact_micro_dollars(pair, clients):
+    http = clients.http(pair[1])
+    ids = [f"lim-usd-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    for request_id in ids:
+        answer = http.post(CHAT, json=chat(), headers=headers("org-monthly-usd", request_id))
+        assert answer.status_code == 200, answer.text
+    denied = http.post(CHAT, json=chat(), headers=headers("org-monthly-usd"))
+    assert denied.status_code == 402
+    records = [r for request_id in ids for r in wait_until(lambda rid=request_id: records_for(pair[1], rid))]
+    assert [r["cost_micro_usd"] for r in records] == [PER_REQUEST_MICRO_USD] * 3
+    last = records[-1]["budget_snapshot"]
+    assert last["period"] == "MONTHLY"
+    assert last["currency_remaining"] == 0
+
+
+def test_admin_reset_clears_buckets_and_the_next_request_is_allowed(pair, clients):
+    http = clients.http(pair[0])
+    for _ in range(2):
+        assert http.post(CHAT, json=chat(), headers=headers("org-reset")).status_code == 200
+    assert http.post(CHAT, json=chat(), headers=headers("org-reset")).status_code == 429
+    before = http.get("/v1/admin/orgs/org-reset/limits", headers=auth(KEYS["admin"])).json()
+    assert before["state"]["requests_remaining"] == 0
+    reset = http.post(
+        "/v1/admin/orgs/org-reset/limits/reset",
+        json={"scope": "buckets", "reason": "customer escalation"},
+        headers={**auth(KEYS["admin"]), "X-Request-ID": "lim-reset-1"},
+    )
+    assert reset.status_code == 200, reset.text
+    assert "org_bucket:requests" in reset.json()["cleared"]
+    assert clients.http(pair[1]).post(CHAT, json=chat(), headers=headers("org-reset")).status_code == 200
+    events = http.get(
+        "/v1/audit/events",
+        params={"organization_id": "org-reset", "action": "LIMIT_RESET"},
+        headers=auth(KEYS["admin"]),
+    )
+    if events.status_code != 403:  # the admin key may lack scope audit; the request-id lookup covers it
+        assert any(e["request_id"] == "lim-reset-1" for e in events.json()["items"])
+    forbidden = http.post(
+        "/v1/admin/orgs/org-reset/limits/reset", json={"reason": "x"}, headers=auth(_secret("org-reset"))
+    )
+    assert forbidden.status_code == 403
+
+
+def test_put_limits_reaches_both_routers_and_is_enforced(pair, clients):
+    http = clients.http(pair[0])
+    org = "org-put"
+    put = http.put(
+        f"/v1/admin/orgs/{org}/limits",
+        json={"rate_limits": {"requests_per_minute": 1, "burst": 1}, "budgets": {"daily_usd": 12.5}},
+        headers=auth(KEYS["admin"]),
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["limits"]["budgets"] == {"daily_usd": 12.5}
+    seen = wait_until(
+        lambda: (
+            clients.http(pair[1])
+            .get(f"/v1/admin/orgs/{org}/limits", headers=auth(KEYS["admin"]))
+            .json()["limits"]
+            .get("rate_limits")
+        ),
+        timeout=5,
+    )
+    assert seen == {"requests_per_minute": 1, "burst": 1}
+    assert clients.http(pair[0]).post(CHAT, json=chat(), headers=headers(org)).status_code == 200
+    assert clients.http(pair[1]).post(CHAT, json=chat(), headers=headers(org)).status_code == 429
+    invalid = http.put(
+        f"/v1/admin/orgs/{org}/limits", json={"rate_limits": {"burst": 0}}, headers=auth(KEYS["admin"])
+    )
+    assert invalid.status_code == 400
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("limits-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_down_fail_open_limits_locally_fail_closed_answers_503_and_both_recover(
+    start_router, own_redis, limits_config, clients
+):
+    router = start_router(
+        env={"ROUTER_REDIS_URL": own_redis.url, "ROUTER_REDIS_TIMEOUT_SECONDS": "0.2"}, config=limits_config
+    )
+    http = clients.http(router)
+    assert http.post(CHAT, json=chat(), headers=headers("org-closed")).status_code == 200
+    own_redis.stop()
+
+    started = time.monotonic()
+    closed = http.post(CHAT, json=chat(), headers=headers("org-closed"))
+    assert closed.status_code == 503
+    assert error_code(closed) == "SERVICE_UNAVAILABLE"
+    assert time.monotonic() - started < 2.0  # bounded by the Redis timeout, never a hang
+    open_statuses = [http.post(CHAT, json=chat(), headers=headers("org-open")).status_code for _ in range(4)]
+    assert open_statuses == [200, 200, 200, 429]  # this router's own bucket of 3
+    ready = http.get("/v1/status/readyz").json()
+    limits_check = next(c for c in ready["checks"] if c["name"] == "limits")
+    assert limits_check["status"] == "warn"
+
+    own_redis.start()
+    recovered = wait_until(
+        lambda: http.post(CHAT, json=chat(), headers=headers("org-closed")).status_code == 200, timeout=5
+    )
+    assert recovered
+    # Back on Redis: org-open's shared bucket was never touched during the outage.
+    assert http.post(CHAT, json=chat(), headers=headers("org-open")).status_code == 200

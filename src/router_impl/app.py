@@ -68,10 +68,10 @@ from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
-from router_impl.usage.audit import AuditLog
+from router_impl.usage.audit import AuditLog, ForwardedAuditLog
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
-from router_impl.usage.sink import JsonlUsageSink, JsonlWriter
+from router_impl.usage.wiring import UsageParts, build_usage
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
@@ -178,9 +178,11 @@ def build_components(settings: Settings) -> Components:
     prober = Prober(health)
     lifecycle.background(lambda: prober.run(holder.current))
     decisions = DecisionLog()
-    writer = JsonlWriter(settings.data_dir / "usage")
-    lifecycle.on_stop(_sync(writer.close))
-    audit = _audit(settings, redis, lifecycle)
+    usage = build_usage(settings, lifecycle)
+    audit = ForwardedAuditLog(
+        _audit(settings, redis, lifecycle),
+        lambda key, value: usage.outbox.append(usage.audit_topic, key, value),
+    )
     limits = _limits(settings, redis, holder, lifecycle)
     pipeline = Pipeline(
         config=holder.current,
@@ -190,10 +192,11 @@ def build_components(settings: Settings) -> Components:
         dispatcher=Dispatcher(backends, health),
         decisions=decisions,
         idempotency=_idempotency(settings, redis, lifecycle),
-        usage=JsonlUsageSink(writer),
+        usage=usage.sink,
         request_timeout_seconds=settings.request_timeout_seconds,
         limits=limits,
         audit=audit,
+        accepting=lambda: usage.outbox.accepting,
     )
 
     async def follow_snapshot(snapshot: RuntimeConfig) -> None:
@@ -219,7 +222,7 @@ def build_components(settings: Settings) -> Components:
         signatures=signatures,
         key_admin=key_admin,
         identity=identity,
-        health=_health(settings, config_service, identity, limits),
+        health=_health(settings, config_service, identity, limits, usage),
         pipeline=pipeline,
         config_service=config_service,
         health_registry=health,
@@ -322,6 +325,7 @@ def _health(
     service: ConfigService,
     identity: IdentityServiceKeyStore | None,
     limits: LimitsService,
+    usage: UsageParts,
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
@@ -330,6 +334,7 @@ def _health(
         HealthCheck("process", process),
         HealthCheck("config", service.readiness),
         HealthCheck("limits", limits.readiness),
+        HealthCheck("usage_outbox", usage.readiness),
     ]
     if identity is not None:
 

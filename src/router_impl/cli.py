@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from router_impl import __version__
+from router_impl import __version__, usage_cli
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_commands(sub)
     _add_policy_commands(sub)
+    usage_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)

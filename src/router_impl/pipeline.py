@@ -9,6 +9,7 @@ Transport-free: handlers translate HTTP to a ``Call`` and a ``FinalReply`` back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+from router_contract.models import UsageRecord
 
 from router_impl.auth.authenticator import Authenticator, Principal
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig
@@ -40,6 +42,7 @@ from router_impl.routing.engine import Candidate, RouteDecision, RouteReason, Ro
 from router_impl.routing.sse import StreamUsageTracker
 from router_impl.usage.audit import AuditEvent, AuditLog
 from router_impl.usage.cost import cost_micro_usd, micro_to_usd
+from router_impl.usage.outbox import OutboxError
 from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
 from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
@@ -145,6 +148,7 @@ class Pipeline:
         max_stored_stream_bytes: int = 1024 * 1024,
         limits: LimitsService | None = None,
         audit: AuditLog | None = None,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -160,6 +164,7 @@ class Pipeline:
         self.max_stored_stream_bytes = max_stored_stream_bytes
         self.limits = limits
         self.audit = audit
+        self.accepting = accepting  # False while the usage outbox is full: billable work is refused
 
     # ------------------------------------------------------------------ routing
 
@@ -218,7 +223,15 @@ class Pipeline:
     # ------------------------------------------------------------------ limits
 
     async def _admit(self, call: Call, policy: ModelPolicy) -> tuple[Call, Ticket | None]:
-        """Rate limits and budget reservation; the call's max_tokens clamped to the cap."""
+        """Rate limits and budget reservation; the call's max_tokens clamped to the cap. Refused first
+        while the usage outbox is full: a request is never served without its usage record."""
+        if not self.accepting():
+            log.error("usage_outbox_full_refusing", request_id=call.request_id)
+            raise ApiError(
+                "SERVICE_UNAVAILABLE",
+                "Usage accounting is backlogged; billable requests are refused until it drains.",
+                headers={"Retry-After": "30"},
+            )
         if self.limits is None:
             return call, None
         body = call.body
@@ -269,8 +282,8 @@ class Pipeline:
             timestamp=now,
             limit_state=denied.limit_state,
         )
-        await self.usage.emit(build_record(facts))
-        await self._audit(
+        await self._emit(
+            build_record(facts),
             AuditEvent(
                 request_id=call.request_id,
                 organization_id=call.principal.organization_id,
@@ -281,8 +294,23 @@ class Pipeline:
                 limit_state=denied.limit_state,
                 trace_id=call.trace_id,
                 metadata={"model": policy.model, "scope": denied.scope, "endpoint": call.endpoint},
-            )
+            ),
         )
+
+    async def _emit(self, record: UsageRecord, event: AuditEvent) -> None:
+        """The usage record and the audit event, written together (they share one group commit)."""
+        await asyncio.gather(self._write_usage(record), self._audit(event))
+
+    async def _write_usage(self, record: UsageRecord) -> None:
+        try:
+            await self.usage.emit(record)
+        except OutboxError as exc:
+            log.error("usage_record_not_stored", request_id=record.request_id, error=str(exc)[:200])
+            raise ApiError(
+                "SERVICE_UNAVAILABLE",
+                "Usage accounting is unavailable, so the request is not billed; retry later.",
+                headers={"Retry-After": "5"},
+            ) from exc
 
     async def record_audit(self, event: AuditEvent) -> None:
         """Admin actions are audited through the same writer (never fatal to the action)."""
@@ -387,7 +415,6 @@ class Pipeline:
             timestamp=self.now(),
             budget_snapshot=_budget_after(ticket, completed),
         )
-        await self.usage.emit(build_record(facts))
         routed = completed.routed
         self.decisions.record(
             RoutingDecisionRecord(
@@ -403,7 +430,8 @@ class Pipeline:
                 warning=routed.warning,
             )
         )
-        await self._audit(
+        await self._emit(
+            build_record(facts),
             AuditEvent(
                 request_id=call.request_id,
                 organization_id=call.principal.organization_id,
@@ -415,7 +443,7 @@ class Pipeline:
                 trace_id=call.trace_id,
                 completed_at=facts.timestamp,
                 metadata={"model": routed.policy.model, "status": str(status), "endpoint": call.endpoint},
-            )
+            ),
         )
 
     # ------------------------------------------------------------------ streaming
@@ -468,11 +496,45 @@ class Pipeline:
         started_relay = False
 
         async def relay() -> AsyncGenerator[bytes, None]:
+            """Events pass through one behind: the last is held until the usage record is committed
+            (and the transcript stored), so a client that saw the end can rely on both."""
             nonlocal started_relay
             started_relay = True
-            status, finished = 200, False
+            status, finished, settled = 200, False, False
             transcript: list[bytes] | None = [] if began is not None else None
             kept = 0
+
+            async def settle() -> None:
+                nonlocal settled, finished
+                settled = True
+                await opened.__aexit__(None, None, None)
+                reported = tracker.usage()
+                usage = (
+                    Usage(reported.prompt_tokens, reported.completion_tokens)
+                    if reported is not None
+                    else Usage(
+                        prompt_estimate(call.kind, call.body), estimate_tokens(tracker.text), estimated=True
+                    )
+                )
+                cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
+                elapsed = int((self.monotonic() - started) * 1000)
+                try:
+                    await self._account(
+                        call,
+                        Completed(routed, {}, b"", usage, cost, elapsed),
+                        status,
+                        stream=True,
+                        ticket=ticket,
+                    )
+                except ApiError:
+                    finished = False  # logged; the answer was relayed, so only its replay is withheld
+                if finished and transcript is not None:
+                    reply = FinalReply(200, b"".join(transcript), "text/event-stream", headers)
+                    await self._store(call, began, reply)
+                else:
+                    await self._release(call, began)
+
+            held: bytes | None = None
             try:
                 failure: ApiError | None = None
                 try:
@@ -485,7 +547,9 @@ class Pipeline:
                             transcript = transcript if kept <= self.max_stored_stream_bytes else None
                             if transcript is not None:
                                 transcript.append(event)
-                        yield event
+                        if held is not None:
+                            yield held
+                        held = event
                 except StreamBroken as exc:
                     self.dispatcher.health.record_failure(routed.backend.id, routed.policy.failover_threshold)
                     code = "BACKEND_TIMEOUT" if "Timeout" in exc.reason else "BACKEND_ERROR"
@@ -498,36 +562,24 @@ class Pipeline:
                 if failure is None:
                     finished = True
                 else:
-                    # OpenAI's clients raise on an error event; without it a cut answer looks complete.
                     status = failure.status_code
                     log.warning(
                         "backend_stream_broken", backend=routed.backend.id, request_id=call.request_id
                     )
+                await settle()
+                if held is not None:
+                    yield held
+                if failure is not None:
+                    # OpenAI's clients raise on an error event; without it a cut answer looks complete.
                     yield (
                         b"data: "
                         + render_error(failure, trace_id=call.trace_id, request_id=None, openai=True)
                         + b"\n\n"
                     )
             finally:
-                await opened.__aexit__(None, None, None)
-                reported = tracker.usage()
-                usage = (
-                    Usage(reported.prompt_tokens, reported.completion_tokens)
-                    if reported is not None
-                    else Usage(
-                        prompt_estimate(call.kind, call.body), estimate_tokens(tracker.text), estimated=True
-                    )
-                )
-                cost = cost_micro_usd(routed.policy.pricing, usage.tokens_input, usage.tokens_output)
-                elapsed = int((self.monotonic() - started) * 1000)
-                await self._account(
-                    call, Completed(routed, {}, b"", usage, cost, elapsed), status, stream=True, ticket=ticket
-                )
-                if finished and transcript is not None:
-                    reply = FinalReply(200, b"".join(transcript), "text/event-stream", headers)
-                    await self._store(call, began, reply)
-                else:
-                    await self._release(call, began)
+                if not settled:  # the client went away mid-stream
+                    finished = False
+                    await settle()
 
         async def abandon() -> None:
             """The client left before the first event was relayed: close the call, free the key."""

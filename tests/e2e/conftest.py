@@ -33,6 +33,7 @@ from aiohttp import web
 from router_impl.auth.keys import hash_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.auth.signing import sign_request
+from router_impl.usage.outbox import read_backlog
 from tests.contract.openapi_check import assert_conforms
 from tests.harness import backend_responses as responses
 from tests.harness.backend import BackendControls, MockBackend
@@ -373,9 +374,13 @@ def dumps(document: Any) -> bytes:
 
 
 def usage_records(router: RouterProcess) -> list[dict[str, Any]]:
-    """Every usage record the router wrote (JSON Lines under ``<data_dir>/usage``)."""
+    """Every usage record the router wrote (JSON Lines under ``<data_dir>/usage``), once its outbox
+    has published everything committed so far (records reach the files through the outbox)."""
+    outbox = router.data_dir / "outbox"
+    if outbox.exists():
+        wait_until(lambda: read_backlog(outbox).count == 0, timeout=5.0)
     records = []
-    for path in sorted((router.data_dir / "usage").glob("*.jsonl")):
+    for path in sorted((router.data_dir / "usage").glob("usage-*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 records.append(json.loads(line))

@@ -56,7 +56,7 @@ def test_an_inference_returns_the_completion_with_usage_cost_and_routing_headers
     assert response.headers["X-Routing-Decision"] == "PRIMARY"
     assert response.headers["X-Request-ID"]
     assert mock.inference_requests == 1
-    sent = mock.last_request
+    sent = mock.last_inference_request
     assert sent is not None and sent.body["messages"] == [{"role": "user", "content": PAYLOAD}]
 
 
@@ -69,7 +69,7 @@ def test_inference_parameters_reach_the_backend_and_the_bill_follows_its_usage(h
     words = count_tokens(PAYLOAD)
     assert (answer["usage"]["tokens_input"], answer["usage"]["tokens_output"]) == (words, 3)
     assert Decimal(str(answer["usage"]["cost_usd"])) == expected_cost_usd(words, 3)
-    sent = mock.last_request
+    sent = mock.last_inference_request
     assert sent is not None
     assert (sent.body["max_tokens"], sent.body["temperature"]) == (3, 0.2)
 
@@ -111,7 +111,7 @@ def test_the_callers_trace_and_request_ids_are_carried_through(http, router, moc
 
     assert response.headers["X-Request-ID"] == request_id
     assert response.json()["trace_id"] == trace_id
-    sent = mock.last_request
+    sent = mock.last_inference_request
     assert sent is not None
     headers = {k.lower(): v for k, v in sent.headers.items()}
     assert headers["traceparent"].split("-")[1] == trace_id

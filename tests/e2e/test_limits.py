@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.harness.backend import MockBackend
+from tests.harness.budget_service import MockBudgetService
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
 
@@ -84,7 +85,7 @@ def limits_config(
     tmp_path_factory: pytest.TempPathFactory, backend_a: ObservedBackend, backend_f: MockBackend
 ) -> Path:
     config = runtime_config(backend_a, backend_f)
-    config["api_keys"].extend(_key_record(org) for org in (*LIMITS, "org-put"))
+    config["api_keys"].extend(_key_record(org) for org in (*LIMITS, "org-put", "org-external"))
     config["org_limits"] = LIMITS
     path = tmp_path_factory.mktemp("limits-config") / "router.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -188,11 +189,14 @@ async def test_200_concurrent_requests_on_two_routers_spend_a_budget_with_room_f
 
 def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, clients):
     http = clients.http(pair[0])
-    for _ in range(3):
-        assert http.post(CHAT, json=chat(), headers=headers("org-daily")).status_code == 200
+    allowed_id = f"lim-daily-ok-{uuid.uuid4().hex[:8]}"
+    for n in range(3):
+        request_id = allowed_id if n == 0 else None
+        assert http.post(CHAT, json=chat(), headers=headers("org-daily", request_id)).status_code == 200
+    denied_id = str(uuid.uuid4())
     denied = http.post(
         "/v1/inference",
-        json={"request_id": str(uuid.uuid4()), "model": MODEL, "payload": "tok"},
+        json={"request_id": denied_id, "model": MODEL, "payload": "tok"},
         headers=auth(_secret("org-daily")),
     )
     assert denied.status_code == 402
@@ -207,6 +211,22 @@ def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, c
     openai_denied = clients.http(pair[1]).post(CHAT, json=chat(), headers=headers("org-daily"))
     assert openai_denied.status_code == 402
     assert openai_denied.json()["error"]["type"] == "insufficient_quota"
+    # The audit trail has both, each visible to its own organisation only.
+    own = auth(_secret("org-daily"))
+    allowed = wait_until(lambda: http.get(f"/v1/audit/requests/{allowed_id}", headers=own).json())
+    assert (allowed["action"], allowed["limit_state"], allowed["routing_backend_id"]) == (
+        "REQUEST_ALLOWED",
+        "WITHIN_LIMIT",
+        "mock-a",
+    )
+    refused = http.get(f"/v1/audit/requests/{denied_id}", headers=own).json()
+    assert (refused["action"], refused["limit_state"], refused["decision_reason"]) == (
+        "REQUEST_DENIED",
+        "BUDGET_EXCEEDED",
+        "BUDGET_EXCEEDED",
+    )
+    other_org = http.get(f"/v1/audit/requests/{denied_id}", headers=auth(_secret("org-burst")))
+    assert other_org.status_code == 404
 
 
 def test_monthly_currency_budget_exhausted_in_exact_micro_dollars(pair, clients):
@@ -316,3 +336,33 @@ def test_redis_down_fail_open_limits_locally_fail_closed_answers_503_and_both_re
     assert recovered
     # Back on Redis: org-open's shared bucket was never touched during the outage.
     assert http.post(CHAT, json=chat(), headers=headers("org-open")).status_code == 200
+
+
+def test_budgets_from_the_budget_service_are_enforced_for_organisations_without_configured_ones(
+    start_router, limits_config, clients, mock
+):
+    with MockBudgetService() as budgets:
+        budgets.set_budget("org-external", daily_tokens=2 * PER_REQUEST)
+        router = start_router(
+            env={
+                "ROUTER_BUDGET_SERVICE_URL": budgets.base_url,
+                "ROUTER_BUDGET_SERVICE_TOKEN": "budget-test-token",
+            },
+            config=limits_config,
+        )
+        http = clients.http(router)
+        statuses = [
+            http.post(CHAT, json=chat(), headers=headers("org-external")).status_code for _ in range(3)
+        ]
+        assert statuses == [200, 200, 402]
+        # Budgets configured in the router win over the service's: org-daily has 3 requests' worth.
+        budgets.set_budget("org-daily", daily_tokens=0)
+        fresh = start_router(
+            env={
+                "ROUTER_BUDGET_SERVICE_URL": budgets.base_url,
+                "ROUTER_BUDGET_SERVICE_TOKEN": "budget-test-token",
+            },
+            config=limits_config,
+        )
+        assert clients.http(fresh).post(CHAT, json=chat(), headers=headers("org-daily")).status_code == 200
+        assert budgets.calls("org-daily") == 0

@@ -49,7 +49,7 @@ def test_an_alias_reaches_the_backend_as_the_canonical_model(clients, router, mo
     completion = client.chat.completions.create(model=ALIAS, messages=user("alias works"))
 
     assert completion.choices[0].message.content == "alias works"
-    assert mock.last_request is not None and mock.last_request.body["model"] == MODEL
+    assert mock.last_inference_request is not None and mock.last_inference_request.body["model"] == MODEL
 
 
 def test_legacy_completion_returns_the_backend_text(clients, router, mock):
@@ -61,7 +61,7 @@ def test_legacy_completion_returns_the_backend_text(clients, router, mock):
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 2)
-    assert mock.last_request is not None and mock.last_request.path == "/v1/completions"
+    assert mock.last_inference_request is not None and mock.last_inference_request.path == "/v1/completions"
 
 
 def test_streamed_chat_arrives_in_chunks_that_add_up_to_the_answer(clients, router, mock):

@@ -202,6 +202,12 @@ class MockBackend(ThreadedServer):
         recent = self.requests.recent
         return recent[-1] if recent else None
 
+    @property
+    def last_inference_request(self) -> RecordedRequest | None:
+        """The last chat or completions call (health probes may arrive after it)."""
+        found = [r for r in self.requests.recent if r.path in INFERENCE_PATHS]
+        return found[-1] if found else None
+
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)

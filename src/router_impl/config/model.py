@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from router_impl.auth.keys import ApiKeyRecord
 
@@ -118,8 +118,14 @@ class BudgetLimits(BaseModel):
 
     daily_tokens: int | None = Field(None, ge=0, le=1_000_000_000_000)
     monthly_tokens: int | None = Field(None, ge=0, le=1_000_000_000_000)
-    daily_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000, decimal_places=6)
-    monthly_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000, decimal_places=6)
+    daily_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000)
+    monthly_usd: Decimal | None = Field(None, ge=0, le=1_000_000_000)
+
+    @field_validator("daily_usd", "monthly_usd")
+    @classmethod
+    def _whole_micro_dollars(cls, value: Decimal | None) -> Decimal | None:
+        """Budgets are counted in micro-dollars: finer amounts round down (a budget never grows)."""
+        return None if value is None else value.quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
 
     @property
     def empty(self) -> bool:

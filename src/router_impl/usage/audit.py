@@ -12,9 +12,11 @@ item, so pages stay stable while newer events arrive.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -209,3 +211,22 @@ def event_from_json(data: bytes | str) -> AuditEvent:
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed audit event: {exc}") from exc
+
+
+class ForwardedAuditLog:
+    """An audit store whose every event is also committed to the usage outbox, on its way to
+    Kafka ``audit.events.v1`` (keyed by organisation). Reads go to the store."""
+
+    def __init__(self, store: AuditLog, forward: Callable[[bytes, bytes], Awaitable[None]]) -> None:
+        self.store = store
+        self.forward = forward
+
+    async def record(self, event: AuditEvent) -> None:
+        data = audit_record_json(event)
+        await asyncio.gather(self.store.record(event), self.forward(event.organization_id.encode(), data))
+
+    async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
+        return await self.store.by_request(request_id, organization_id)
+
+    async def query(self, query: AuditQuery) -> AuditPage:
+        return await self.store.query(query)

@@ -1,7 +1,5 @@
-"""Where usage records go. The embedded sink appends JSON Lines to rotated files in the data dir.
-
-(The durable LMDB outbox and the Kafka publisher arrive with the usage issue; they sit in front of
-the same writer.)
+"""Where usage records go: the pipeline emits each record into the durable outbox (``OutboxUsageSink``);
+the publisher delivers it to Kafka or, embedded, to rotated JSON Lines files (``JsonlWriter``).
 """
 
 from __future__ import annotations
@@ -14,22 +12,26 @@ from typing import IO, Protocol
 
 from router_contract.models import UsageRecord
 
+from router_impl.usage.outbox import LmdbOutbox
+
 
 class UsageSink(Protocol):
     async def emit(self, record: UsageRecord) -> None: ...
 
 
 class JsonlWriter:
-    """Appends one JSON object per line to ``usage-YYYYMMDD-N.jsonl``; rotates by day and by size."""
+    """Appends one JSON object per line to ``{prefix}-YYYYMMDD-N.jsonl``; rotates by day and by size."""
 
     def __init__(
         self,
         directory: Path,
         *,
+        prefix: str = "usage",
         max_bytes: int = 64 * 1024 * 1024,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.directory = directory
+        self.prefix = prefix
         self.max_bytes = max_bytes
         self.now = now
         self._file: IO[bytes] | None = None
@@ -43,14 +45,19 @@ class JsonlWriter:
             self._open(day)
         assert self._file is not None
         self._file.write(line + b"\n")
-        self._file.flush()  # visible to readers at once; fsync is the outbox's job
+        self._file.flush()  # visible to readers (router usage tail) at once
         self._size += len(line) + 1
+
+    def sync(self) -> None:
+        """fsync the open file, so lines written survive a machine crash once their outbox entry is gone."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
 
     def _open(self, day: str) -> None:
         self.close()
         part = 0
         while True:
-            path = self.directory / f"usage-{day}-{part}.jsonl"
+            path = self.directory / f"{self.prefix}-{day}-{part}.jsonl"
             size = path.stat().st_size if path.exists() else 0
             if size < self.max_bytes:
                 break
@@ -65,9 +72,13 @@ class JsonlWriter:
             self._file = None
 
 
-class JsonlUsageSink:
-    def __init__(self, writer: JsonlWriter) -> None:
-        self.writer = writer
+class OutboxUsageSink:
+    """Each record is committed to the outbox before ``emit`` returns, keyed by its organisation."""
+
+    def __init__(self, outbox: LmdbOutbox, topic: str) -> None:
+        self.outbox = outbox
+        self.topic = topic
 
     async def emit(self, record: UsageRecord) -> None:
-        self.writer.write(record.model_dump_json(exclude_none=True).encode())
+        value = record.model_dump_json(exclude_none=True).encode()
+        await self.outbox.append(self.topic, record.organization_id.encode(), value)

@@ -1,0 +1,231 @@
+"""US-4 end to end: a router's usage records and audit events reach Kafka (Tansu) exactly as the
+contract defines them, one per request, surviving a broker outage and a SIGKILL of the router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from tests.e2e.conftest import KEYS, MODEL, auth, wait_until
+from tests.harness.kafka import create_topic
+from tests.harness.ports import free_port
+from tests.harness.router_proc import RouterProcess
+from tests.harness.services import KafkaBroker
+from tests.usage.outbox_support import consume
+
+CHAT = "/v1/chat/completions"
+USAGE_TOPIC = "usage.records.v1"
+AUDIT_TOPIC = "audit.events.v1"
+OUTAGE_SECONDS = 20  # the issue's broker outage
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "openapi" / "usage-record.schema.json").read_text()
+)
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+
+
+async def send(router: RouterProcess, request_ids: list[str], concurrency: int = 20) -> list[httpx.Response]:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=router.base_url, trust_env=False, timeout=20) as client:
+
+        async def one(request_id: str) -> httpx.Response:
+            async with limit:
+                headers = {**auth(KEYS["user"]), "X-Request-ID": request_id}
+                return await client.post(CHAT, json=chat(f"count words of {request_id}"), headers=headers)
+
+        return await asyncio.gather(*(one(r) for r in request_ids))
+
+
+def records_of(bootstrap: str, topic: str, request_ids: set[str], expected: int) -> list[dict[str, Any]]:
+    """The topic's messages for these requests (the topic is shared by the session's tests)."""
+    found: list[dict[str, Any]] = []
+    for _ in range(20):
+        found = [
+            m.record for m in consume(bootstrap, topic, 0, timeout=5) if m.record["request_id"] in request_ids
+        ]
+        if len(found) >= expected:
+            break
+    return found
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_broker: KafkaBroker) -> str:
+    for topic in (USAGE_TOPIC, AUDIT_TOPIC):
+        create_topic(kafka_broker.bootstrap, topic, partitions=2)
+    return kafka_broker.bootstrap
+
+
+def test_every_request_yields_one_schema_valid_record_and_tokens_reconcile_exactly(
+    start_router: Callable[..., RouterProcess], topics: str
+) -> None:
+    router = start_router(env={"ROUTER_KAFKA_BOOTSTRAP": topics})
+    request_ids = [f"kafka-{uuid.uuid4().hex[:12]}" for _ in range(40)]
+    answers = asyncio.run(send(router, request_ids))
+    assert [a.status_code for a in answers] == [200] * len(request_ids)
+    client_tokens = sum(a.json()["usage"]["total_tokens"] for a in answers)
+
+    records = records_of(topics, USAGE_TOPIC, set(request_ids), len(request_ids))
+    for record in records:
+        jsonschema.validate(record, SCHEMA)
+    assert Counter(r["request_id"] for r in records) == Counter(request_ids)  # one each, none lost
+    assert sum(r["tokens_input"] + r["tokens_output"] for r in records) == client_tokens
+    assert {r["organization_id"] for r in records} == {KEYS["user"].record["organization_id"]}
+
+    events = records_of(topics, AUDIT_TOPIC, set(request_ids), len(request_ids))
+    assert Counter(e["request_id"] for e in events if e["action"] == "REQUEST_ALLOWED") == Counter(
+        request_ids
+    )
+
+
+def test_records_wait_on_disk_through_a_kafka_outage_and_a_sigkill_then_all_arrive(
+    start_router: Callable[..., RouterProcess], topics: str
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # Kafka "down": nothing listens there
+    router = start_router(
+        env={"ROUTER_KAFKA_BOOTSTRAP": nowhere, "ROUTER_KAFKA_DELIVERY_TIMEOUT_SECONDS": "2"}
+    )
+    request_ids = [f"outage-{uuid.uuid4().hex[:12]}" for _ in range(25)]
+    answers = asyncio.run(send(router, request_ids))
+    assert [a.status_code for a in answers] == [200] * len(request_ids)
+    ready = httpx.get(f"{router.base_url}/v1/status/readyz", trust_env=False).json()
+    outbox = next(c for c in ready["checks"] if c["name"] == "usage_outbox")
+    assert "backlog" in outbox["details"]
+    assert nowhere not in json.dumps(ready)  # no hosts in health bodies
+
+    router.kill()  # SIGKILL: every acknowledged request's record is already on disk
+    router.extra_env["ROUTER_KAFKA_BOOTSTRAP"] = topics
+    router.start()
+    records = records_of(topics, USAGE_TOPIC, set(request_ids), len(request_ids))
+    assert Counter(r["request_id"] for r in records).keys() == set(request_ids)
+    assert wait_until(lambda: _backlog_empty(router), timeout=10)
+
+
+def _backlog_empty(router: RouterProcess) -> bool:
+    ready = httpx.get(f"{router.base_url}/v1/status/readyz", trust_env=False).json()
+    outbox = next(c for c in ready["checks"] if c["name"] == "usage_outbox")
+    return "backlog 0 records" in outbox["details"]
+
+
+def test_a_full_outbox_refuses_billable_requests_with_503_and_readiness_says_why(
+    start_router: Callable[..., RouterProcess],
+) -> None:
+    router = start_router(
+        env={
+            "ROUTER_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "ROUTER_OUTBOX_MAX_BYTES": str(1 << 20),
+            "ROUTER_OUTBOX_SYNC": "false",
+        }
+    )
+    statuses: list[int] = []
+    for _ in range(40):  # ~1.2 KB per request (record + audit event): full after ~900
+        answers = asyncio.run(
+            send(router, [f"full-{uuid.uuid4().hex[:12]}" for _ in range(50)], concurrency=50)
+        )
+        statuses.extend(a.status_code for a in answers)
+        if 503 in statuses:
+            break
+    assert 503 in statuses
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert refused.headers["Retry-After"] == "30"
+    ready = httpx.get(f"{router.base_url}/v1/status/readyz", trust_env=False)
+    assert ready.status_code == 503
+    outbox = next(c for c in ready.json()["checks"] if c["name"] == "usage_outbox")
+    assert outbox["status"] == "fail"
+
+
+class Load:
+    """Requests in a background thread until stopped; remembers which were acknowledged (200)."""
+
+    def __init__(self, router: RouterProcess, prefix: str) -> None:
+        self.router, self.prefix = router, prefix
+        self.acknowledged: list[str] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.router.base_url, trust_env=False, timeout=5) as client:
+            n = 0
+            while not self._stop.is_set():
+                request_id = f"{self.prefix}-{n}"
+                n += 1
+                try:
+                    answer = client.post(
+                        CHAT,
+                        json=chat(request_id),
+                        headers={**auth(KEYS["user"]), "X-Request-ID": request_id},
+                    )
+                except httpx.HTTPError:
+                    self.failed += 1
+                    time.sleep(0.05)
+                    continue
+                if answer.status_code == 200:
+                    self.acknowledged.append(request_id)
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("outage-broker"))
+    broker.start()
+    yield broker
+    broker.close()
+
+
+def test_a_broker_stopped_under_load_and_a_router_killed_under_load_lose_no_acknowledged_record(
+    start_router: Callable[..., RouterProcess], own_broker: KafkaBroker
+) -> None:
+    for topic in (USAGE_TOPIC, AUDIT_TOPIC):
+        create_topic(own_broker.bootstrap, topic, partitions=2)
+    router = start_router(
+        env={"ROUTER_KAFKA_BOOTSTRAP": own_broker.bootstrap, "ROUTER_KAFKA_DELIVERY_TIMEOUT_SECONDS": "3"}
+    )
+    prefix = f"load-{uuid.uuid4().hex[:8]}"
+    with Load(router, prefix) as load:
+        time.sleep(1.0)
+        # The broker stops answering (frozen, not killed: Tansu keeps topics in memory only, so a
+        # restart would lose what it had already confirmed, which a real Kafka keeps).
+        assert own_broker.pid is not None
+        os.kill(own_broker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(OUTAGE_SECONDS)
+        finally:
+            os.kill(own_broker.pid, signal.SIGCONT)
+        time.sleep(1.0)
+        router.kill()  # SIGKILL mid-load
+        router.start()
+        time.sleep(1.0)
+    acknowledged = set(load.acknowledged)
+    assert len(acknowledged) > 50, "the load generator barely ran"
+
+    records = records_of(own_broker.bootstrap, USAGE_TOPIC, acknowledged, len(acknowledged))
+    by_request: dict[str, set[str]] = {}
+    for record in records:
+        by_request.setdefault(record["request_id"], set()).add(record["record_id"])
+    missing = acknowledged - by_request.keys()
+    assert not missing, f"{len(missing)} acknowledged requests have no usage record"
+    # At least once: a duplicate is the same record again (same record_id), never a second bill.
+    assert all(len(ids) == 1 for ids in by_request.values())

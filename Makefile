@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz bench dev-up dev-down clean
+.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz bench dev-up dev-down clean helm-check smoke load
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' 
@@ -56,6 +56,35 @@ fuzz: $(STAMP) services
 bench: $(STAMP)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Helm chart (helm/api-router): lint, render with every values file, validate the manifests for the
+# oldest and newest Kubernetes, prove bad values fail (tools/helm_check.py). Its own venv (~390 MB:
+# Helm is a bundled Go library); the router's venv loads the rendered runtime configs.
+HELM_VENV := .venv-helm
+HELM_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
+HELM_STAMP := $(HELM_VENV)/.installed-$(subst ==,-,$(subst $() ,_,$(HELM_PACKAGES)))
+
+$(HELM_STAMP): constraints.txt
+	@test -x $(HELM_VENV)/bin/pip || $(PYTHON) -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install -q -c constraints.txt $(HELM_PACKAGES)
+	@rm -f $(HELM_VENV)/.installed-* && touch $@
+
+helm-check: $(STAMP) $(HELM_STAMP)
+	$(HELM_VENV)/bin/python tools/helm_check.py --router-python $(BIN)/python
+
+# Smoke and load test of a running router (tools/smoke.py, tools/load.py); defaults: `make run`'s demo.
+#   make smoke ROUTER_URL=https://router.example API_KEY=rk_... [ADMIN_KEY=rk_...] [SMOKE_ARGS=--check-limits]
+#   make load ROUTER_URL=... API_KEY=... [LOAD_ARGS="--rps 200 --duration 60 --endpoint inference"]
+# Keys reach the scripts through the environment, not their command line. load exits 1 on an SLO breach.
+ROUTER_URL ?= $(or $(URL),http://127.0.0.1:$(PORT))
+API_KEY ?= $(or $(KEY),$(ROUTER_API_KEY),rk-demo-key)
+ADMIN_KEY ?= $(ROUTER_ADMIN_KEY)
+
+smoke: $(STAMP)
+	@ROUTER_API_KEY='$(API_KEY)' ROUTER_ADMIN_KEY='$(ADMIN_KEY)' $(BIN)/python tools/smoke.py --url '$(ROUTER_URL)' $(SMOKE_ARGS)
+
+load: $(STAMP)
+	@ROUTER_API_KEY='$(API_KEY)' $(BIN)/python tools/load.py --url '$(ROUTER_URL)' $(LOAD_ARGS)
 
 dev-up: $(STAMP) services
 	$(BIN)/python tools/services.py up

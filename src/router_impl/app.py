@@ -66,8 +66,11 @@ from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import RoutingEngine
 from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
+from router_impl.routing.readiness import BackendReadiness, assess
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
+from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
+from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditLog, ForwardedAuditLog
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
@@ -76,6 +79,7 @@ from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
 from router_impl.web.middleware.request_context import RequestContextMiddleware
+from router_impl.web.probe_guard import ProbeGuard
 from router_impl.web.resolver import OperationTableResolver
 from router_impl.web.security import security_map
 from router_impl.web.validators import VALIDATORS
@@ -121,9 +125,12 @@ def _config_source(settings: Settings) -> ConfigSource:
     return FileSource(path, settings.config_poll_seconds, missing_ok=settings.config_path is None)
 
 
-def build_components(settings: Settings) -> Components:
+def build_components(settings: Settings, *, tracing: Tracing | None = None) -> Components:
+    """``tracing`` replaces the one the settings describe (tests pass an in-memory exporter)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lifecycle = Lifecycle()
+    tracing = tracing or Tracing.from_settings(settings)
+    lifecycle.on_stop(tracing.shutdown)  # registered first, so it runs last: after the outbox drain
     holder = ConfigHolder(RuntimeConfig())  # filled by the config service before serving starts
     overlay = _demo_overlay(settings, lifecycle) if settings.demo else None
     redis = _redis(settings)
@@ -174,22 +181,27 @@ def build_components(settings: Settings) -> Components:
 
     backends = BackendClient()
     lifecycle.on_stop(backends.close)
-    health = BackendHealth(time.monotonic, cool_down_s=settings.breaker_cool_down_seconds)
+    metrics = Metrics(version=settings.build_version, commit=settings.build_commit)
+    health = BackendHealth(
+        time.monotonic,
+        cool_down_s=settings.breaker_cool_down_seconds,
+        on_open=lambda backend_id: metrics.breaker_opened.labels(backend=backend_id).inc(),
+    )
     prober = Prober(health)
     lifecycle.background(lambda: prober.run(holder.current))
     decisions = DecisionLog()
-    usage = build_usage(settings, lifecycle)
+    usage = build_usage(settings, lifecycle, on_round=metrics.observe_published)
     audit = ForwardedAuditLog(
         _audit(settings, redis, lifecycle),
         lambda key, value: usage.outbox.append(usage.audit_topic, key, value),
     )
-    limits = _limits(settings, redis, holder, lifecycle)
+    limits = _limits(settings, redis, holder, lifecycle, metrics)
     pipeline = Pipeline(
         config=holder.current,
         authenticator=authenticator,
         backends=backends,
         engine=RoutingEngine(health, random.Random()),  # noqa: S311 -- load spreading, not secrecy
-        dispatcher=Dispatcher(backends, health),
+        dispatcher=Dispatcher(backends, health, observe=metrics.observe_backend, tracer=tracing),
         decisions=decisions,
         idempotency=_idempotency(settings, redis, lifecycle),
         usage=usage.sink,
@@ -197,7 +209,10 @@ def build_components(settings: Settings) -> Components:
         limits=limits,
         audit=audit,
         accepting=lambda: usage.outbox.accepting,
+        on_routed=lambda model, decision: metrics.observe_decision(model, decision, decision == "FAILOVER"),
+        tracer=tracing,
     )
+    usage.publisher.tracer = tracing  # before it starts; build_usage does not take a tracer (yet)
 
     async def follow_snapshot(snapshot: RuntimeConfig) -> None:
         await backends.update(snapshot.backends)
@@ -215,6 +230,8 @@ def build_components(settings: Settings) -> Components:
     )
     lifecycle.on_start(lambda: config_service.start(within=settings.config_start_timeout_seconds))
     lifecycle.on_stop(config_service.stop)
+    metrics.sample_from(lambda: _sample(holder.current(), health, usage, config_service, limits))
+    lifecycle.background(every(5, _sync(metrics.refresh)))
     return Components(
         settings=settings,
         config=holder,
@@ -222,7 +239,9 @@ def build_components(settings: Settings) -> Components:
         signatures=signatures,
         key_admin=key_admin,
         identity=identity,
-        health=_health(settings, config_service, identity, limits, usage),
+        health=_health(
+            settings, config_service, identity, limits, usage, lambda: assess(holder.current(), health)
+        ),
         pipeline=pipeline,
         config_service=config_service,
         health_registry=health,
@@ -230,8 +249,37 @@ def build_components(settings: Settings) -> Components:
         decisions=decisions,
         lifecycle=lifecycle,
         started_at=int(time.time()),
+        metrics=metrics,
+        probe_guard=ProbeGuard(),
         limits=limits,
         audit=audit,
+        tracing=tracing,
+    )
+
+
+def _sample(
+    config: RuntimeConfig,
+    health: BackendHealth,
+    usage: UsageParts,
+    service: ConfigService,
+    limits: LimitsService,
+) -> Sample:
+    """The state gauges: backends (serviceable, breaker), outbox backlog, applied config, Redis."""
+    backends = []
+    for backend in config.backends:
+        breaker = health.breaker_state(backend.id)
+        usable = health.availability(backend.id, 0).usable and config.state_of(backend.id).state != "disabled"
+        backends.append(BackendSample(backend.id, usable, breaker))
+    backlog = usage.outbox.backlog()
+    return Sample(
+        backends=tuple(backends),
+        outbox_records=backlog.count,
+        outbox_bytes=backlog.stored_bytes,
+        outbox_oldest_age_seconds=backlog.oldest_age_seconds,
+        config_revision=service.revision or 0,
+        config_applied_at=service.applied_at.timestamp() if service.applied_at else 0.0,
+        config_rejected=service.rejected,
+        limits_store_up=limits.degraded is None,
     )
 
 
@@ -255,7 +303,7 @@ def _audit(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> Aud
 
 
 def _limits(
-    settings: Settings, redis: Redis | None, config: ConfigHolder, lifecycle: Lifecycle
+    settings: Settings, redis: Redis | None, config: ConfigHolder, lifecycle: Lifecycle, metrics: Metrics
 ) -> LimitsService:
     """Buckets and budget counters in Redis when configured (this process's own store stands in for
     fail_open organisations while Redis is down), else in process."""
@@ -277,6 +325,7 @@ def _limits(
         shared=RedisLimitStore(redis) if redis is not None else None,
         budget_service=budget_service,
         default_max_tokens_cap=settings.limits_default_max_tokens_cap,
+        on_denied=lambda denied, period: metrics.observe_denial(denied.limit_state, denied.scope, period),
     )
 
 
@@ -326,15 +375,24 @@ def _health(
     identity: IdentityServiceKeyStore | None,
     limits: LimitsService,
     usage: UsageParts,
+    backends: Callable[[], BackendReadiness],
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
+
+    async def backend_check() -> tuple[CheckStatus, str]:
+        return backends().check()
+
+    def backend_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        found = backends()
+        return found.ready, found.degraded
 
     checks = [
         HealthCheck("process", process),
         HealthCheck("config", service.readiness),
         HealthCheck("limits", limits.readiness),
         HealthCheck("usage_outbox", usage.readiness),
+        HealthCheck("backends", backend_check),
     ]
     if identity is not None:
 
@@ -351,6 +409,7 @@ def _health(
         build=BuildInfo(settings.build_version, settings.build_commit, settings.build_time),
         liveness=[HealthCheck("process", process)],
         readiness=checks,
+        backends=backend_lists,
     )
 
 
@@ -371,7 +430,9 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
     app.add_api(
         SPEC_PATH,
         resolver=resolver,
-        security_map=security_map(components.authenticator, components.signatures, OPERATIONS),
+        security_map=security_map(
+            components.authenticator, components.signatures, OPERATIONS, components.tracing
+        ),
         pythonic_params=True,
         strict_validation=True,
         validator_map=VALIDATORS,
@@ -382,10 +443,18 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
     inner: ASGIApp = app
     if settings.fast_lane:
         routes = build_routes(OPERATIONS, resolver.handler_for)
-        inner = FastLaneMiddleware(app, routes=routes, authenticator=components.authenticator)
+        inner = FastLaneMiddleware(
+            app, routes=routes, authenticator=components.authenticator, tracing=components.tracing
+        )
     guarded = BodyGuardMiddleware(inner, max_body_bytes=settings.max_body_bytes)
     return RequestContextMiddleware(
-        guarded, openai_paths=openai_paths, access_log=settings.access_log, random_hex=random_hex
+        guarded,
+        openai_paths=openai_paths,
+        access_log=settings.access_log,
+        random_hex=random_hex,
+        metrics=components.metrics,
+        routes=RouteNames(op.path for op in OPERATIONS.values()),
+        tracing=components.tracing,
     )
 
 

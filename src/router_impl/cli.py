@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from router_impl import __version__, usage_cli
+
+
+def _share_metrics(directory: Path) -> None:
+    """Workers write their metric values to one fresh directory; any worker's scrape sums them.
+    Set before the workers start: prometheus-client reads it when first imported."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     if settings.demo:
         _print_demo_banner(settings)
+    if settings.workers > 1:
+        _share_metrics(settings.data_dir / "prometheus")
     uvicorn.run(
         "router_impl.app:create_app",
         factory=True,

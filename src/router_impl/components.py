@@ -18,7 +18,10 @@ from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
 from router_impl.routing.health import BackendHealth
 from router_impl.settings import Settings
+from router_impl.telemetry.metrics import Metrics
+from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditLog
+from router_impl.web.probe_guard import ProbeGuard
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,6 @@ class Components:
     started_at: int
     audit: AuditLog
     limits: LimitsService
+    metrics: Metrics
+    probe_guard: ProbeGuard
+    tracing: Tracing

@@ -70,12 +70,14 @@ class HealthService:
         build: BuildInfo,
         liveness: Sequence[HealthCheck],
         readiness: Sequence[HealthCheck],
+        backends: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]] | None = None,
         cache_seconds: float = 1.0,
         probe_timeout: float = 0.5,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.build = build
+        self._backends = backends  # (ready, degraded) backend ids, for the readiness report
         self._checks = {"liveness": tuple(liveness), "readiness": tuple(readiness)}
         self._cache = {"liveness": _Cached(), "readiness": _Cached()}
         self.cache_seconds = cache_seconds
@@ -96,7 +98,14 @@ class HealthService:
         async with cached.lock:  # a burst of probes shares one evaluation
             if cached.report is None or self.monotonic() >= cached.expires:
                 results = await asyncio.gather(*(self._run(c) for c in self._checks[kind]))
-                cached.report = Report(status=_overall(results), checks=tuple(results), build=self.build)
+                ready, degraded = self._backends() if self._backends and kind == "readiness" else ((), ())
+                cached.report = Report(
+                    status=_overall(results),
+                    checks=tuple(results),
+                    build=self.build,
+                    ready_backends=ready,
+                    degraded_backends=degraded,
+                )
                 cached.expires = self.monotonic() + self.cache_seconds
             return cached.report
 

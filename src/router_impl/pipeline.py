@@ -40,6 +40,7 @@ from router_impl.routing.decisions import DecisionLog, RoutingDecisionRecord
 from router_impl.routing.dispatcher import Attempted, Dispatcher
 from router_impl.routing.engine import Candidate, RouteDecision, RouteReason, RouteRequest, RoutingEngine
 from router_impl.routing.sse import StreamUsageTracker
+from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditEvent, AuditLog
 from router_impl.usage.cost import cost_micro_usd, micro_to_usd
 from router_impl.usage.outbox import OutboxError
@@ -149,6 +150,8 @@ class Pipeline:
         limits: LimitsService | None = None,
         audit: AuditLog | None = None,
         accepting: Callable[[], bool] = lambda: True,
+        on_routed: Callable[[str, str], None] | None = None,
+        tracer: Tracing | None = None,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -165,21 +168,29 @@ class Pipeline:
         self.limits = limits
         self.audit = audit
         self.accepting = accepting  # False while the usage outbox is full: billable work is refused
+        self.on_routed = on_routed  # (model, decision) per served request (metrics)
+        self.tracer = tracer or Tracing()  # spans: route, limits, usage.write (off: no-ops)
 
     # ------------------------------------------------------------------ routing
 
     def route(self, call: Call) -> RouteDecision:
         """The ordered candidates for this request (weights, health, kill switches, org policy)."""
-        snapshot = self.config()
-        policy = snapshot.policy_for(call.model)
-        if policy is None:
-            available = ", ".join(sorted(self.model_names(call.principal))) or "none"
-            raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{call.model}'. Available models: {available}.")
-        self.authenticator.authorize_model(call.principal, policy.model, call.model)
-        principal = call.principal
-        return self.engine.candidates(
-            snapshot, RouteRequest(call.model, principal.organization_id, principal.key_id)
-        )
+        with self.tracer.span("route") as span:
+            snapshot = self.config()
+            policy = snapshot.policy_for(call.model)
+            if policy is None:
+                available = ", ".join(sorted(self.model_names(call.principal))) or "none"
+                raise ApiError(
+                    "MODEL_NOT_FOUND", f"Unknown model '{call.model}'. Available models: {available}."
+                )
+            self.authenticator.authorize_model(call.principal, policy.model, call.model)
+            principal = call.principal
+            decision = self.engine.candidates(
+                snapshot, RouteRequest(call.model, principal.organization_id, principal.key_id)
+            )
+            span.set_attribute("router.model", policy.model)
+            span.set_attribute("router.candidates", len(decision.candidates))
+            return decision
 
     def available_models(self, principal: Principal) -> list[tuple[str, ModelPolicy]]:
         """(name, policy) for every model name or alias this key may use."""
@@ -204,7 +215,8 @@ class Pipeline:
         if isinstance(began, FinalReply):
             return began
         try:
-            call, ticket = await self._admit(call, decision.policy)
+            with self.tracer.span("limits"):
+                call, ticket = await self._admit(call, decision.policy)
             try:
                 completed = await self._call_backend(call, decision)
             except BaseException:
@@ -299,7 +311,8 @@ class Pipeline:
 
     async def _emit(self, record: UsageRecord, event: AuditEvent) -> None:
         """The usage record and the audit event, written together (they share one group commit)."""
-        await asyncio.gather(self._write_usage(record), self._audit(event))
+        with self.tracer.span("usage.write", {"router.audit.action": event.action}):
+            await asyncio.gather(self._write_usage(record), self._audit(event))
 
     async def _write_usage(self, record: UsageRecord) -> None:
         try:
@@ -377,7 +390,7 @@ class Pipeline:
                 candidate.backend,
                 BACKEND_PATHS[call.kind],
                 _dumps({**call.body, "model": candidate.backend_model}),
-                traceparent=_traceparent(call),
+                traceparent=self.tracer.traceparent(call.trace_id, call.span_id),  # the attempt's span
                 request_id=call.request_id,
                 deadline=deadline,
             )
@@ -416,6 +429,8 @@ class Pipeline:
             budget_snapshot=_budget_after(ticket, completed),
         )
         routed = completed.routed
+        if self.on_routed is not None:
+            self.on_routed(routed.policy.model, routed.decision)
         self.decisions.record(
             RoutingDecisionRecord(
                 request_id=call.request_id,
@@ -460,7 +475,8 @@ class Pipeline:
         if isinstance(began, FinalReply):
             return began
         try:
-            call, ticket = await self._admit(call, decision.policy)
+            with self.tracer.span("limits"):
+                call, ticket = await self._admit(call, decision.policy)
         except BaseException:
             await self._release(call, began)
             raise
@@ -474,7 +490,7 @@ class Pipeline:
                 candidate.backend,
                 BACKEND_PATHS[call.kind],
                 _dumps(body),
-                traceparent=_traceparent(call),
+                traceparent=self.tracer.traceparent(call.trace_id, call.span_id),  # the attempt's span
                 request_id=call.request_id,
                 deadline=deadline,
             )
@@ -626,7 +642,3 @@ def _dumps(document: dict[str, Any]) -> bytes:
         return orjson.dumps(document)
     except TypeError:
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _traceparent(call: Call) -> str:
-    return f"00-{call.trace_id}-{call.span_id}-01"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,6 +104,19 @@ class Settings(BaseSettings):
     demo_api_key: SecretStr = SecretStr("rk-demo-key")
     demo_admin_key: SecretStr = SecretStr("rk-demo-admin-key")
     demo_upstream: str | None = None
+
+    # OpenTelemetry traces (telemetry/tracing.py), OTLP over HTTP/protobuf: on with tracing_enabled or
+    # when the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set (the exporter reads the other
+    # OTEL_EXPORTER_OTLP_* options itself). A request is sampled at this ratio unless its caller's
+    # traceparent decided; the rest cost a look-up per stage, not a span.
+    tracing_enabled: bool = False
+    tracing_sample_ratio: float = Field(0.1, ge=0, le=1)
+    tracing_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "tracing_otlp_endpoint"
+        ),
+    )
 
     build_version: str = "0.1.0"
     build_commit: str = "unknown"

@@ -21,6 +21,7 @@ from router_impl.auth.keys import hash_secret
 from tests.e2e.conftest import records_for, wait_until
 from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.telemetry.test_metrics import value as metric
 
 MODEL = "fo-model"
 KEY = "rk_e2e_failover_key"
@@ -151,6 +152,16 @@ def test_killing_the_primary_loses_no_request_and_failover_is_visible(http, rout
     assert len(first) == 1 and first[0]["decision_reason"] == "FAILOVER" and first[0]["retry_count"] == 1
     # Once the breaker is open the dead primary is not even tried: the warning says why.
     assert "primary" in answers[-1][0].headers.get("x-routing-warning", "")
+    # ... and the metrics an alert watches say so too.
+    metrics = http.get("/metrics").text
+    assert metric(metrics, "router_failovers_total", model=MODEL) >= 20
+    assert metric(metrics, "router_breaker_opened_total", backend="primary") >= 1
+    assert metric(metrics, "router_backend_up", backend="primary") == 0
+    assert metric(metrics, "router_breaker_state", backend="primary") == 2
+    assert metric(metrics, "router_backend_requests_total", backend="primary", outcome="connect_error") >= 1
+    ready = wait_until(lambda: http.get("/v1/status/readyz").json(), timeout=2)
+    assert "primary" not in ready["ready_backends"] + ready["degraded_backends"]
+    assert "standby" in ready["ready_backends"]
 
 
 def test_a_primary_answering_503_fails_over_within_the_request(http, pair):

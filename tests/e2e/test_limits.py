@@ -34,6 +34,7 @@ from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
+from tests.telemetry.test_metrics import value as metric
 
 CHAT = "/v1/chat/completions"
 PROMPT_WORDS = 5
@@ -154,6 +155,7 @@ def test_a_burst_over_the_bucket_gets_429_with_retry_after_and_never_reaches_the
     assert body["limit_context"]["scope"] == "org"
     assert body["limit_context"]["limit"] == 5
     assert mock.inference_requests == calls
+    assert metric(http.get("/metrics").text, "router_rate_limit_denials_total", scope="org") >= 1
     # The denial is accounted for: a usage record with its limit state, and an audit event.
     records = wait_until(lambda: records_for(pair[1], "lim-burst-denied"))
     assert [(r["limit_state"], r["decision_reason"], r["tokens_input"]) for r in records] == [
@@ -211,6 +213,8 @@ def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, c
     openai_denied = clients.http(pair[1]).post(CHAT, json=chat(), headers=headers("org-daily"))
     assert openai_denied.status_code == 402
     assert openai_denied.json()["error"]["type"] == "insufficient_quota"
+    scraped = clients.http(pair[1]).get("/metrics").text
+    assert metric(scraped, "router_budget_denials_total", period="DAILY") >= 1
     # The audit trail has both, each visible to its own organisation only.
     own = auth(_secret("org-daily"))
     allowed = wait_until(lambda: http.get(f"/v1/audit/requests/{allowed_id}", headers=own).json())

@@ -44,9 +44,11 @@ def demo_config(base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_k
             name="demo admin key",
         ),
     )
-    return RuntimeConfig(
+    # Every field of the base carries over (limits, states, ...); only the three lists grow.
+    fields = {name: getattr(base, name) for name in RuntimeConfig.model_fields}
+    fields.update(
         backends=(*base.backends, backend),
         models=(*base.models, model),
         api_keys=(*base.api_keys, *keys),
-        backend_states=base.backend_states,
     )
+    return RuntimeConfig(**fields)

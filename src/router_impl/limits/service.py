@@ -153,18 +153,6 @@ class OrgState:
     lockout_until: datetime | None
 
 
-@dataclass
-class LimitStats:
-    """Counters for metrics: denials by (limit_state, scope), fallbacks to the local store."""
-
-    denials: dict[tuple[str, str], int] = field(default_factory=dict)
-    shared_failures: int = 0
-    local_decisions: int = 0
-
-    def denied(self, state: str, scope: str) -> None:
-        self.denials[(state, scope)] = self.denials.get((state, scope), 0) + 1
-
-
 class LimitsService:
     def __init__(
         self,
@@ -177,6 +165,7 @@ class LimitsService:
         monotonic: Callable[[], float] = time.monotonic,
         default_max_tokens_cap: int = 4096,
         retry_shared_seconds: float = 1.0,
+        on_denied: Callable[[LimitDenied, Period | None], None] | None = None,
     ) -> None:
         self.config = config
         self.local = local
@@ -186,7 +175,7 @@ class LimitsService:
         self.monotonic = monotonic
         self.default_max_tokens_cap = default_max_tokens_cap
         self.retry_shared_seconds = retry_shared_seconds
-        self.stats = LimitStats()
+        self.on_denied = on_denied  # each refusal and its budget period (metrics)
         self._shared_down_until = 0.0
         self._shared_down_reason: str | None = None
 
@@ -234,15 +223,16 @@ class LimitsService:
                 budget=_tightest(counters, decision.used),
             )
         if isinstance(decision, BucketRefused):
-            raise self._rate_limited(buckets[decision.index], decision.level)
+            raise self._denied(self._rate_limited(buckets[decision.index], decision.level), None)
         store = self.shared if shared and self.shared is not None else self.local
         if isinstance(decision, CounterRefused):
             refused = counters[decision.index]
-            raise await self._budget_exhausted(
+            exhausted = await self._budget_exhausted(
                 store, demand.organization_id, refused.period, budgets, windows, now_ms
             )
+            raise self._denied(exhausted, refused.period)
         assert isinstance(decision, LockedOut)
-        raise await self._budget_exhausted(
+        exhausted = await self._budget_exhausted(
             store,
             demand.organization_id,
             decision.period,
@@ -251,6 +241,12 @@ class LimitsService:
             now_ms,
             locked_until=decision.until_ms,
         )
+        raise self._denied(exhausted, decision.period)
+
+    def _denied(self, denied: LimitDenied, period: Period | None) -> LimitDenied:
+        if self.on_denied is not None:
+            self.on_denied(denied, period)
+        return denied
 
     async def settle(self, ticket: Ticket, tokens: int, micro_usd: int) -> None:
         """Correct the token buckets and move the budget reservation to the actual figures."""
@@ -290,7 +286,6 @@ class LimitsService:
         retry_after = max(1, math.ceil((bucket.cost - level) / bucket.per_ms / 1000))
         reset = max(0, math.ceil((bucket.capacity - level) / bucket.per_ms / 1000))
         remaining = max(0, math.floor(level))
-        self.stats.denied("RATE_LIMITED", bucket.scope)
         what = "request" if bucket.kind == "requests" else "token"
         owner = "organisation" if bucket.scope == "org" else "API key"
         headers: dict[str, str] = {}
@@ -326,7 +321,6 @@ class LimitsService:
         *,
         locked_until: int | None = None,
     ) -> LimitDenied:
-        self.stats.denied("BUDGET_EXCEEDED", "org")
         span = windows[period]
         reset_ms = locked_until if locked_until is not None else span.ends_at_ms
         context: dict[str, Any] = {
@@ -379,8 +373,6 @@ class LimitsService:
                 "The rate-limit store is unavailable; retry later.",
                 headers={"Retry-After": "1"},
             )
-        if shared is not None:
-            self.stats.local_decisions += 1
         try:
             return await op(self.local), False
         except LimitStoreUnavailable as exc:  # the in-process store is full of live entries
@@ -392,7 +384,6 @@ class LimitsService:
             ) from exc
 
     def _shared_failed(self, exc: Exception) -> None:
-        self.stats.shared_failures += 1
         self._shared_down_until = self.monotonic() + self.retry_shared_seconds
         if self._shared_down_reason is None:
             log.error("limits_store_unavailable", error=str(exc)[:200])

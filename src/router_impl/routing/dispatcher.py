@@ -4,11 +4,14 @@ Moves on after a connect error, a timeout before any response, or 502/503/504 fr
 (the issue's rule); any other error is the answer. Skips backends at their ``max_in_flight``
 (backpressure: when every candidate is saturated the answer is 503 with Retry-After, and no task
 waits for a slot) and half-open backends whose single trial is taken. Every outcome is recorded
-with the health registry, which opens and closes the breakers.
+with the health registry, which opens and closes the breakers, and each call is one
+``backend.attempt`` span (backend id, outcome, HTTP status), current while ``send`` runs so the
+traceparent sent to the backend names it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -20,6 +23,7 @@ from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.backend_errors import BackendCallError
 from router_impl.routing.engine import Candidate, RouteDecision
 from router_impl.routing.health import BackendHealth
+from router_impl.telemetry.tracing import Tracing, mark_failed
 
 T = TypeVar("T")
 _FAILOVER_STATUSES = frozenset({502, 503, 504})
@@ -39,9 +43,20 @@ def may_fail_over(error: BackendCallError) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, backends: BackendClient, health: BackendHealth) -> None:
+    def __init__(
+        self,
+        backends: BackendClient,
+        health: BackendHealth,
+        *,
+        observe: Callable[[str, str, float], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        tracer: Tracing | None = None,
+    ) -> None:
         self.backends = backends
         self.health = health
+        self.observe = observe  # (backend id, outcome, seconds) per call, e.g. for metrics
+        self.monotonic = monotonic
+        self.tracer = tracer or Tracing()
 
     async def call(self, decision: RouteDecision, send: Callable[[Candidate], Awaitable[T]]) -> Attempted[T]:
         attempts, saturated = 0, 0
@@ -55,21 +70,35 @@ class Dispatcher:
             if not self.health.try_acquire(backend_id):
                 continue
             attempts += 1
-            try:
-                result = await send(candidate)
-            except BackendCallError as exc:
-                self.health.record_error(backend_id, exc, threshold)
-                if not may_fail_over(exc):
+            started = self.monotonic()
+            with self.tracer.span("backend.attempt", {"router.backend.id": backend_id}, client=True) as span:
+                try:
+                    result = await send(candidate)
+                except BackendCallError as exc:
+                    outcome = _outcome(exc)
+                    span.set_attribute("router.attempt.outcome", outcome)
+                    if exc.upstream_status is not None:
+                        span.set_attribute("http.response.status_code", exc.upstream_status)
+                    self._observe(backend_id, outcome, started)
+                    self.health.record_error(backend_id, exc, threshold)
+                    if not may_fail_over(exc):
+                        raise
+                    mark_failed(span, exc)
+                    self.health.record_failover(backend_id)
+                    log.warning(
+                        "backend_failover", backend=backend_id, reason=exc.reason, model=decision.policy.model
+                    )
+                    last = exc
+                    continue
+                except BaseException as exc:
+                    span.set_attribute("router.attempt.outcome", type(exc).__name__)
+                    self.health.release(backend_id)  # cancelled or crashed: give a half-open trial back
                     raise
-                self.health.record_failover(backend_id)
-                log.warning(
-                    "backend_failover", backend=backend_id, reason=exc.reason, model=decision.policy.model
-                )
-                last = exc
-                continue
-            except BaseException:
-                self.health.release(backend_id)  # cancelled or crashed: give a half-open trial back
-                raise
+                span.set_attribute("router.attempt.outcome", "ok")
+                status = getattr(result, "status", None)  # a BackendReply's; a stream opened on a 2xx
+                if isinstance(status, int):
+                    span.set_attribute("http.response.status_code", status)
+            self._observe(backend_id, "ok", started)
             self.health.record_success(backend_id)
             return Attempted(candidate, index, attempts, result)
         if last is not None:
@@ -81,3 +110,16 @@ class Dispatcher:
                 headers={"Retry-After": "1"},
             )
         raise ApiError("NO_BACKEND_AVAILABLE", f"No backend is available for '{decision.policy.model}'.")
+
+    def _observe(self, backend_id: str, outcome: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(backend_id, outcome, self.monotonic() - started)
+
+
+def _outcome(error: BackendCallError) -> str:
+    """The metrics outcome of a failed call: timeout, connect_error or error."""
+    if error.reason in ("timeout", "deadline"):
+        return "timeout"
+    if error.reason in ("connect", "connect_timeout"):
+        return "connect_error"
+    return "error"

@@ -110,12 +110,14 @@ class BackendHealth:
         cool_down_s: float = DEFAULT_COOL_DOWN_S,
         trial_lease_s: float = DEFAULT_TRIAL_LEASE_S,
         warmup_floor: float = DEFAULT_WARMUP_FLOOR,
+        on_open: Callable[[str], None] | None = None,
     ) -> None:
         if not 0 < warmup_floor <= 1:
             raise ValueError("warmup_floor must be in (0, 1]")
         self._clock = clock
         self._settings = BreakerSettings(cool_down_s=cool_down_s, trial_lease_s=trial_lease_s)
         self._floor = warmup_floor
+        self._on_open = on_open  # called with the backend id when its breaker opens (metrics)
         self._backends: dict[str, _Backend] = {}
 
     # ------------------------------------------------------------------ reading
@@ -254,6 +256,8 @@ class BackendHealth:
         if change == "closed":
             log.info("backend_breaker_closed", backend=backend_id, via=via)
             return
+        if self._on_open is not None:
+            self._on_open(backend_id)
         log.warning(
             "backend_breaker_opened",
             backend=backend_id,

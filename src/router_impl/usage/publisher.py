@@ -4,7 +4,8 @@ Each round publishes a batch, waits for every delivery report, deletes the deliv
 some failed, backs off and starts again from the oldest entry left, so a failed record is re-sent before
 any later record of its organisation. Delivery is at least once: a record may reach the topic twice
 (same ``record_id``), never zero times. One publisher per data dir: worker processes sharing it take
-turns through a lock file, and the others idle.
+turns through a lock file, and the others idle. Each round is one ``usage.publish`` span, a trace of
+its own, linked to the requests whose records it carries.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import orjson
 import structlog
 
+from router_impl.telemetry.tracing import Tracing, link_to
 from router_impl.usage.outbox import LmdbOutbox, OutboxEntry, OutboxError
 
 log = structlog.get_logger("router.usage.publisher")
+# A span keeps at most 128 links (OpenTelemetry's default limit); a round links its first records.
+_MAX_LINKS = 128
 
 
 class Transport(Protocol):
@@ -75,6 +80,8 @@ class Publisher:
         backoff_max: float = 10.0,
         lease: PublisherLease | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        on_round: Callable[[str, int, int], None] | None = None,
+        tracer: Tracing | None = None,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -87,6 +94,8 @@ class Publisher:
         self.delivered = 0  # records confirmed delivered by this publisher
         self.failing = False  # the last round left records undelivered
         self._monotonic = monotonic
+        self._on_round = on_round  # (topic, delivered, failed) after each round, e.g. for metrics
+        self.tracer = tracer or Tracing()
         self._task: asyncio.Task[None] | None = None
         self._deadline: float | None = None  # set by drain: stop when empty or at this monotonic time
         self._stop_requested = asyncio.Event()
@@ -128,6 +137,15 @@ class Publisher:
 
     async def _publish_round(self, entries: list[OutboxEntry]) -> bool:
         """True when every entry was delivered and deleted."""
+        with self.tracer.root_span("usage.publish", {"router.publish.entries": len(entries)}) as span:
+            if span.is_recording():
+                for trace_id, span_id in _traced_requests(entries, _MAX_LINKS):
+                    link_to(span, trace_id, span_id)
+            complete = await self._deliver(entries)
+            span.set_attribute("router.publish.complete", complete)
+            return complete
+
+    async def _deliver(self, entries: list[OutboxEntry]) -> bool:
         timeout = self.publish_timeout if self._deadline is None else max(self._remaining(), 0.05)
         try:
             delivered = await self.transport.publish(entries, timeout)
@@ -143,6 +161,12 @@ class Publisher:
                 return False
             self.delivered += len(delivered)
         complete = len(delivered) == len(entries)
+        if self._on_round is not None:
+            counts: dict[str, list[int]] = {}
+            for entry in entries:
+                counts.setdefault(entry.topic, [0, 0])[0 if entry.seq in delivered else 1] += 1
+            for topic, (ok, failed) in counts.items():
+                self._on_round(topic, ok, failed)
         if complete and self.failing:
             log.info("usage_publish_recovered", backlog=self.outbox.backlog().count)
         elif not complete:
@@ -204,3 +228,21 @@ class Publisher:
                 await self._task
         await self.transport.close()
         self.lease.release()
+
+
+def _traced_requests(entries: Sequence[OutboxEntry], limit: int) -> list[tuple[str, str]]:
+    """(trace id, span id) of the requests behind the first ``limit`` entries that name both (usage
+    records do; audit events carry no span id). Reads a bounded prefix of the batch."""
+    found: list[tuple[str, str]] = []
+    for entry in entries[: limit * 4]:
+        if len(found) >= limit:
+            break
+        try:
+            document = orjson.loads(entry.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(document, dict):
+            trace_id, span_id = document.get("trace_id"), document.get("span_id")
+            if isinstance(trace_id, str) and isinstance(span_id, str):
+                found.append((trace_id, span_id))
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from router_impl.health import CheckStatus
@@ -40,7 +41,9 @@ class UsageParts:
         return ("warn" if status == "warn" else "pass"), details
 
 
-def build_usage(settings: Settings, lifecycle: Lifecycle) -> UsageParts:
+def build_usage(
+    settings: Settings, lifecycle: Lifecycle, on_round: Callable[[str, int, int], None] | None = None
+) -> UsageParts:
     """Open the outbox in this (worker) process; the publisher starts and drains with ``lifecycle``."""
     outbox = LmdbOutbox(
         settings.data_dir / "outbox",
@@ -63,7 +66,7 @@ def build_usage(settings: Settings, lifecycle: Lifecycle) -> UsageParts:
             {settings.usage_topic: "usage", settings.audit_topic: "audit"},
             fsync=settings.outbox_sync,
         )
-    publisher = Publisher(outbox, transport, publish_timeout=publish_timeout)
+    publisher = Publisher(outbox, transport, publish_timeout=publish_timeout, on_round=on_round)
 
     async def stop() -> None:
         try:

@@ -41,3 +41,7 @@ def current_header(name: bytes) -> str | None:
 def current_method_and_path() -> tuple[str, str]:
     scope = CURRENT_SCOPE.get()
     return str(scope["method"]), str(scope["path"])
+
+
+def current_scope() -> Scope:
+    return CURRENT_SCOPE.get()

@@ -1,4 +1,4 @@
-"""Per-request identifiers kept in the ASGI scope: request id, W3C trace id and span id."""
+"""Per-request identifiers kept in the ASGI scope: request id, W3C trace context, the caller's identity."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ class RequestState:
     body: bytes = b""
     # The parsed JSON body, once the body validator has checked it against the generated model.
     document: Any = None
+    # The machine-readable code of the error this request was answered with, if any (metrics).
+    error_code: str | None = None
+    # The W3C trace-flags of the caller's traceparent (0 without one): its sampling decision.
+    parent_flags: int = 0
+    # Who the request authenticated as, once the security check has run (logs and spans; ids only).
+    organization_id: str | None = None
+    api_key_id: str | None = None
 
 
 def new_state(
@@ -37,6 +44,7 @@ def new_state(
     request_id: str | None = None
     trace_id: str | None = None
     parent: str | None = None
+    flags = 0
     for name, value in headers:
         if name == b"x-request-id" and _SAFE_REQUEST_ID.match(value):
             request_id = value.decode("ascii")
@@ -44,12 +52,14 @@ def new_state(
             match = _TRACEPARENT.match(value.strip().lower())
             if match and match.group(1) != b"0" * 32 and match.group(2) != b"0" * 16:
                 trace_id, parent = match.group(1).decode(), match.group(2).decode()
+                flags = int(match.group(3), 16)
     return RequestState(
         request_id=request_id or str(uuid.uuid4()),
         trace_id=trace_id or random_hex(16),
         span_id=random_hex(8),
         parent_span_id=parent,
         openai=openai,
+        parent_flags=flags,
     )
 
 

@@ -29,6 +29,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def error_parts(scope: Scope, error: ApiError) -> tuple[bytes, dict[str, str]]:
     state = state_of(scope)
     trace_id = state.trace_id if state else secrets.token_hex(16)
+    if state is not None:
+        state.error_code = error.code
     body = render(
         error,
         trace_id=trace_id,

@@ -3,7 +3,8 @@
 Connexion instantiates security handlers itself; the classes here are given the
 check function at start-up through ``security_map``, so no spec-level function names
 or module globals are involved. The check authenticates, checks the operation's scope,
-then verifies any request signature over the body BodyGuardMiddleware buffered.
+then verifies any request signature over the body BodyGuardMiddleware buffered, in one
+``authenticate`` span; the principal's organisation and key id go on the request state.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from router_contract.operations import Operation
 from router_impl.auth.authenticator import Authenticator
 from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import payload_signature_of
+from router_impl.telemetry.tracing import Tracing
 from router_impl.web.request_state import state_of
 
 Check = Callable[..., Awaitable[dict[str, Any]]]
@@ -42,27 +44,39 @@ class _BoundBearer(BearerSecurityHandler):  # type: ignore[misc]
 
 
 def security_map(
-    authenticator: Authenticator, signatures: SignatureGate, operations: Mapping[str, Operation]
+    authenticator: Authenticator,
+    signatures: SignatureGate,
+    operations: Mapping[str, Operation],
+    tracing: Tracing | None = None,
 ) -> dict[str, Any]:
+    tracer = tracing or Tracing()
+
     async def check(credential: str, request: ConnexionRequest) -> dict[str, Any]:
-        principal = await authenticator.authenticate(credential)
         scope = request.scope
-        routing = scope.get("extensions", {}).get("connexion_routing", {})
-        operation = operations.get(routing.get("operation_id", ""))
-        authenticator.authorize(principal, operation.scope if operation else "admin")
         state = state_of(scope)
-        body = state.body if state is not None else b""
-        await signatures.verify(
-            principal,
-            SignedRequest(
-                method=scope["method"],
-                path=scope["path"],
-                body=body,
-                timestamp_header=request.headers.get("x-signature-timestamp"),
-                signature_header=request.headers.get("x-signature"),
-                payload_signature=payload_signature_of(body) if scope["path"] == _INFERENCE_PATH else None,
-            ),
-        )
+        with tracer.span("authenticate") as span:
+            principal = await authenticator.authenticate(credential)
+            span.set_attribute("router.organization_id", principal.organization_id)
+            span.set_attribute("router.api_key_id", principal.key_id)
+            if state is not None:
+                state.organization_id, state.api_key_id = principal.organization_id, principal.key_id
+            routing = scope.get("extensions", {}).get("connexion_routing", {})
+            operation = operations.get(routing.get("operation_id", ""))
+            authenticator.authorize(principal, operation.scope if operation else "admin")
+            body = state.body if state is not None else b""
+            await signatures.verify(
+                principal,
+                SignedRequest(
+                    method=scope["method"],
+                    path=scope["path"],
+                    body=body,
+                    timestamp_header=request.headers.get("x-signature-timestamp"),
+                    signature_header=request.headers.get("x-signature"),
+                    payload_signature=payload_signature_of(body)
+                    if scope["path"] == _INFERENCE_PATH
+                    else None,
+                ),
+            )
         return {"sub": principal.key_id, "principal": principal}
 
     return {"apiKey": partial(_BoundApiKey, check), "bearer": partial(_BoundBearer, check)}

@@ -1,4 +1,5 @@
-"""Outermost middleware: request id and trace ids for every request, X-Request-ID out, one access log line."""
+"""Outermost middleware: request id and trace ids for every request, the ingress span (when tracing),
+X-Request-ID out, one access log line, and the request's RED metrics (by route template)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_impl.errors import ApiError
+from router_impl.telemetry.metrics import Metrics, RouteNames
+from router_impl.telemetry.tracing import Tracing
 from router_impl.web.current import CURRENT_SCOPE
-from router_impl.web.request_state import STATE_KEY, new_state
+from router_impl.web.request_state import STATE_KEY, RequestState, new_state
 from router_impl.web.responses import send_error
 
 
@@ -24,12 +27,18 @@ class RequestContextMiddleware:
         openai_paths: frozenset[str],
         access_log: bool = True,
         random_hex: Callable[[int], str] = secrets.token_hex,
+        metrics: Metrics | None = None,
+        routes: RouteNames | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.random_hex = random_hex
         self.openai_paths = openai_paths
         self.access_log = access_log
         self.log = structlog.get_logger("router.access")
+        self.metrics = metrics
+        self.routes = routes or RouteNames(())
+        self.tracing = tracing or Tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,18 +48,38 @@ class RequestContextMiddleware:
         state = new_state(
             scope["headers"], openai=scope["path"] in self.openai_paths, random_hex=self.random_hex
         )
+        ingress = (
+            self.tracing.ingress(
+                state.trace_id,
+                state.parent_span_id,
+                state.parent_flags,
+                {"http.request.method": scope["method"], "router.request_id": state.request_id},
+            )
+            if self.tracing.enabled
+            else None
+        )
+        if ingress is not None:  # the exported trace names this request: usage, audit and logs agree
+            state.trace_id, state.span_id = ingress.trace_id, ingress.span_id
         scope.setdefault("state", {})[STATE_KEY] = state
         CURRENT_SCOPE.set(scope)
         request_id_header = (b"x-request-id", state.request_id.encode("ascii"))
         status = 500
         response_started = False
+        backend: str | None = None  # X-Routing-Backend and X-Routing-Decision, as the router answered
+        decision: str | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, backend, decision
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), request_id_header]
+                headers = message.get("headers", [])
+                for name, value in headers:
+                    if name == b"x-routing-backend":
+                        backend = value.decode("latin-1")
+                    elif name == b"x-routing-decision":
+                        decision = value.decode("latin-1")
+                message["headers"] = [*headers, request_id_header]
             await send(message)
 
         try:
@@ -61,16 +90,52 @@ class RequestContextMiddleware:
             if not response_started:
                 await send_error(scope, send_with_id, ApiError("INTERNAL_ERROR"))
         finally:
+            if ingress is not None:
+                ingress.end(
+                    status,
+                    {
+                        "http.route": self.routes(scope["path"]),
+                        "router.organization_id": state.organization_id,
+                        "router.api_key_id": state.api_key_id,
+                        "router.backend.id": backend,
+                        "router.routing.decision": decision,
+                        "router.error_code": state.error_code,
+                    },
+                )
+            if self.metrics is not None:
+                self.metrics.observe_request(
+                    self.routes(scope["path"]),
+                    scope["method"],
+                    status,
+                    time.perf_counter() - started,
+                    state.error_code,
+                )
             if self.access_log:
-                self._log(scope, state.request_id, state.trace_id, status, started)
+                self._log(scope, state, status, started, backend=backend, decision=decision)
 
-    def _log(self, scope: Scope, request_id: str, trace_id: str, status: int, started: float) -> None:
+    def _log(
+        self,
+        scope: Scope,
+        state: RequestState,
+        status: int,
+        started: float,
+        *,
+        backend: str | None,
+        decision: str | None,
+    ) -> None:
+        """Ids, codes and timings only: never a credential, a signature or a body."""
         fields: dict[str, Any] = {
             "method": scope["method"],
             "route": scope["path"],
             "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "request_id": request_id,
-            "trace_id": trace_id,
+            "request_id": state.request_id,
+            "trace_id": state.trace_id,
+            "span_id": state.span_id,
+            "organization_id": state.organization_id,
+            "api_key_id": state.api_key_id,
+            "backend": backend,
+            "decision": decision,
+            "error_code": state.error_code,
         }
         self.log.info("request", **fields)

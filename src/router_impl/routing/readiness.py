@@ -1,0 +1,65 @@
+"""Which backends can take traffic now, and whether every model has one (for readiness).
+
+ready: usable (probe passing, breaker not open) and marked healthy by the operator; degraded:
+usable but marked degraded, warming up or on a half-open trial. Disabled backends, open breakers
+and failing probes are in neither list. Pure: the health registry and the snapshot come in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router_impl.config.model import RuntimeConfig
+from router_impl.health import CheckStatus
+from router_impl.routing.health import BackendHealth
+
+_DEGRADED_REASONS = frozenset({"warming_up", "half_open", "trial_in_flight"})
+
+
+@dataclass(frozen=True)
+class BackendReadiness:
+    ready: tuple[str, ...]
+    degraded: tuple[str, ...]
+    unserved_models: tuple[str, ...]  # enabled models with no ready or degraded backend
+    models: int  # enabled models
+
+    def check(self) -> tuple[CheckStatus, str]:
+        """fail when no model can be served, warn when some cannot (the others still can)."""
+        if not self.models:
+            return "pass", "no models configured"
+        if not self.unserved_models:
+            return "pass", f"{len(self.ready)} ready, {len(self.degraded)} degraded backends"
+        listed = ", ".join(self.unserved_models[:10])
+        status: CheckStatus = "fail" if len(self.unserved_models) == self.models else "warn"
+        return status, f"no available backend for model(s): {listed}"
+
+
+def assess(config: RuntimeConfig, health: BackendHealth) -> BackendReadiness:
+    ready: list[str] = []
+    degraded: list[str] = []
+    for backend in config.backends:
+        state = config.state_of(backend.id).state
+        if state == "disabled":
+            continue
+        warmups = [
+            p.warmup_seconds for p in config.models if backend.id in {b.backend_id for b in p.backends}
+        ]
+        availability = health.availability(backend.id, max(warmups, default=0))
+        if not availability.usable:
+            continue
+        if state == "degraded" or availability.reason in _DEGRADED_REASONS:
+            degraded.append(backend.id)
+        else:
+            ready.append(backend.id)
+    usable = set(ready) | set(degraded)
+    enabled = [p for p in config.models if p.enabled]
+    unserved = [
+        p.model
+        for p in enabled
+        if not any(
+            wb.backend_id in usable and wb.weight > 0
+            for backends in (p.backends, *(o.backends for o in p.org_overrides.values()))
+            for wb in backends
+        )
+    ]
+    return BackendReadiness(tuple(ready), tuple(degraded), tuple(unserved), len(enabled))

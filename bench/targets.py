@@ -38,6 +38,11 @@ ROUTER_VARIANTS: dict[str, RouterVariant] = {
         env={"ROUTER_CONFIG_PATH": str(HERE / "limits.yaml")},
         from_caller=("ROUTER_REDIS_URL",),
     ),
+    "full": RouterVariant(
+        "the full shared pipeline: Redis limits + budgets + audit index, outbox -> Kafka, limits on",
+        env={"ROUTER_CONFIG_PATH": str(HERE / "limits.yaml")},
+        from_caller=("ROUTER_REDIS_URL", "ROUTER_KAFKA_BOOTSTRAP"),
+    ),
     "shared": RouterVariant(
         "Redis + etcd + Kafka (many-replica deployment)",
         from_caller=("ROUTER_REDIS_URL", "ROUTER_ETCD_ENDPOINTS", "ROUTER_KAFKA_BOOTSTRAP"),

@@ -76,6 +76,7 @@ class Publisher:
         batch_size: int = 2000,
         publish_timeout: float = 35.0,
         idle_seconds: float = 0.5,
+        linger_seconds: float = 0.05,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         lease: PublisherLease | None = None,
@@ -88,6 +89,10 @@ class Publisher:
         self.batch_size = batch_size
         self.publish_timeout = publish_timeout
         self.idle_seconds = idle_seconds
+        # After new entries arrive, wait this long for more before a round: one round (one transport
+        # write, one delete commit) then serves many requests instead of competing with each append
+        # for the outbox's writer.
+        self.linger_seconds = linger_seconds
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.lease = lease or PublisherLease(outbox.path / "publisher.lock")
@@ -187,6 +192,8 @@ class Publisher:
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for task in (waiter, stopper):
             task.cancel()
+        if self.linger_seconds > 0 and self.outbox.generation != seen:
+            await self._pause(self.linger_seconds)
 
     async def _pause(self, seconds: float) -> None:
         if self._deadline is not None:

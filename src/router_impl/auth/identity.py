@@ -23,6 +23,7 @@ from router_impl.auth.identity_wire import Answer, KeyValidation, RevocationList
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.auth.lru import LruCache
 from router_impl.auth.secret_box import SecretBox
+from router_impl.singleflight import SingleFlight
 
 VALIDATE_PATH = "/v1/keys/validate"
 REVOCATIONS_PATH = "/v1/keys/revocations"
@@ -69,7 +70,7 @@ class IdentityServiceKeyStore:
         self._hash_by_id: dict[str, str] = {}
         self._known: LruCache[str, Answer] = LruCache(max_entries, self._forget_id)
         self._unknown: LruCache[str, Answer] = LruCache(max_negative_entries)
-        self._inflight: dict[str, asyncio.Task[Answer]] = {}
+        self._inflight: SingleFlight[Answer] = SingleFlight()
         self._down_until = float("-inf")
         self._revocations_since: str | None = None
         self._degraded = False
@@ -101,14 +102,8 @@ class IdentityServiceKeyStore:
             return cached.record
         if now < self._down_until:
             return self._fallback(key_hash, now)
-        task = self._inflight.get(key_hash)
-        if task is None:
-            task = asyncio.create_task(self._refresh(key_hash))
-            task.add_done_callback(_retrieve_outcome)
-            self._inflight[key_hash] = task
         try:
-            # Shielded: a caller that gives up must not cancel the lookup others are waiting for.
-            answer = await asyncio.shield(task)
+            answer = await self._inflight.run(key_hash, lambda: self._refresh(key_hash))
         except IdentityUnavailableError:
             return self._fallback(key_hash, self._clock())
         return answer.record
@@ -169,8 +164,6 @@ class IdentityServiceKeyStore:
                 self._log.warning("identity_service_unavailable", reason=str(exc))
             self._degraded = True
             raise
-        finally:
-            self._inflight.pop(key_hash, None)
         if self._degraded:
             self._log.info("identity_service_recovered", stale_served=self.stale_served)
         self._degraded = False
@@ -247,12 +240,6 @@ class IdentityServiceKeyStore:
         record = cached.record.model_copy(update={"revoked": True, "revoked_at": revoked_at})
         self._known.put(key_hash, Answer(record, cached.fresh_until, cached.stale_until))
         self._log.info("api_key_revoked_by_feed", key_id=key_id)
-
-
-def _retrieve_outcome(task: asyncio.Task[Answer]) -> None:
-    """Mark the outcome as seen: when every waiter gave up, asyncio must not log it as lost."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

@@ -9,7 +9,6 @@ answer) the last good answer is served while it is younger than ``stale_window``
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router_impl.auth.lru import LruCache
 from router_impl.config.model import IDENTIFIER
+from router_impl.singleflight import SingleFlight
 
 BUDGET_PATH = "/v1/orgs/{org_id}/budget"
 MAX_ANSWER_BYTES = 64 * 1024
@@ -123,7 +123,7 @@ class BudgetServiceClient:
         self._log = structlog.get_logger("router.limits.budget_service")
         self._session: aiohttp.ClientSession | None = None
         self._cache: LruCache[str, _Entry] = LruCache(max_entries)
-        self._inflight: dict[str, asyncio.Task[_Entry]] = {}
+        self._inflight: SingleFlight[_Entry] = SingleFlight()
         # No call before this instant: set by a 429's Retry-After, or briefly after any failure so
         # an outage costs one timeout per retry_after_failure, not one per lookup.
         self._down_until = float("-inf")
@@ -159,14 +159,8 @@ class BudgetServiceClient:
             return cached.budgets
         if now < self._down_until:
             return self._fallback(org_id, now)
-        task = self._inflight.get(org_id)
-        if task is None:
-            task = asyncio.create_task(self._refresh(org_id))
-            task.add_done_callback(_retrieve_outcome)
-            self._inflight[org_id] = task
         try:
-            # Shielded: a caller that gives up must not cancel the lookup others are waiting for.
-            entry = await asyncio.shield(task)
+            entry = await self._inflight.run(org_id, lambda: self._refresh(org_id))
         except BudgetServiceUnavailable:
             return self._fallback(org_id, self._clock())
         return entry.budgets
@@ -190,8 +184,6 @@ class BudgetServiceClient:
                 self._log.warning("budget_service_unavailable", org_id=org_id, reason=str(exc))
             self._degraded = True
             raise
-        finally:
-            self._inflight.pop(org_id, None)
         if self._degraded:
             self._log.info("budget_service_recovered", stale_served=self.stale_served)
         self._degraded = False
@@ -244,12 +236,6 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if value is None or not _DELTA_SECONDS.fullmatch(value.strip()):
         return None
     return min(float(value.strip()), MAX_RETRY_AFTER_SECONDS)
-
-
-def _retrieve_outcome(task: asyncio.Task[_Entry]) -> None:
-    """Mark the outcome as seen: when every waiter gave up, asyncio must not log it as lost."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
+from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_impl.auth.keys import ApiKeyRecord
 
@@ -162,8 +163,6 @@ class RuntimeConfig(BaseModel):
     backend_states: dict[str, BackendState] = Field(default_factory=dict)
     org_limits: dict[str, OrgLimits] = Field(default_factory=dict)
 
-    _policies: dict[str, ModelPolicy] = PrivateAttr(default_factory=dict)
-    _backends: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> RuntimeConfig:
@@ -183,16 +182,24 @@ class RuntimeConfig(BaseModel):
         for org in self.org_limits:
             if not _ID.match(org):
                 raise ValueError(f"org_limits: {org!r} is not an organisation id")
-        self._policies = {name: m for m in self.models for name in (m.model, *m.aliases)}
-        self._backends = {b.id: b for b in self.backends}
         return self
+
+    # Lookup maps, built once per snapshot on first use (cached_property writes the instance dict
+    # directly, so a frozen model allows it; reading it skips pydantic's private-attribute path).
+    @cached_property
+    def _policy_index(self) -> dict[str, ModelPolicy]:
+        return {name: m for m in self.models for name in (m.model, *m.aliases)}
+
+    @cached_property
+    def _backend_index(self) -> dict[str, BackendConfig]:
+        return {b.id: b for b in self.backends}
 
     def policy_for(self, model: str) -> ModelPolicy | None:
         """The policy serving ``model`` by name or alias."""
-        return self._policies.get(model)
+        return self._policy_index.get(model)
 
     def backend(self, backend_id: str) -> BackendConfig | None:
-        return self._backends.get(backend_id)
+        return self._backend_index.get(backend_id)
 
     def state_of(self, backend_id: str) -> BackendState:
         return self.backend_states.get(backend_id) or _HEALTHY

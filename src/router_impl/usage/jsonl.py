@@ -41,11 +41,14 @@ class JsonlTransport:
     def _write(self, entries: Sequence[OutboxEntry]) -> set[int]:
         written: set[int] = set()
         touched: set[str] = set()
+        by_topic: dict[str, list[OutboxEntry]] = {}
+        for entry in entries:  # order within a topic is kept
+            by_topic.setdefault(entry.topic, []).append(entry)
         try:
-            for entry in entries:
-                self._writer(entry.topic).write(entry.value)
-                touched.add(entry.topic)
-                written.add(entry.seq)
+            for topic, batch in by_topic.items():
+                self._writer(topic).write_lines([e.value for e in batch])
+                touched.add(topic)
+                written.update(e.seq for e in batch)
         except OSError as exc:
             log.error("usage_file_write_failed", directory=str(self.directory), error=str(exc))
         if self.fsync:

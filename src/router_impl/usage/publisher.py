@@ -76,7 +76,7 @@ class Publisher:
         batch_size: int = 2000,
         publish_timeout: float = 35.0,
         idle_seconds: float = 0.5,
-        linger_seconds: float = 0.05,
+        linger_seconds: float = 0.25,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         lease: PublisherLease | None = None,

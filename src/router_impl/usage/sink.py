@@ -5,7 +5,7 @@ the publisher delivers it to Kafka or, embedded, to rotated JSON Lines files (``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
@@ -40,13 +40,29 @@ class JsonlWriter:
         directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, line: bytes) -> None:
+        self.write_lines([line])
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Append lines in order: one write and one flush per file part (not per line)."""
         day = self.now().strftime("%Y%m%d")
-        if self._file is None or day != self._day or self._size + len(line) + 1 > self.max_bytes:
-            self._open(day)
-        assert self._file is not None
-        self._file.write(line + b"\n")
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            needed = len(line) + 1
+            if self._file is None or day != self._day or self._size + size + needed > self.max_bytes:
+                self._put(chunk, size)
+                chunk, size = [], 0
+                self._open(day)
+            chunk.append(line)
+            size += needed
+        self._put(chunk, size)
+
+    def _put(self, chunk: list[bytes], size: int) -> None:
+        if not chunk or self._file is None:
+            return
+        self._file.write(b"\n".join(chunk) + b"\n")
         self._file.flush()  # visible to readers (router usage tail) at once
-        self._size += len(line) + 1
+        self._size += size
 
     def sync(self) -> None:
         """fsync the open file, so lines written survive a machine crash once their outbox entry is gone."""

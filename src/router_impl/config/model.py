@@ -163,7 +163,6 @@ class RuntimeConfig(BaseModel):
     backend_states: dict[str, BackendState] = Field(default_factory=dict)
     org_limits: dict[str, OrgLimits] = Field(default_factory=dict)
 
-
     @model_validator(mode="after")
     def _consistent(self) -> RuntimeConfig:
         _unique("api_keys: key id", [k.id for k in self.api_keys])

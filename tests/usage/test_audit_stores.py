@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -313,3 +314,27 @@ async def test_a_dead_redis_is_audit_unavailable() -> None:
             await store.query(AuditQuery(None))
     finally:
         await client.aclose()
+
+
+async def test_concurrent_redis_writes_are_grouped_and_each_lands(redis_server) -> None:
+    """Events recorded while a write is in flight share the next round trip; none is lost."""
+    client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/12")
+    await client.flushdb()
+    log = RedisAuditLog(client, 3600)
+    sent = []
+    original = client.pipeline
+
+    def counting_pipeline(*args, **kwargs):
+        sent.append(1)
+        return original(*args, **kwargs)
+
+    client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    now = datetime.now(UTC)
+    events = [
+        AuditEvent(f"grouped-{i}", "org-g", "key-g", "REQUEST_ALLOWED", "PRIMARY", now) for i in range(200)
+    ]
+    await asyncio.gather(*(log.record(e) for e in events))
+    page = await log.query(AuditQuery("org-g", limit=1000))
+    assert {e.request_id for e in page.items} == {e.request_id for e in events}
+    assert 1 <= len(sent) < 50  # grouped: far fewer round trips than events
+    await client.aclose()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,8 @@ from typing import Any, Literal, Protocol
 
 import orjson
 from router_contract.models import AuditRecord
+
+from router_impl.ids import random_uuid4
 
 AuditAction = Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET"]
 AuditLimitState = Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
@@ -35,7 +36,7 @@ _MS = timedelta(milliseconds=1)
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    return random_uuid4().hex
 
 
 @dataclass(frozen=True)

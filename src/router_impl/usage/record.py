@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from router_contract.models import UsageRecord
 
+from router_impl.ids import random_uuid4
 from router_impl.usage.cost import micro_to_usd
 
 LimitState = Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
@@ -55,7 +55,7 @@ def build_record(facts: UsageFacts) -> UsageRecord:
     return UsageRecord.model_validate(
         {
             "schema_version": 1,
-            "record_id": str(uuid.uuid4()),
+            "record_id": str(random_uuid4()),
             "request_id": facts.request_id,
             "organization_id": facts.organization_id,
             "api_key_id": facts.api_key_id,

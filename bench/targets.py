@@ -24,6 +24,9 @@ class RouterVariant:
     env: Mapping[str, str] = field(default_factory=dict)
     # Taken from the caller's environment, else from `make dev-up`'s .dev-services/state.json.
     from_caller: tuple[str, ...] = ()
+    # Tracing on (sampled as ROUTER_TRACING_SAMPLE_RATIO, 0.1 by default), exported over OTLP to
+    # the fake upstream, which accepts and drops the spans.
+    tracing: bool = False
 
 
 ROUTER_VARIANTS: dict[str, RouterVariant] = {
@@ -39,9 +42,11 @@ ROUTER_VARIANTS: dict[str, RouterVariant] = {
         from_caller=("ROUTER_REDIS_URL",),
     ),
     "full": RouterVariant(
-        "the full shared pipeline: Redis limits + budgets + audit index, outbox -> Kafka, limits on",
+        "the full shared pipeline: Redis limits + budgets + audit index, outbox -> Kafka, "
+        "metrics, tracing sampled at 10 % to an OTLP sink",
         env={"ROUTER_CONFIG_PATH": str(HERE / "limits.yaml")},
         from_caller=("ROUTER_REDIS_URL", "ROUTER_KAFKA_BOOTSTRAP"),
+        tracing=True,
     ),
     "shared": RouterVariant(
         "Redis + etcd + Kafka (many-replica deployment)",
@@ -160,6 +165,9 @@ def router_env(
         "ROUTER_ACCESS_LOG": "false",
         **variant.env,
     }
+    if variant.tracing:
+        chosen["ROUTER_TRACING_ENABLED"] = "true"
+        chosen["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{upstream.url}/v1/traces"
     missing = [name for name in variant.from_caller if name not in caller and name not in overrides]
     chosen.update({name: caller[name] for name in variant.from_caller if name in caller})
     chosen.update(overrides)

@@ -145,6 +145,9 @@ class FakeUpstream(asyncio.Protocol):
                 out = response(b"200 OK", BODY, keep_alive)
         elif method == b"GET" and path.endswith(b"/models"):
             out = response(b"200 OK", MODELS, keep_alive)
+        elif method == b"POST" and path == b"/v1/traces":
+            # An OTLP/HTTP trace sink for routers benchmarked with tracing on: accepted, dropped.
+            out = response(b"200 OK", b"{}", keep_alive)
         else:
             out = response(b"404 Not Found", NOT_FOUND, keep_alive)
         if self.delay_s > 0:

@@ -127,5 +127,6 @@ class SignatureVerifier:
 
 
 def nonce_key(key_id: str, signature: str) -> str:
-    """Hash-tagged by key id, so one key's nonces stay in one Redis Cluster slot."""
-    return f"nonce:{{{key_id}}}:{signature}"
+    """Hash-tagged by key id, so one key's nonces stay in one Redis Cluster slot. The signature is
+    stored as its SHA-256: a used signature never sits in Redis (or memory) as it was sent."""
+    return f"nonce:{{{key_id}}}:{hashlib.sha256(signature.encode()).hexdigest()}"

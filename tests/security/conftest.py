@@ -6,5 +6,6 @@ from tests.e2e.conftest import (  # noqa: F401 -- fixtures, found by name
     config_path,
     fleet,
     make_config,
+    mock,
     start_router,
 )

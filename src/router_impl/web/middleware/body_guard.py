@@ -1,4 +1,5 @@
 """Reads request bodies once, before any validation: size cap (413), UTF-8 and JSON syntax (400).
+Also refuses oversized headers (400): uvicorn's httptools parser sets no limit of its own.
 
 The body is replayed downstream as a single message with an exact Content-Length, so
 chunked uploads work and nothing after this layer sees an oversized or malformed body.
@@ -14,11 +15,24 @@ from router_impl.web.request_state import state_of
 from router_impl.web.responses import send_error
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# nginx's default large_client_header_buffers: one header line up to 8 KiB; 32 KiB in all.
+MAX_HEADER_BYTES = 8 * 1024
+MAX_HEADERS_TOTAL_BYTES = 32 * 1024
 
 
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or media.endswith(b"+json")
+
+
+def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
+    total = 0
+    for name, value in headers:
+        size = len(name) + len(value)
+        if size > MAX_HEADER_BYTES:
+            return True
+        total += size
+    return total > MAX_HEADERS_TOTAL_BYTES
 
 
 class BodyGuardMiddleware:
@@ -27,7 +41,14 @@ class BodyGuardMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _headers_too_large(scope["headers"]):
+            refusal = "Request headers are too large (at most 8 KiB per header and 32 KiB in all)."
+            await send_error(scope, send, ApiError("INVALID_REQUEST", refusal))
+            return
+        if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         content_type = b""

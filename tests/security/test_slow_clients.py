@@ -1,0 +1,61 @@
+"""Slow clients (slowloris: headers or a body trickling in) hold a connection each, never the worker:
+while hundreds of them dawdle, a normal request is served at once."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import KEYS, MODEL, auth
+from tests.harness.router_proc import RouterProcess
+
+SLOW_CLIENTS = 300
+
+
+@pytest.fixture(scope="module")
+def router(start_router: Callable[..., RouterProcess]) -> RouterProcess:
+    return start_router()
+
+
+@pytest.fixture
+def slow_sockets(router: RouterProcess) -> Iterator[list[socket.socket]]:
+    host, port = router.base_url.removeprefix("http://").split(":")
+    opened: list[socket.socket] = []
+    try:
+        for n in range(SLOW_CLIENTS):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if n % 2:  # headers that never end
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            else:  # a body that never arrives
+                sock.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Authorization: Bearer " + KEYS["user"].secret.encode() + b"\r\n"
+                    b"Content-Length: 100000\r\n\r\n{"
+                )
+            opened.append(sock)
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(router, slow_sockets, mock) -> None:
+    time.sleep(0.5)  # let the router take them all in
+    started = time.monotonic()
+    answer = httpx.post(
+        router.base_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "still there?"}]},
+        headers=auth(KEYS["user"]),
+        trust_env=False,
+        timeout=10,
+    )
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    assert elapsed < 1.0, f"a normal request took {elapsed:.2f} s behind {SLOW_CLIENTS} slow clients"
+    assert httpx.get(router.base_url + "/v1/status/healthz", trust_env=False, timeout=5).status_code == 200
+    # The dawdling uploads reached no backend.
+    assert mock.inference_requests == 1

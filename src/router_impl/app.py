@@ -446,7 +446,9 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
         inner = FastLaneMiddleware(
             app, routes=routes, authenticator=components.authenticator, tracing=components.tracing
         )
-    guarded = BodyGuardMiddleware(inner, max_body_bytes=settings.max_body_bytes)
+    guarded = BodyGuardMiddleware(
+        inner, max_body_bytes=settings.max_body_bytes, body_timeout_seconds=settings.body_timeout_seconds
+    )
     return RequestContextMiddleware(
         guarded,
         openai_paths=openai_paths,

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".router-data")
 
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # A request body not fully received within this is refused (400): slow uploads hold no task.
+    body_timeout_seconds: float = Field(30.0, gt=0, le=600)
     # Serve the hot operations' certain happy path without Connexion's per-request plumbing
     # (web/middleware/fast_lane.py); off gives the plain Connexion path, byte for byte the same.
     fast_lane: bool = True

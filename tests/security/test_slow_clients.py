@@ -59,3 +59,22 @@ def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(router, slow_soc
     assert httpx.get(router.base_url + "/v1/status/healthz", trust_env=False, timeout=5).status_code == 200
     # The dawdling uploads reached no backend.
     assert mock.inference_requests == 1
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused_and_frees_its_connection(start_router) -> None:
+    router = start_router(env={"ROUTER_BODY_TIMEOUT_SECONDS": "1"})
+    host, port = router.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEYS["user"].secret.encode() + b"\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        waited = time.monotonic() - started
+        closed = sock.recv(65536) == b""  # the server hung up: nothing of it is held any longer
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"did not arrive within 1 s" in answer
+    assert 0.8 < waited < 3.0
+    assert closed

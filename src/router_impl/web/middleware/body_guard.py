@@ -1,11 +1,15 @@
 """Reads request bodies once, before any validation: size cap (413), UTF-8 and JSON syntax (400).
-Also refuses oversized headers (400): uvicorn's httptools parser sets no limit of its own.
+Also refuses oversized headers (400): uvicorn's httptools parser sets no limit of its own, and a
+body that does not arrive within ``body_timeout_seconds`` (400): uvicorn has no read timeout, so a
+slow upload would hold its connection and task for ever.
 
 The body is replayed downstream as a single message with an exact Content-Length, so
 chunked uploads work and nothing after this layer sees an oversized or malformed body.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,9 +40,10 @@ def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 class BodyGuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,17 +73,24 @@ class BodyGuardMiddleware:
         chunks: list[bytes] = []
         size = 0
         more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await send_error(scope, send, self._too_large())
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.body_timeout_seconds):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        await send_error(scope, send, self._too_large())
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            seconds = f"{self.body_timeout_seconds:g}"
+            late = ApiError("INVALID_REQUEST", f"The request body did not arrive within {seconds} s.")
+            await send_error(scope, send, late)
+            return
         body = b"".join(chunks)
 
         if body and _is_json(content_type):

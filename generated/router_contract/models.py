@@ -574,10 +574,10 @@ class Backend(BaseModel):
     base_url: Annotated[
         str,
         Field(
-            description="Base URL of an OpenAI-compatible server (http or https), e.g. `http://vllm-a:8000/v1`.",
+            description="Base URL of an OpenAI-compatible server (http or https), e.g. `http://vllm-a:8000/v1`. The\nhost is a name or an IPv4 address (IPv6 literals are not accepted: use a name).\n",
             max_length=2048,
             min_length=8,
-            pattern="^https?://[A-Za-z0-9\\[][A-Za-z0-9.:\\[\\]-]*(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$",
+            pattern="^https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$",
         ),
     ]
     protocol: Literal["openai"] = "openai"
@@ -614,10 +614,10 @@ class BackendStatus(BaseModel):
     base_url: Annotated[
         str,
         Field(
-            description="Base URL of an OpenAI-compatible server (http or https), e.g. `http://vllm-a:8000/v1`.",
+            description="Base URL of an OpenAI-compatible server (http or https), e.g. `http://vllm-a:8000/v1`. The\nhost is a name or an IPv4 address (IPv6 literals are not accepted: use a name).\n",
             max_length=2048,
             min_length=8,
-            pattern="^https?://[A-Za-z0-9\\[][A-Za-z0-9.:\\[\\]-]*(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$",
+            pattern="^https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$",
         ),
     ]
     protocol: Literal["openai"]

@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from functools import cached_property
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +47,18 @@ class BackendConfig(BaseModel):
     # Name of an environment variable holding the bearer token the backend expects (never the token).
     api_key_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _parsable(cls, value: str) -> str:
+        """A URL the HTTP client can use (e.g. no unbalanced IPv6 brackets)."""
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"base_url does not parse: {exc}") from None
+        if not parts.hostname:
+            raise ValueError("base_url has no host")
+        return value
 
 
 class WeightedBackend(BaseModel):

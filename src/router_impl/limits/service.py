@@ -124,11 +124,9 @@ class Ticket:
 
     organization_id: str
     shared: bool  # admitted by the shared store (settle there too)
-    now_ms: int
     token_buckets: tuple[BucketSpec, ...]
     counters: tuple[CounterSpec, ...]
-    estimate_tokens: int
-    reserved_tokens: int
+    reserved_tokens: int  # prompt estimate + completion reserve, as the budget counters took it
     reserved_micro_usd: int
     max_tokens: int | None  # send this max_tokens to the backend (clamped); None: leave the body alone
     headers: dict[str, str] = field(default_factory=dict)
@@ -212,10 +210,8 @@ class LimitsService:
             return Ticket(
                 organization_id=demand.organization_id,
                 shared=shared,
-                now_ms=now_ms,
                 token_buckets=tuple(b for b in buckets if b.kind == "tokens"),
                 counters=counters,
-                estimate_tokens=estimate,
                 reserved_tokens=estimate,
                 reserved_micro_usd=worst_micro,
                 max_tokens=sent_max if sent_max != demand.max_tokens else None,
@@ -436,16 +432,16 @@ class LimitsService:
         budgets = await self._budgets(org_id, limits)
         moment = self.now()
         now_ms = to_ms(moment)
-        probes: list[BucketProbe] = []
-        rates = limits.rate_limits
-        for kind, capacity, per_ms in _bucket_shapes(rates):
-            probes.append(BucketProbe(_bucket_key(org_id, "org", None, kind), capacity, per_ms))
+        shapes = _bucket_shapes(limits.rate_limits)
+        probes = tuple(
+            BucketProbe(_bucket_key(org_id, "org", None, kind), cap, per_ms) for kind, cap, per_ms in shapes
+        )
         windows = [window(p, moment) for p in _PERIODS]
         keys = tuple(_counter_key(org_id, w, unit) for w in windows for unit in ("tokens", "micro_usd"))
         seen, _ = await self._on_store(
-            limits, lambda store: store.snapshot(tuple(probes), keys, _lockout_key(org_id), now_ms)
+            limits, lambda store: store.snapshot(probes, keys, _lockout_key(org_id), now_ms)
         )
-        levels = dict(zip((k for k, _, _ in _bucket_shapes(rates)), seen.levels, strict=True))
+        levels = dict(zip((kind for kind, _, _ in shapes), seen.levels, strict=True))
         states = []
         for i, w in enumerate(windows):
             tokens_used, micro_used = seen.used[2 * i], seen.used[2 * i + 1]

@@ -85,9 +85,10 @@ class InvalidCursor(ValueError):
 
 
 class AuditLog(Protocol):
-    async def record(self, event: AuditEvent) -> None:
+    async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
         """Store one event; AuditUnavailable when the store fails, ValueError for an event the
-        contract cannot carry."""
+        contract cannot carry. ``data`` is the event's ``audit_record_json`` when the caller
+        already has it."""
         ...
 
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
@@ -222,9 +223,11 @@ class ForwardedAuditLog:
         self.store = store
         self.forward = forward
 
-    async def record(self, event: AuditEvent) -> None:
-        data = audit_record_json(event)
-        await asyncio.gather(self.store.record(event), self.forward(event.organization_id.encode(), data))
+    async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
+        data = data or audit_record_json(event)  # encoded (and validated) once for both copies
+        await asyncio.gather(
+            self.store.record(event, data), self.forward(event.organization_id.encode(), data)
+        )
 
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         return await self.store.by_request(request_id, organization_id)

@@ -105,8 +105,8 @@ class LmdbAuditLog:
         with self._env.begin() as txn:
             return int(txn.stat(self._events)["entries"])
 
-    async def record(self, event: AuditEvent) -> None:
-        data = audit_record_json(event)
+    async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
+        data = data or audit_record_json(event)
         at = _at(*position(event))
         request = event.request_id.encode()
         with self._writing() as txn:

@@ -105,8 +105,8 @@ class RedisAuditLog:
     def _request_key(self, request_id: str) -> str:
         return f"{self._prefix}req:{request_id}"
 
-    async def record(self, event: AuditEvent) -> None:
-        data = audit_record_json(event)
+    async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
+        data = data or audit_record_json(event)
         millis, event_id = position(event)
         now = self._clock()
         cutoff = "(" + _member(retention_cutoff_ms(now, self._retention), "")

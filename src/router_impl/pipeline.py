@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate,
 Kind = Literal["chat", "completion"]
 BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
 _RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
+_COMPLETED_RECORD_IDS = uuid.UUID("5c1e8f3a-7d7b-4c55-9a8e-2f0b7f6d4e21")  # uuid5 namespace
 
 log = structlog.get_logger("router.pipeline")
 
@@ -225,7 +227,14 @@ class Pipeline:
             reply = render(call, completed)
             if ticket is not None and ticket.headers:
                 reply = replace(reply, headers={**reply.headers, **ticket.headers})
-            await self._account(call, completed, reply.status, stream=False, ticket=ticket)
+            await self._account(
+                call,
+                completed,
+                reply.status,
+                stream=False,
+                ticket=ticket,
+                record_id=_completed_record_id(call),
+            )
         except BaseException:
             await self._release(call, began)
             raise
@@ -404,7 +413,14 @@ class Pipeline:
         return Completed(routed, payload, answer.body, usage, cost, latency_ms)
 
     async def _account(
-        self, call: Call, completed: Completed, status: int, *, stream: bool, ticket: Ticket | None
+        self,
+        call: Call,
+        completed: Completed,
+        status: int,
+        *,
+        stream: bool,
+        ticket: Ticket | None,
+        record_id: uuid.UUID | None = None,
     ) -> None:
         if ticket is not None and self.limits is not None:
             tokens = completed.usage.tokens_input + completed.usage.tokens_output
@@ -427,6 +443,7 @@ class Pipeline:
             span_id=call.span_id,
             timestamp=self.now(),
             budget_snapshot=_budget_after(ticket, completed),
+            record_id=record_id,
         )
         routed = completed.routed
         if self.on_routed is not None:
@@ -541,6 +558,7 @@ class Pipeline:
                         status,
                         stream=True,
                         ticket=ticket,
+                        record_id=_completed_record_id(call) if finished else None,
                     )
                 except ApiError:
                     finished = False  # logged; the answer was relayed, so only its replay is withheld
@@ -627,6 +645,18 @@ def _budget_after(ticket: Ticket | None, completed: Completed) -> dict[str, Any]
         left = view.micro_usd_remaining + ticket.reserved_micro_usd - completed.cost_micro_usd
         snapshot["currency_remaining"] = micro_to_usd(max(0, left))
     return snapshot
+
+
+def _completed_record_id(call: Call) -> uuid.UUID | None:
+    """The usage record id of a completed idempotent request: derived from its key, so that when the
+    key's stored reply is lost (the router died between committing the record and storing the reply,
+    or the store failed) the retry that runs again yields the same record_id, which consumers
+    de-duplicate: billed once. Denials, failures and broken streams keep random ids (each is billed
+    on its own, and the key is released for the retry)."""
+    if call.idempotency_key is None:
+        return None
+    scope = f"{call.principal.organization_id}\x00{call.idempotency_key}\x00{call.fingerprint}"
+    return uuid.uuid5(_COMPLETED_RECORD_IDS, scope)
 
 
 def _replayed(reply: StoredReply) -> FinalReply:

@@ -152,5 +152,20 @@ class KafkaTransport:
             await asyncio.to_thread(producer.flush, 1.0)
 
 
+# The broker refuses this idempotent producer's identity (id, epoch, sequence) and will refuse every
+# later message of it, yet librdkafka does not flag these fatal: after a 30 s broker freeze Tansu
+# answered PRODUCER_FENCED to every round, for ever. A new producer gets a new id.
+_PRODUCER_STATE_ERRORS = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    }
+)
+
+
 def _is_fatal(error: object) -> bool:
-    return isinstance(error, KafkaError) and (error.fatal() or error.code() == KafkaError._FATAL)
+    return isinstance(error, KafkaError) and (
+        error.fatal() or error.code() == KafkaError._FATAL or error.code() in _PRODUCER_STATE_ERRORS
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -45,6 +46,7 @@ class UsageFacts:
     retry_count: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     budget_snapshot: dict[str, Any] | None = None  # {period, tokens_remaining?, currency_remaining?}
+    record_id: uuid.UUID | None = None  # None: a new random id
 
 
 def build_record(facts: UsageFacts) -> UsageRecord:
@@ -55,7 +57,7 @@ def build_record(facts: UsageFacts) -> UsageRecord:
     return UsageRecord.model_validate(
         {
             "schema_version": 1,
-            "record_id": str(random_uuid4()),
+            "record_id": str(facts.record_id or random_uuid4()),
             "request_id": facts.request_id,
             "organization_id": facts.organization_id,
             "api_key_id": facts.api_key_id,

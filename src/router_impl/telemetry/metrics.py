@@ -12,6 +12,7 @@ worker, aggregates them. Gauges say how: ``max`` for shared state, ``min`` for "
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -204,6 +205,14 @@ class Metrics:
         self.config_rejected = Counter(
             "router_config_rejected", "Invalid config snapshots or objects rejected.", registry=r
         )
+        # Tasks only pile up when something never finishes (a hung call, a leaked watcher): the
+        # figure a leak shows first. Sampled with the other state gauges, from inside the loop.
+        self.event_loop_tasks = Gauge(
+            "router_event_loop_tasks",
+            "asyncio tasks alive in the event loop.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         build = Gauge(
             "router_build_info",
             "Build of this router (always 1).",
@@ -225,6 +234,14 @@ class Metrics:
     def refresh(self) -> None:
         for source in self._sources:
             self._apply(source())
+        self._count_tasks()
+
+    def _count_tasks(self) -> None:
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no running loop (a unit test); a scrape always runs in one
+            return
+        self.event_loop_tasks.set(len(tasks))
 
     def _apply(self, sample: Sample) -> None:
         current = set()

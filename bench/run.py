@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variant",
         default="embedded",
         help="router variants, comma-separated: "
-        + "; ".join(f"{k} = {v.description}" for k, v in ROUTER_VARIANTS.items()),
+        + "; ".join(f"{k} = {v.description}" for k, v in ROUTER_VARIANTS.items()).replace("%", "%%"),
     )
     parser.add_argument(
         "--router-env",

@@ -50,12 +50,16 @@ check: lint typecheck codegen-check
 fuzz: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/contract/test_fuzz.py
 
-# Benchmark: fake upstream direct, thin aiohttp proxy and the router (--demo), ratios from one run (bench/README.md).
-# BENCH_ARGS e.g. "--duration 3 --conc 1,64", "--variant embedded,redis", "--stream", "--idempotency",
-# "--litellm-venv DIR", "--json out.json --markdown bench/README.md".
-bench: $(STAMP)
+# Benchmark: fake upstream direct, thin aiohttp proxy, the router embedded and with the full shared
+# pipeline (Redis, Kafka: the dev services are started, `make dev-down` stops them), LiteLLM when
+# LITELLM_VENV names its venv; c=1,64,256; ratios from one run (bench/README.md).
+# BENCH_ARGS e.g. "--duration 3 --conc 1,64", "--variant embedded,redis", "--stream",
+# "--profile DIR" (py-spy per router row), "--json out.json --markdown bench/README.md".
+BENCH_ARGS ?= --variant embedded,full --idempotency
+bench: $(STAMP) services
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python tools/services.py up >/dev/null
+	$(BIN)/python bench/run.py $(BENCH_ARGS) $(if $(LITELLM_VENV),--litellm-venv $(LITELLM_VENV),)
 
 # Helm chart (helm/api-router): lint, render with every values file, validate the manifests for the
 # oldest and newest Kubernetes, prove bad values fail (tools/helm_check.py). Its own venv (~390 MB:

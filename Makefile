@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz bench dev-up dev-down clean helm-check smoke load
+.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz bench dev-up dev-down clean helm-check smoke load
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' 
@@ -45,6 +45,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck codegen-check
+
+# Fault suite (tests/chaos, docs/reliability.md): Redis, etcd and Kafka outages, SIGKILL, backend
+# faults, all under load; `make test` runs it too.
+chaos: $(STAMP) services
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/chaos
 
 # schemathesis against a live router on a free port (all checks, fixed seed + a random one).
 fuzz: $(STAMP) services

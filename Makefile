@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck fuzz bench dev-up dev-down clean helm-check smoke load
+.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz bench dev-up dev-down clean helm-check smoke load
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' 
@@ -46,16 +46,25 @@ typecheck: $(STAMP)
 
 check: lint typecheck codegen-check
 
+# Fault suite (tests/chaos, docs/reliability.md): Redis, etcd and Kafka outages, SIGKILL, backend
+# faults, all under load; `make test` runs it too.
+chaos: $(STAMP) services
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/chaos
+
 # schemathesis against a live router on a free port (all checks, fixed seed + a random one).
 fuzz: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/contract/test_fuzz.py
 
-# Benchmark: fake upstream direct, thin aiohttp proxy and the router (--demo), ratios from one run (bench/README.md).
-# BENCH_ARGS e.g. "--duration 3 --conc 1,64", "--variant embedded,redis", "--stream", "--idempotency",
-# "--litellm-venv DIR", "--json out.json --markdown bench/README.md".
-bench: $(STAMP)
+# Benchmark: fake upstream direct, thin aiohttp proxy, the router embedded and with the full shared
+# pipeline (Redis, Kafka: the dev services are started, `make dev-down` stops them), LiteLLM when
+# LITELLM_VENV names its venv; c=1,64,256; ratios from one run (bench/README.md).
+# BENCH_ARGS e.g. "--duration 3 --conc 1,64", "--variant embedded,redis", "--stream",
+# "--profile DIR" (py-spy per router row), "--json out.json --markdown bench/README.md".
+BENCH_ARGS ?= --variant embedded,full --idempotency
+bench: $(STAMP) services
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python tools/services.py up >/dev/null
+	$(BIN)/python bench/run.py $(BENCH_ARGS) $(if $(LITELLM_VENV),--litellm-venv $(LITELLM_VENV),)
 
 # Helm chart (helm/api-router): lint, render with every values file, validate the manifests for the
 # oldest and newest Kubernetes, prove bad values fail (tools/helm_check.py). Its own venv (~390 MB:

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variant",
         default="embedded",
         help="router variants, comma-separated: "
-        + "; ".join(f"{k} = {v.description}" for k, v in ROUTER_VARIANTS.items()),
+        + "; ".join(f"{k} = {v.description}" for k, v in ROUTER_VARIANTS.items()).replace("%", "%%"),
     )
     parser.add_argument(
         "--router-env",
@@ -101,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--markdown", type=Path, default=None, help="append a dated section to this markdown file"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary dir with server logs")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy each measured router row into DIR/<target>-c<N>.txt (collapsed stacks, 100 Hz)",
+    )
     args = parser.parse_args(argv)
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
     unknown = set(args.targets) - set(TARGET_KINDS)
@@ -204,7 +212,10 @@ def measure(target: Target, upstream: Target, conc: int, args: argparse.Namespac
             runner.run(target.url, conc, args.warmup, {**env, "BENCH_NONCE": f"w{time.time_ns():x}"})
         pid, upstream_pid = target.process.pid, upstream.process.pid
         cpu_before, upstream_before = cpu_seconds(pid), cpu_seconds(upstream_pid)
-        result = runner.run(target.url, conc, args.duration, {**env, "BENCH_NONCE": f"m{time.time_ns():x}"})
+        with profiled(args.profile, target, conc, args.duration):
+            result = runner.run(
+                target.url, conc, args.duration, {**env, "BENCH_NONCE": f"m{time.time_ns():x}"}
+            )
         cpu_after, upstream_after = cpu_seconds(pid), cpu_seconds(upstream_pid)
         row.rss_mib = rss_mib(pid)
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
@@ -225,6 +236,25 @@ def measure(target: Target, upstream: Target, conc: int, args: argparse.Namespac
     elif result.requests == 0:
         row.error = "no completed requests"
     return row
+
+
+@contextmanager
+def profiled(directory: Path | None, target: Target, conc: int, duration: float) -> Iterator[None]:
+    """py-spy samples the router (its workers too) while wrk runs: where its CPU goes, per row."""
+    if directory is None or not target.name.startswith("router") or target.process.pid is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{target.name.replace(':', '-')}-c{conc}.txt"
+    command = [spy, "record", "--pid", str(target.process.pid), "--subprocesses", "--rate", "100"]
+    command += ["--duration", str(max(1, int(duration))), "--format", "raw", "--output", str(out)]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spying:
+        try:
+            yield
+        finally:
+            with suppress(subprocess.TimeoutExpired):
+                spying.wait(timeout=duration + 10)
 
 
 def git_commit() -> str:

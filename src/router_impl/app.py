@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +61,7 @@ from router_impl.limits.service import LimitsService
 from router_impl.limits.store_memory import MemoryLimitStore
 from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.pipeline import Pipeline
+from router_impl.redis_mux import RedisMux
 from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
 from router_impl.routing.dispatcher import Dispatcher
@@ -99,7 +101,15 @@ _CONNEXION_MIDDLEWARES = [
 ]
 
 
-def _redis(settings: Settings) -> Redis | None:
+@dataclass(frozen=True)
+class _SharedRedis:
+    """redis-py for the occasional command; one pipelined connection for the per-request scripts."""
+
+    client: Redis
+    scripts: RedisMux
+
+
+def _redis(settings: Settings) -> _SharedRedis | None:
     if not settings.redis_url:
         return None
     pool = BlockingConnectionPool.from_url(
@@ -110,7 +120,8 @@ def _redis(settings: Settings) -> Redis | None:
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 1),
     )
-    return Redis.from_pool(pool)
+    scripts = RedisMux.from_url(settings.redis_url, timeout=settings.redis_timeout_seconds)
+    return _SharedRedis(Redis.from_pool(pool), scripts)
 
 
 def _secret(value: Any) -> str | None:
@@ -135,7 +146,8 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
     overlay = _demo_overlay(settings, lifecycle) if settings.demo else None
     redis = _redis(settings)
     if redis is not None:
-        lifecycle.on_stop(redis.aclose)
+        lifecycle.on_stop(redis.client.aclose)
+        lifecycle.on_stop(redis.scripts.aclose)
 
     box = SecretBox.from_settings(_secret(settings.secret_key), settings.data_dir)
     identity: IdentityServiceKeyStore | None = None
@@ -167,7 +179,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
 
     nonces: NonceStore
     if redis is not None:
-        nonces = RedisNonceStore(redis)
+        nonces = RedisNonceStore(redis.client)
     else:
         nonces = MemoryNonceStore(settings.nonce_max_entries)
         if settings.workers > 1:
@@ -290,10 +302,10 @@ def _sync(close: Any) -> Any:
     return run
 
 
-def _audit(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> AuditLog:
+def _audit(settings: Settings, redis: _SharedRedis | None, lifecycle: Lifecycle) -> AuditLog:
     retention = settings.audit_retention_seconds
     if redis is not None:
-        shared = RedisAuditLog(redis, retention)
+        shared = RedisAuditLog(redis.client, retention, scripts=redis.scripts)
         lifecycle.background(every(300, lambda: shared.sweep(time.time())))
         return shared
     store = LmdbAuditLog(settings.data_dir / "audit", settings.audit_map_size_bytes, retention)
@@ -303,7 +315,11 @@ def _audit(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> Aud
 
 
 def _limits(
-    settings: Settings, redis: Redis | None, config: ConfigHolder, lifecycle: Lifecycle, metrics: Metrics
+    settings: Settings,
+    redis: _SharedRedis | None,
+    config: ConfigHolder,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
 ) -> LimitsService:
     """Buckets and budget counters in Redis when configured (this process's own store stands in for
     fail_open organisations while Redis is down), else in process."""
@@ -322,17 +338,17 @@ def _limits(
     return LimitsService(
         config=config.current,
         local=local,
-        shared=RedisLimitStore(redis) if redis is not None else None,
+        shared=RedisLimitStore(redis.client, scripts=redis.scripts) if redis is not None else None,
         budget_service=budget_service,
         default_max_tokens_cap=settings.limits_default_max_tokens_cap,
         on_denied=lambda denied, period: metrics.observe_denial(denied.limit_state, denied.scope, period),
     )
 
 
-def _idempotency(settings: Settings, redis: Redis | None, lifecycle: Lifecycle) -> IdempotencyStore:
+def _idempotency(settings: Settings, redis: _SharedRedis | None, lifecycle: Lifecycle) -> IdempotencyStore:
     ttl, lease = settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds
     if redis is not None:
-        return RedisIdempotencyStore(redis, ttl, lease)
+        return RedisIdempotencyStore(redis.client, ttl, lease, scripts=redis.scripts)
     if settings.idempotency_store == "memory":
         return MemoryIdempotencyStore(settings.idempotency_max_entries, ttl, lease)
     store = LmdbIdempotencyStore(

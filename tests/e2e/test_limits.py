@@ -46,8 +46,8 @@ PER_REQUEST_MICRO_USD = 90
 LIMITS: dict[str, dict[str, Any]] = {
     "org-burst": {"rate_limits": {"requests_per_minute": 6, "burst": 5}},
     # fail_closed: exactness is promised while Redis answers; a stray timeout must not count locally.
-    "org-bucket100": {"rate_limits": {"requests_per_minute": 1, "burst": 100}, "failure_mode": "fail_closed"},
-    "org-budget50": {"budgets": {"daily_tokens": 50 * PER_REQUEST}, "failure_mode": "fail_closed"},
+    "org-bucket250": {"rate_limits": {"requests_per_minute": 1, "burst": 250}, "failure_mode": "fail_closed"},
+    "org-budget100": {"budgets": {"daily_tokens": 100 * PER_REQUEST}, "failure_mode": "fail_closed"},
     "org-daily": {"budgets": {"daily_tokens": 3 * PER_REQUEST, "monthly_tokens": 1_000_000}},
     "org-monthly-usd": {"budgets": {"monthly_usd": 3 * PER_REQUEST_MICRO_USD / 1_000_000}},
     "org-reset": {"rate_limits": {"requests_per_minute": 1, "burst": 2}},
@@ -112,7 +112,7 @@ async def _burst(
     """``count`` concurrent requests, spread evenly over ``routers``."""
     clients = [
         httpx.AsyncClient(
-            base_url=r.base_url, trust_env=False, timeout=20, limits=httpx.Limits(max_connections=100)
+            base_url=r.base_url, trust_env=False, timeout=30, limits=httpx.Limits(max_connections=count)
         )
         for r in routers
     ]
@@ -166,27 +166,27 @@ def test_a_burst_over_the_bucket_gets_429_with_retry_after_and_never_reaches_the
     assert (audit.json()["action"], audit.json()["limit_state"]) == ("REQUEST_DENIED", "RATE_LIMITED")
 
 
-async def test_200_concurrent_requests_on_two_routers_take_exactly_the_100_in_the_bucket(pair, mock):
+async def test_500_concurrent_requests_on_two_routers_take_exactly_the_250_in_the_bucket(pair, mock):
     calls = mock.inference_requests
-    answers = await _burst(pair, "org-bucket100", 200)
+    answers = await _burst(pair, "org-bucket250", 500)
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 250, (statuses, _limit_events(pair))
+    assert statuses.count(429) == 250
+    assert mock.inference_requests - calls == 250
+
+
+async def test_500_concurrent_requests_on_two_routers_spend_a_budget_with_room_for_100_exactly(pair, mock):
+    calls = mock.inference_requests
+    answers = await _burst(pair, "org-budget100", 500)
     statuses = [a.status_code for a in answers]
     assert statuses.count(200) == 100, (statuses, _limit_events(pair))
-    assert statuses.count(429) == 100
+    assert statuses.count(402) == 400
     assert mock.inference_requests - calls == 100
-
-
-async def test_200_concurrent_requests_on_two_routers_spend_a_budget_with_room_for_50_exactly(pair, mock):
-    calls = mock.inference_requests
-    answers = await _burst(pair, "org-budget50", 200)
-    statuses = [a.status_code for a in answers]
-    assert statuses.count(200) == 50, (statuses, _limit_events(pair))
-    assert statuses.count(402) == 150
-    assert mock.inference_requests - calls == 50
     state = httpx.get(
-        f"{pair[0].base_url}/v1/admin/orgs/org-budget50/limits", headers=auth(KEYS["admin"]), trust_env=False
+        f"{pair[0].base_url}/v1/admin/orgs/org-budget100/limits", headers=auth(KEYS["admin"]), trust_env=False
     ).json()
     daily = next(b for b in state["state"]["budgets"] if b["period"] == "DAILY")
-    assert (daily["tokens_used"], daily["tokens_limit"]) == (50 * PER_REQUEST, 50 * PER_REQUEST)
+    assert (daily["tokens_used"], daily["tokens_limit"]) == (100 * PER_REQUEST, 100 * PER_REQUEST)
 
 
 def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, clients):

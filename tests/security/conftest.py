@@ -7,5 +7,6 @@ from tests.e2e.conftest import (  # noqa: F401 -- fixtures, found by name
     fleet,
     make_config,
     mock,
+    router,
     start_router,
 )

@@ -7,18 +7,18 @@ own key expiry (the lease, then the TTL) collects entries; ``u`` lets the script
 caller's clock exactly as the embedded stores do. Keep these keys out of ``allkeys-*`` eviction: an
 evicted reply is a retry billed twice.
 
-Command timeouts and retries are the client's (``socket_timeout``, ``retry``); any Redis failure surfaces
-as ``IdempotencyUnavailable``. The client must return bytes (``decode_responses=False``): bodies need not
-be UTF-8.
+The scripts run on ``scripts`` (the request path's pipelined connection, ``redis_mux``) when given,
+else on the client; command timeouts are theirs. Any Redis failure surfaces as
+``IdempotencyUnavailable``. The client must return bytes (``decode_responses=False``): bodies need
+not be UTF-8.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from router_impl.limits.idempotency import (
@@ -39,6 +39,7 @@ from router_impl.limits.idempotency import (
     new_token,
     to_ms,
 )
+from router_impl.redis_mux import RedisMux
 
 # KEYS[1] entry; ARGV fingerprint, token, now_ms, lease_until_ms, lease_ms
 BEGIN_SCRIPT = """
@@ -88,6 +89,7 @@ class RedisIdempotencyStore:
         lease: float = DEFAULT_LEASE_SECONDS,
         key_prefix: str = "idem:",
         *,
+        scripts: RedisMux | None = None,
         token_factory: Callable[[], str] = new_token,
     ) -> None:
         if _decodes_responses(client):
@@ -98,8 +100,9 @@ class RedisIdempotencyStore:
         self._lease_ms = duration_ms(lease, "lease")
         self._prefix = key_prefix
         self._new_token = token_factory
-        self._begin = client.register_script(BEGIN_SCRIPT)
-        self._settle = client.register_script(SETTLE_SCRIPT)
+        host = scripts or client
+        self._begin = host.register_script(BEGIN_SCRIPT)
+        self._settle = host.register_script(SETTLE_SCRIPT)
 
     def redis_key(self, scope: str, key: str) -> str:
         return self._prefix + entry_name(scope, key)
@@ -137,7 +140,7 @@ class RedisIdempotencyStore:
         return bool(await self._run(self._settle, self.redis_key(scope, key), token))
 
     @staticmethod
-    async def _run(script: AsyncScript, key: str, *args: str | int | bytes) -> Any:
+    async def _run(script: Callable[..., Awaitable[Any]], key: str, *args: str | int | bytes) -> Any:
         try:
             return await script(keys=[key], args=args)
         except (RedisError, OSError) as exc:

@@ -15,18 +15,18 @@ lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Red
 yet. A script reads every key before it writes any, so a refusal or an error (a key of the wrong type)
 changes nothing. Counters stay exact below 2**53 (Lua numbers are doubles).
 
-Command timeouts and retries are the client's (``socket_timeout``, ``retry``); any Redis failure surfaces
-as ``LimitStoreUnavailable``. The client must return bytes (``decode_responses=False``).
+The scripts run on ``scripts`` (the request path's pipelined connection, ``redis_mux``) when given,
+else on the client; command timeouts are theirs. Any Redis failure surfaces as
+``LimitStoreUnavailable``. The client must return bytes (``decode_responses=False``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from router_impl.limits.store import (
@@ -43,6 +43,9 @@ from router_impl.limits.store import (
     Period,
     Snapshot,
 )
+from router_impl.redis_mux import RedisMux
+
+Script = Callable[..., Awaitable[Any]]
 
 DEFAULT_EXPIRY_MARGIN_MS = 60_000
 
@@ -182,16 +185,23 @@ _GLOB_SPECIAL = frozenset("\\*?[]")
 
 
 class RedisLimitStore:
-    def __init__(self, redis: Redis, *, expiry_margin_ms: int = DEFAULT_EXPIRY_MARGIN_MS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        scripts: RedisMux | None = None,
+        expiry_margin_ms: int = DEFAULT_EXPIRY_MARGIN_MS,
+    ) -> None:
         if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisLimitStore needs a client with decode_responses=False")
         if expiry_margin_ms < 0:
             raise ValueError("expiry_margin_ms must not be negative")
         self._redis = redis
         self._margin_ms = expiry_margin_ms
-        self._admit = redis.register_script(ADMIT_SCRIPT)
-        self._adjust = redis.register_script(ADJUST_SCRIPT)
-        self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
+        host = scripts or redis
+        self._admit = host.register_script(ADMIT_SCRIPT)
+        self._adjust = host.register_script(ADJUST_SCRIPT)
+        self._snapshot = host.register_script(SNAPSHOT_SCRIPT)
 
     async def admit(self, plan: AdmitPlan) -> Decision:
         args: list[str | int] = [plan.now_ms, self._margin_ms, len(plan.buckets)]
@@ -272,7 +282,7 @@ class RedisLimitStore:
             raise _unavailable(exc) from exc
 
     @staticmethod
-    async def _run(script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _run(script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
             return await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:  # TimeoutError and ConnectionError are OSErrors

@@ -19,7 +19,6 @@ AuditUnavailable.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from router_impl.redis_mux import RedisMux
 from router_impl.usage.audit import (
     DEFAULT_RETENTION_SECONDS,
     AuditEvent,
@@ -81,19 +81,17 @@ class RedisAuditLog:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         key_prefix: str = "audit:",
         *,
+        scripts: RedisMux | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if retention_seconds <= 0:
             raise ValueError("retention_seconds must be positive")
         self._redis = client
-        self._write = client.register_script(_WRITE)
+        # On the pipelined connection, writes recorded in the same loop turn share one round trip.
+        self._write = (scripts or client).register_script(_WRITE)
         self._retention = retention_seconds
         self._prefix = key_prefix
         self._clock = clock
-        # Group write: events recorded while a write is in flight go together in the next one
-        # (one pipeline, one round trip), as the outbox groups its commits.
-        self._queue: list[tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     def _stream(self, organization_id: str | None, action: str | None) -> str:
         org = "all" if organization_id is None else f"org:{organization_id}"
@@ -121,34 +119,10 @@ class RedisAuditLog:
             self._stream(org, None),
             self._stream(org, action),
         )
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, (data, ttl, _member(millis, event_id), cutoff, org, millis), done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="audit-redis-writer")
-        await asyncio.shield(done)
-
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                if len(batch) == 1:
-                    keys, args, _ = batch[0]
-                    outcomes: list[Any] = [await self._write(keys=keys, args=args)]
-                else:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for keys, args, _ in batch:
-                            await self._write(keys=keys, args=args, client=pipe)
-                        outcomes = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # every waiter must hear back, whatever failed
-                outcomes = [exc] * len(batch)
-            for (_, _, done), outcome in zip(batch, outcomes, strict=True):
-                if done.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    error = AuditUnavailable(f"audit store (Redis) failed: {type(outcome).__name__}")
-                    done.set_exception(error)
-                else:
-                    done.set_result(None)
+        try:
+            await self._write(keys=keys, args=(data, ttl, _member(millis, event_id), cutoff, org, millis))
+        except (RedisError, OSError) as exc:
+            raise AuditUnavailable(f"audit store (Redis) failed: {type(exc).__name__}") from exc
 
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         cutoff = retention_cutoff_ms(self._clock(), self._retention)

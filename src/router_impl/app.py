@@ -341,6 +341,8 @@ def _limits(
         shared=RedisLimitStore(redis.client, scripts=redis.scripts) if redis is not None else None,
         budget_service=budget_service,
         default_max_tokens_cap=settings.limits_default_max_tokens_cap,
+        lease_seconds=settings.request_timeout_seconds + settings.limits_lease_margin_seconds,
+        stream_lease_seconds=settings.limits_stream_lease_seconds,
         on_denied=lambda denied, period: metrics.observe_denial(denied.limit_state, denied.scope, period),
     )
 

@@ -268,6 +268,7 @@ class Pipeline:
             choices=choices
             if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0
             else 1,
+            stream=call.stream,
         )
         try:
             ticket = await self.limits.admit(demand)

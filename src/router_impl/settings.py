@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     # Organisations with budgets have max_tokens capped (clamped) at this unless their limits set
     # max_tokens_cap, so a reservation is a true worst case.
     limits_default_max_tokens_cap: int = Field(4096, ge=1, le=1_000_000)
+    # A budget/token reservation is leased for request_timeout_seconds plus this margin (post-call work,
+    # clock skew between replicas); a router killed mid-request has its reservations given back by the
+    # organisation's first admit after the lease. A stream (bounded only by its backend's read timeout)
+    # is leased for limits_stream_lease_seconds; one that runs longer is charged in full at its end.
+    limits_lease_margin_seconds: float = Field(30.0, ge=0, le=3600)
+    limits_stream_lease_seconds: float = Field(900.0, gt=0, le=86_400)
 
     # A Redis command (and connect) not answered within this fails: limits then follow the org's
     # failure mode, idempotency answers 503. Never a hung request.

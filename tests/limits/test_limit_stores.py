@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import event, given, settings
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from router_impl.limits.store import (
+    REAP_BATCH,
     AdmitPlan,
     Admitted,
     BucketAdjust,
@@ -22,6 +23,7 @@ from router_impl.limits.store import (
     CounterRefused,
     CounterSpec,
     Decision,
+    Lease,
     LimitStore,
     LimitStoreUnavailable,
     LockedOut,
@@ -56,6 +58,11 @@ class Org:
     def lockout(self) -> str:
         return f"lockout:{{{self.tag}}}"
 
+    def lease(self, until_ms: int, lease_id: str = "") -> Lease:
+        return Lease(
+            f"lease:{{{self.tag}}}", f"lease:{{{self.tag}}}:held", lease_id or uuid.uuid4().hex, until_ms
+        )
+
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
@@ -83,9 +90,17 @@ def counter(
 
 
 def plan(
-    org: Org, now_ms: int, buckets: tuple[BucketSpec, ...] = (), counters: tuple[CounterSpec, ...] = ()
+    org: Org,
+    now_ms: int,
+    buckets: tuple[BucketSpec, ...] = (),
+    counters: tuple[CounterSpec, ...] = (),
+    lease: Lease | None = None,
 ) -> AdmitPlan:
-    return AdmitPlan(org.lockout, buckets, counters, now_ms)
+    return AdmitPlan(org.lockout, buckets, counters, now_ms, lease)
+
+
+def tokens(key: str, cost: float, capacity: float = 100.0, per_ms: float = 1e-9) -> BucketSpec:
+    return BucketSpec(key, capacity, per_ms, cost, "org", "tokens")
 
 
 async def level_of(store: LimitStore, spec: BucketSpec, now_ms: int) -> float:
@@ -269,6 +284,115 @@ async def test_a_counter_is_forgotten_at_its_expiry(store: LimitStore, org: Org)
     )
 
 
+# ---------------------------------------------------------------------- leases
+
+
+async def test_a_lapsed_lease_is_given_back_by_the_organisations_next_admit(
+    store: LimitStore, org: Org
+) -> None:
+    spend = (tokens(org.bucket("org:tokens"), 40.0), bucket(org.bucket(), per_ms=1e-9))
+    budget = (counter(org.counter(), 30), counter(org.counter("MONTHLY:tokens"), 30, limit=1000))
+    leased = org.lease(T0 + 100)
+    assert await store.admit(plan(org, T0, spend, budget, leased)) == Admitted((60.0, 9.0), (30, 30))
+    nothing = plan(org, T0 + 99, (), (), org.lease(T0 + 200))
+    assert await store.admit(nothing) == Admitted((), ())
+    assert await used_of(store, org.counter(), T0 + 99) == 30
+    assert await store.admit(replace(nothing, now_ms=T0 + 100)) == Admitted((), ())
+    assert await used_of(store, org.counter(), T0 + 100) == 0
+    assert await used_of(store, org.counter("MONTHLY:tokens"), T0 + 100) == 0
+    assert await level_of(store, spend[0], T0 + 100) == pytest.approx(100.0)
+    assert await level_of(store, spend[1], T0 + 100) < 9.5  # a request bucket's 1 is never given back
+    # Reaped once: a settle now charges the actual usage in full, and nothing is given back twice.
+    await store.adjust((), (CounterAdjust(org.counter(), 12 - 30, DAY_END, 30),), T0 + 101, leased)
+    assert await store.admit(replace(nothing, now_ms=T0 + 300)) == Admitted((), ())
+    assert await used_of(store, org.counter(), T0 + 300) == 12
+
+
+async def test_a_settle_within_the_lease_ends_it(store: LimitStore, org: Org) -> None:
+    spend, budget, leased = (
+        (tokens(org.bucket("org:tokens"), 40.0),),
+        (counter(org.counter(), 30),),
+        org.lease(T0 + 10),
+    )
+    assert await store.admit(plan(org, T0, spend, budget, leased)) == Admitted((60.0,), (30,))
+    await store.adjust(
+        (BucketAdjust(spend[0].key, 100.0, 1e-9, 40.0 - 25.0, 40.0),),
+        (CounterAdjust(org.counter(), 25 - 30, DAY_END, 30),),
+        T0 + 5,
+        leased,
+    )
+    assert await store.admit(plan(org, T0 + 10, (), (), org.lease(T0 + 20))) == Admitted((), ())
+    assert await used_of(store, org.counter(), T0 + 10) == 25
+    assert await level_of(store, spend[0], T0 + 10) == pytest.approx(75.0)
+
+
+async def test_a_late_settle_and_a_late_refund_count_the_actual_usage_once(
+    store: LimitStore, org: Org
+) -> None:
+    spend, budget = (tokens(org.bucket("org:tokens"), 40.0),), (counter(org.counter(), 30),)
+    settled, refunded = org.lease(T0 + 10), org.lease(T0 + 10)
+    assert await store.admit(plan(org, T0, spend, budget, settled)) == Admitted((60.0,), (30,))
+    assert await store.admit(plan(org, T0, spend, budget, refunded)) == Admitted((20.0,), (60,))
+    assert await store.admit(plan(org, T0 + 10, (), (), org.lease(T0 + 20))) == Admitted((), ())
+    assert await used_of(store, org.counter(), T0 + 10) == 0
+    await store.adjust(
+        (BucketAdjust(spend[0].key, 100.0, 1e-9, 40.0 - 25.0, 40.0),),
+        (CounterAdjust(org.counter(), 25 - 30, DAY_END, 30),),
+        T0 + 11,
+        settled,
+    )
+    await store.adjust(
+        (BucketAdjust(spend[0].key, 100.0, 1e-9, 40.0, 40.0),),
+        (CounterAdjust(org.counter(), -30, DAY_END, 30),),
+        T0 + 11,
+        refunded,
+    )
+    assert await used_of(store, org.counter(), T0 + 11) == 25
+    assert await level_of(store, spend[0], T0 + 11) == pytest.approx(75.0)
+
+
+async def test_a_reap_leaves_a_counter_of_a_past_period_alone(store: LimitStore, org: Org) -> None:
+    yesterday, today = org.counter("DAILY:d1:tokens"), org.counter("DAILY:d2:tokens")
+    leased = org.lease(T0 + 1_000)
+    assert await store.admit(
+        plan(org, T0, (), (counter(yesterday, 30, expires_at_ms=T0 + 500),), leased)
+    ) == (Admitted((), (30,)))
+    fresh = counter(today, 5, expires_at_ms=T0 + 90_000)
+    assert await store.admit(plan(org, T0 + 600, (), (fresh,), org.lease(T0 + 5_000))) == Admitted((), (5,))
+    assert await store.admit(plan(org, T0 + 1_000, (), (fresh,), org.lease(T0 + 5_000))) == Admitted(
+        (), (10,)
+    )
+    assert await used_of(store, today, T0 + 1_000) == 10
+    assert await used_of(store, yesterday, T0 + 1_000) == 0
+
+
+async def test_a_reap_does_not_lift_a_lockout(store: LimitStore, org: Org) -> None:
+    key = org.counter()
+    assert await store.admit(plan(org, T0, (), (counter(key, 100),), org.lease(T0 + 10))) == Admitted(
+        (), (100,)
+    )
+    assert await store.admit(plan(org, T0 + 1, (), (counter(key, 1),), org.lease(T0 + 11))) == CounterRefused(
+        0, 100
+    )
+    locked = LockedOut(DAY_END, "DAILY")
+    assert await store.admit(plan(org, T0 + 10, (), (counter(key, 1),), org.lease(T0 + 20))) == locked
+    assert await store.snapshot((), (key,), org.lockout, T0 + 10) == Snapshot((), (0,), locked)  # reaped
+
+
+async def test_one_admit_reaps_at_most_a_batch_of_leases_oldest_first(store: LimitStore, org: Org) -> None:
+    key = org.counter()
+    for i in range(REAP_BATCH + 4):
+        leased = org.lease(T0 + 10 + i, f"lease-{i:04d}")
+        assert await store.admit(plan(org, T0, (), (counter(key, 1, limit=10_000),), leased)) == Admitted(
+            (), (i + 1,)
+        )
+    reaper = plan(org, T0 + 10_000, (), (), org.lease(T0 + 20_000))
+    assert await store.admit(reaper) == Admitted((), ())
+    assert await used_of(store, key, T0 + 10_000) == 4
+    assert await store.admit(reaper) == Admitted((), ())
+    assert await used_of(store, key, T0 + 10_000) == 0
+
+
 # ---------------------------------------------------------------------- snapshot and clear
 
 
@@ -381,10 +505,16 @@ async def test_memory_store_full_of_live_entries_refuses_and_takes_nothing(org: 
 
 @dataclass(frozen=True)
 class World:
-    """Two buckets and two counters of one organisation, with their fixed shapes."""
+    """Two buckets (b0 of tokens, leased; b1 of requests) and two counters of one organisation, with
+    their fixed shapes."""
 
     shapes: tuple[tuple[float, float], ...]  # (capacity, per_ms) of each bucket
     counters: tuple[tuple[int, int, Period], ...]  # (limit, expires_at_ms, period) of each counter
+
+    def bucket(self, org: Org, i: int, cost: float) -> BucketSpec:
+        return BucketSpec(
+            org.bucket(f"b{i}"), *self.shapes[i], cost, "org", "tokens" if i == 0 else "requests"
+        )
 
 
 finite = {"allow_nan": False, "allow_infinity": False}
@@ -395,7 +525,6 @@ worlds = st.builds(
         *[st.tuples(st.integers(0, 60), st.integers(T0, T0 + 400), st.sampled_from(["DAILY", "MONTHLY"]))] * 2
     ),
 )
-subsets = st.lists(st.integers(0, 1), unique=True, max_size=2)
 operations = st.lists(
     st.one_of(
         st.tuples(
@@ -405,6 +534,8 @@ operations = st.lists(
                 st.tuples(st.integers(0, 1), st.floats(0, 20, **finite)), max_size=2, unique_by=lambda t: t[0]
             ),
             st.lists(st.tuples(st.integers(0, 1), st.integers(0, 25)), max_size=2, unique_by=lambda t: t[0]),
+            # The lease's length, often short enough to lapse before its settle (None: no lease).
+            st.integers(0, 48).map(lambda ms: None if ms > 40 else ms),
         ),
         st.tuples(
             st.just("adjust"),
@@ -418,31 +549,61 @@ operations = st.lists(
                 st.tuples(st.integers(0, 1), st.integers(-30, 30)), max_size=2, unique_by=lambda t: t[0]
             ),
         ),
+        # Settle an admitted leased plan (which one, the actual usage): in time, or after its reaping.
+        st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 7), st.integers(0, 30)),
+        st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 7), st.integers(0, 30)),
     ),
     min_size=1,
     max_size=25,
 )
 
 
-async def apply(
-    store: LimitStore, org: Org, world: World, op: tuple[object, ...], now: int
-) -> Decision | None:
-    kind, _, bucket_ops, counter_ops = op
-    assert isinstance(bucket_ops, list) and isinstance(counter_ops, list)
+Step = AdmitPlan | tuple[tuple[BucketAdjust, ...], tuple[CounterAdjust, ...], Lease | None]
+
+
+def step(world: World, org: Org, op: tuple[object, ...], now: int, leased: list[AdmitPlan]) -> Step:
+    """The store call ``op`` makes; a settle takes its plan off ``leased``."""
+    kind = op[0]
     if kind == "admit":
-        buckets = tuple(
-            BucketSpec(org.bucket(f"b{i}"), *world.shapes[i], cost, "org", "tokens") for i, cost in bucket_ops
-        )
+        _, _, bucket_ops, counter_ops, lease_ms = op
+        assert isinstance(bucket_ops, list) and isinstance(counter_ops, list)
+        buckets = tuple(world.bucket(org, i, cost) for i, cost in bucket_ops)
         counters = tuple(
             CounterSpec(org.counter(f"c{j}"), world.counters[j][0], amount, *world.counters[j][1:], "tokens")
             for j, amount in counter_ops
         )
-        return await store.admit(AdmitPlan(org.lockout, buckets, counters, now))
-    await store.adjust(
-        tuple(BucketAdjust(org.bucket(f"b{i}"), *world.shapes[i], delta) for i, delta in bucket_ops),
-        tuple(CounterAdjust(org.counter(f"c{j}"), delta, world.counters[j][1]) for j, delta in counter_ops),
-        now,
+        assert lease_ms is None or isinstance(lease_ms, int)
+        lease = None if lease_ms is None else org.lease(now + lease_ms)
+        return AdmitPlan(org.lockout, buckets, counters, now, lease)
+    if kind == "adjust":
+        _, _, bucket_ops, counter_ops = op
+        assert isinstance(bucket_ops, list) and isinstance(counter_ops, list)
+        return (
+            tuple(BucketAdjust(org.bucket(f"b{i}"), *world.shapes[i], delta) for i, delta in bucket_ops),
+            tuple(CounterAdjust(org.counter(f"c{j}"), d, world.counters[j][1]) for j, d in counter_ops),
+            None,
+        )
+    _, _, pick, actual = op
+    assert isinstance(pick, int) and isinstance(actual, int)
+    if not leased:
+        return ((), (), None)
+    admitted = leased.pop(pick % len(leased))
+    return (
+        tuple(
+            BucketAdjust(b.key, b.capacity, b.per_ms, b.cost - min(float(actual), b.capacity), b.cost)
+            for b in admitted.buckets
+            if b.kind == "tokens"
+        ),
+        tuple(CounterAdjust(c.key, actual - c.amount, c.expires_at_ms, c.amount) for c in admitted.counters),
+        admitted.lease,
     )
+
+
+async def run(store: LimitStore, call: Step, now: int) -> Decision | None:
+    if isinstance(call, AdmitPlan):
+        return await store.admit(call)
+    buckets, counters, lease = call
+    await store.adjust(buckets, counters, now, lease)
     return None
 
 
@@ -459,20 +620,34 @@ async def shared_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 
 @pytest.mark.services
-@settings(max_examples=150)
+@settings(max_examples=500)
 @given(world=worlds, ops=operations)
 async def test_memory_and_redis_give_identical_decisions_and_snapshots(
     shared_client: Redis, world: World, ops: list[tuple[object, ...]]
 ) -> None:
     org = Org(f"prop-{uuid.uuid4().hex}")
-    # The smallest map that holds the world: every step sweeps, so eviction is exercised too.
-    memory, redis = MemoryLimitStore(max_entries=5), RedisLimitStore(shared_client)
+    # The smallest map that holds the world (and its leases): every step sweeps, so eviction is
+    # exercised too.
+    memory, redis = MemoryLimitStore(max_entries=6), RedisLimitStore(shared_client)
     now = T0
+    leased: list[AdmitPlan] = []
     for op in ops:
-        step = op[1]
-        assert isinstance(step, int)
-        now += step
-        decision = await apply(memory, org, world, op, now)
-        assert decision == await apply(redis, org, world, op, now), op
+        elapsed = op[1]
+        assert isinstance(elapsed, int)
+        now += elapsed
+        call = step(world, org, op, now, leased)
+        decision = await run(memory, call, now)
+        assert decision == await run(redis, call, now), op
+        if (
+            isinstance(call, AdmitPlan)
+            and call.lease
+            and any(p.lease and p.lease.until_ms <= now for p in leased)
+        ):
+            event("reaps")
+        if isinstance(call, AdmitPlan) and isinstance(decision, Admitted) and call.lease is not None:
+            leased.append(call)
+            event("leased")
+        if op[0] == "settle" and isinstance(call, tuple) and call[2] is not None:
+            event("settled late" if call[2].until_ms <= now else "settled in time")
         event(type(decision).__name__)
         assert await everything(memory, org, world, now) == await everything(redis, org, world, now), op

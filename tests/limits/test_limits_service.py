@@ -77,6 +77,7 @@ async def service(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         shared: MemoryLimitStore | None = None,
         budget_service: Any = None,
         monotonic: Callable[[], float] | None = None,
+        **options: Any,
     ) -> LimitsService:
         config = RuntimeConfig(org_limits=limits)
         store: Any = shared if shared is not None else (RedisLimitStore(redis) if redis is not None else None)
@@ -87,6 +88,7 @@ async def service(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
             budget_service=budget_service,
             now=clock or WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC)),
             monotonic=monotonic or ManualClock(),
+            **options,
         )
 
     yield make
@@ -206,6 +208,66 @@ async def test_budget_lockout_holds_after_a_refund_until_an_admin_reset(service:
     cleared = await limits.reset(ORG, "buckets", None)
     assert "lockout" in cleared
     assert await limits.admit(demand(prompt=1, max_tokens=1)) is not None
+
+
+async def test_a_reservation_never_settled_is_given_back_by_the_first_admit_after_its_lease(
+    service: Factory,
+) -> None:
+    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=100))}, clock=clock, lease_seconds=10)
+    killed = await limits.admit(demand(prompt=10, max_tokens=40))  # its router dies: never settled
+    assert killed is not None and killed.lease is not None
+    clock.advance(9.999)
+    served = await limits.admit(demand(prompt=10, max_tokens=40))  # the lease holds: 100 used
+    assert served is not None
+    await limits.settle(served, tokens=30, micro_usd=0)
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [80]
+    clock.advance(0.001)
+    assert await limits.admit(demand(prompt=1, max_tokens=1)) is not None  # reaps the killed 50 first
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [32]
+
+
+async def test_a_request_that_outlived_its_lease_is_charged_its_actual_usage_once(service: Factory) -> None:
+    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    org = OrgLimits(
+        budgets=BudgetLimits(daily_tokens=1000), rate_limits=RateLimitConfig(tokens_per_minute=6_000_000)
+    )
+    limits = service({ORG: org}, clock=clock, lease_seconds=10)
+    slow = await limits.admit(demand(prompt=10, max_tokens=40))
+    assert slow is not None
+    clock.advance(11)
+    other = await limits.admit(demand(prompt=10, max_tokens=40))  # gives the slow one's 50 back
+    assert other is not None
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [50]
+    await limits.settle(slow, tokens=20, micro_usd=0)  # its lease is gone: all 20 are charged
+    await limits.settle(other, tokens=30, micro_usd=0)
+    state = await limits.state(ORG)
+    assert [b.tokens_used for b in state.budgets] == [50]
+    assert state.tokens_remaining == 6_000_000 - 50  # the token bucket too (it refills 1 per 10 us)
+    late_refund = await limits.admit(demand(prompt=10, max_tokens=40))
+    assert late_refund is not None
+    clock.advance(11)
+    assert await limits.admit(demand(prompt=0, max_tokens=1)) is not None
+    await limits.refund(late_refund)  # reaped already: nothing more to give back
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [51]
+
+
+async def test_a_stream_holds_its_reservation_for_the_longer_stream_lease(service: Factory) -> None:
+    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    limits = service(
+        {ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=1000))},
+        clock=clock,
+        lease_seconds=10,
+        stream_lease_seconds=100,
+    )
+    stream = Demand(ORG, "key-1", 10, 40, PRICING, stream=True)
+    assert await limits.admit(stream) is not None
+    clock.advance(99)
+    assert await limits.admit(demand(prompt=0, max_tokens=1)) is not None
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [51]
+    clock.advance(1)
+    assert await limits.admit(demand(prompt=0, max_tokens=1)) is not None
+    assert [b.tokens_used for b in (await limits.state(ORG)).budgets] == [2]
 
 
 async def test_the_budget_period_rolls_over_exactly_at_utc_midnight(service: Factory) -> None:

@@ -12,6 +12,13 @@ the limit store in one atomic step (one Redis round trip when shared):
   request reserves its worst case (prompt estimate + ``max_tokens``, capped); ``settle`` moves the
   reservation to the actual figures, ``refund`` gives it back after a failure.
 
+Each admitted reservation is leased (``store.Lease``) for ``lease_seconds`` (the request timeout plus a
+margin), a stream's for ``stream_lease_seconds``: a stream is bounded only by its backend's read
+timeout, so no lease covers every stream; one that outlives its lease has its reservation given back by
+the next admit of the organisation and is charged in full when it settles, so the totals stay right
+and only the budget's hold on that stream lapses early. A router killed mid-request never settles:
+its leases lapse and the organisation's next admits give the reservations back.
+
 A refusal is a ``LimitDenied`` (429 ``RATE_LIMIT_EXCEEDED`` with ``Retry-After`` from the refill
 rate, or 402 ``BUDGET_EXCEEDED`` with the period's remaining tokens and currency); nothing was
 taken. Budgets come from the runtime config, else from the external budget service when one is
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +55,7 @@ from router_impl.limits.store import (
     CounterAdjust,
     CounterRefused,
     CounterSpec,
+    Lease,
     LimitStore,
     LimitStoreUnavailable,
     LockedOut,
@@ -109,6 +118,7 @@ class Demand:
     max_tokens: int | None  # as the client asked (None: not set)
     pricing: ModelPricing
     choices: int = 1  # n: each choice may use max_tokens
+    stream: bool = False  # streamed: held under the longer stream lease
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class Ticket:
     max_tokens: int | None  # send this max_tokens to the backend (clamped); None: leave the body alone
     headers: dict[str, str] = field(default_factory=dict)
     budget: BudgetView | None = None  # the tightest period after the reservation, for the usage record
+    lease: Lease | None = None  # ended by settle or refund
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,9 @@ class LimitsService:
         default_max_tokens_cap: int = 4096,
         retry_shared_seconds: float = 1.0,
         on_denied: Callable[[LimitDenied, Period | None], None] | None = None,
+        lease_seconds: float = 150.0,
+        stream_lease_seconds: float = 900.0,
+        lease_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.config = config
         self.local = local
@@ -174,6 +188,9 @@ class LimitsService:
         self.default_max_tokens_cap = default_max_tokens_cap
         self.retry_shared_seconds = retry_shared_seconds
         self.on_denied = on_denied  # each refusal and its budget period (metrics)
+        self.lease_ms = math.ceil(lease_seconds * 1000)
+        self.stream_lease_ms = max(self.lease_ms, math.ceil(stream_lease_seconds * 1000))
+        self.lease_id = lease_id
         self._shared_down_until = 0.0
         self._shared_down_reason: str | None = None
 
@@ -203,7 +220,13 @@ class LimitsService:
         buckets = _buckets(demand.organization_id, demand.key_id, limits, estimate)
         windows = {p: window(p, moment) for p in _PERIODS}
         counters = _counters(demand.organization_id, budgets, windows, estimate, worst_micro)
-        plan = AdmitPlan(_lockout_key(demand.organization_id), buckets, counters, now_ms)
+        lease = Lease(
+            _lease_key(demand.organization_id),
+            _lease_held_key(demand.organization_id),
+            self.lease_id(),
+            now_ms + (self.stream_lease_ms if demand.stream else self.lease_ms),
+        )
+        plan = AdmitPlan(_lockout_key(demand.organization_id), buckets, counters, now_ms, lease)
 
         decision, shared = await self._on_store(limits, lambda store: store.admit(plan))
         if isinstance(decision, Admitted):
@@ -217,6 +240,7 @@ class LimitsService:
                 max_tokens=sent_max if sent_max != demand.max_tokens else None,
                 headers=_rate_headers(buckets, decision.levels),
                 budget=_tightest(counters, decision.used),
+                lease=lease,
             )
         if isinstance(decision, BucketRefused):
             raise self._denied(self._rate_limited(buckets[decision.index], decision.level), None)
@@ -254,7 +278,7 @@ class LimitsService:
 
     async def _adjust(self, ticket: Ticket, tokens: int, micro_usd: int) -> None:
         buckets = tuple(
-            BucketAdjust(b.key, b.capacity, b.per_ms, b.cost - min(float(tokens), b.capacity))
+            BucketAdjust(b.key, b.capacity, b.per_ms, b.cost - min(float(tokens), b.capacity), b.cost)
             for b in ticket.token_buckets
         )
         counters = tuple(
@@ -264,6 +288,7 @@ class LimitsService:
                 if c.unit == "tokens"
                 else (micro_usd - ticket.reserved_micro_usd),
                 c.expires_at_ms,
+                c.amount,
             )
             for c in ticket.counters
         )
@@ -271,7 +296,7 @@ class LimitsService:
             return
         store = self.shared if ticket.shared and self.shared is not None else self.local
         try:
-            await store.adjust(buckets, counters, to_ms(self.now()))
+            await store.adjust(buckets, counters, to_ms(self.now()), ticket.lease)
         except LimitStoreUnavailable as exc:
             # The reservation stays as it was: conservative (never under-counts a budget).
             log.error("limits_settle_failed", organization_id=ticket.organization_id, error=str(exc)[:200])
@@ -522,6 +547,14 @@ def _key_bucket_name(store_key: str) -> str:
 
 def _lockout_key(org_id: str) -> str:
     return f"lockout:{{{org_id}}}"
+
+
+def _lease_key(org_id: str) -> str:
+    return f"lease:{{{org_id}}}"
+
+
+def _lease_held_key(org_id: str) -> str:
+    return f"lease:{{{org_id}}}:held"
 
 
 def _counter_key(org_id: str, span: PeriodWindow, unit: Unit) -> str:

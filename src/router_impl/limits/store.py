@@ -17,6 +17,18 @@ period so a new period starts at zero; they live until ``expires_at_ms``. A coun
 ``expires_at_ms`` (the period's end): the organisation stays refused, even if refunds later free
 room, until the period ends, an admin resets it, or its limits change (which clear the lockout).
 
+Reservations are leased. A plan's ``lease`` records what the admit reserved that a settle or refund
+would give back (every counter's amount, every token bucket's cost; a request bucket's 1 is never
+given back) under a unique id, due at ``until_ms``. The router that admitted settles (``adjust`` with
+the lease) and so ends the lease. When it cannot (it was killed), the lease lapses: every admit of
+the organisation first reaps its leases due at or before ``now_ms``, giving their amounts back to the
+exact counters and buckets they were taken from (a counter past its period is left alone, so
+yesterday's reservation is never refunded into today; usage never below zero, levels never above
+capacity). A reap does not touch the lockout: a lockout stands, as after any refund, until the period
+ends, an admin resets it or the limits change, so a reap cannot lift one that a refusal set. A settle
+whose lease was already reaped applies its deltas plus what the reaping gave back (the full actual
+charge), so the totals come out the same either way.
+
 ``now_ms`` is the caller's wall clock in Unix milliseconds (replicas compare the same stored
 instants; a clock that goes backwards refills nothing). Stores raise ``LimitStoreUnavailable``
 when their backing service fails; fail-open or fail-closed is the caller's policy.
@@ -31,6 +43,11 @@ Scope = Literal["org", "key"]
 BucketKind = Literal["requests", "tokens"]
 Period = Literal["DAILY", "MONTHLY"]
 Unit = Literal["tokens", "micro_usd"]
+
+
+# Leases one admit reaps at most, oldest deadline first (then by id): bounds an admit's cost after a
+# mass failure; the rest go to the following admits.
+REAP_BATCH = 256
 
 
 class LimitStoreUnavailable(RuntimeError):
@@ -58,11 +75,21 @@ class CounterSpec:
 
 
 @dataclass(frozen=True)
+class Lease:
+    key: str  # the organisation's leases by deadline, e.g. "lease:{org-1}"
+    held_key: str  # what each lease holds, by id, e.g. "lease:{org-1}:held"
+    id: str  # unique per admit
+    until_ms: int  # reaped by the first admit of the organisation at or after this instant
+
+
+@dataclass(frozen=True)
 class AdmitPlan:
     lockout_key: str  # e.g. "lockout:{org-1}"
     buckets: tuple[BucketSpec, ...]
     counters: tuple[CounterSpec, ...]
     now_ms: int
+    # Reap the organisation's lapsed leases first; an admit that holds something records this one.
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,7 @@ class BucketAdjust:
     capacity: float
     per_ms: float
     delta: float  # added to the refilled level (> 0 gives back, < 0 charges more); capped at capacity
+    reserved: float = 0.0  # taken at admit: when the lease was reaped, delta - reserved is added
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,7 @@ class CounterAdjust:
     key: str
     delta: int  # added to usage (settle: actual - reserved; refund: -reserved); usage never below 0
     expires_at_ms: int
+    reserved: int = 0  # reserved at admit: when the lease was reaped, delta + reserved is added
 
 
 @dataclass(frozen=True)
@@ -138,9 +167,13 @@ class LimitStore(Protocol):
         ...
 
     async def adjust(
-        self, buckets: tuple[BucketAdjust, ...], counters: tuple[CounterAdjust, ...], now_ms: int
+        self,
+        buckets: tuple[BucketAdjust, ...],
+        counters: tuple[CounterAdjust, ...],
+        now_ms: int,
+        lease: Lease | None = None,
     ) -> None:
-        """Settle or refund after the call, atomically; never refuses."""
+        """Settle or refund after the call, atomically, ending ``lease``; never refuses."""
         ...
 
     async def snapshot(

@@ -10,6 +10,10 @@ map (least recently written or examined) and drops the idle ones, so idle entrie
 traffic flows; ``sweep`` examines a bounded batch more, for a caller that runs it on a timer. Live
 entries are never evicted (that would refill a bucket or forget spending): when they alone fill
 ``max_entries``, writes raise ``LimitStoreUnavailable``.
+
+An organisation's leases are one entry (under ``Lease.key``; ``held_key`` is a Redis detail), idle
+once empty. Reaping follows the Redis script step for step (same order, same arithmetic), so both
+adapters reap, refund and settle alike.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from router_impl.limits.store import (
+    REAP_BATCH,
     AdmitPlan,
     Admitted,
     BucketAdjust,
@@ -27,6 +32,7 @@ from router_impl.limits.store import (
     CounterAdjust,
     CounterRefused,
     Decision,
+    Lease,
     LimitStoreUnavailable,
     LockedOut,
     Period,
@@ -78,8 +84,26 @@ class _Lockout:
         return self.until_ms <= now_ms
 
 
-_Entry = _Bucket | _Counter | _Lockout
-_E = TypeVar("_E", _Bucket, _Counter, _Lockout)
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What one lease holds: (key, capacity, per_ms, cost) of each token bucket, (key, amount) of each
+    counter, as its admit took them."""
+
+    until_ms: int
+    buckets: tuple[tuple[str, float, float, float], ...]
+    counters: tuple[tuple[str, int], ...]
+
+
+@dataclass(slots=True)
+class _Leases:
+    held: dict[str, _Held]  # by lease id
+
+    def idle(self, now_ms: int) -> bool:
+        return not self.held
+
+
+_Entry = _Bucket | _Counter | _Lockout | _Leases
+_E = TypeVar("_E", _Bucket, _Counter, _Lockout, _Leases)
 
 
 class MemoryLimitStore:
@@ -98,6 +122,8 @@ class MemoryLimitStore:
     async def admit(self, plan: AdmitPlan) -> Decision:
         now = plan.now_ms
         self._sweep_front(now, self._sweep_step)
+        if plan.lease is not None:
+            self._reap(plan.lease.key, now)
         lockout = self._live(plan.lockout_key, _Lockout, now)
         if lockout is not None:
             return LockedOut(lockout.until_ms, lockout.period)
@@ -114,23 +140,43 @@ class MemoryLimitStore:
                 self._write(now, [(plan.lockout_key, _Lockout(counter.expires_at_ms, counter.period))])
                 return CounterRefused(j, used)
             taken.append((counter.key, _Counter(used + counter.amount, counter.expires_at_ms)))
+        held = _held(plan)
+        leases: _Leases | None = None
+        if plan.lease is not None and held is not None:
+            leases = self._live(plan.lease.key, _Leases, now) or _Leases({})
+            taken.append((plan.lease.key, leases))
         self._write(now, taken)
+        if leases is not None and plan.lease is not None and held is not None:
+            leases.held[plan.lease.id] = held
         levels = tuple(e.level for _, e in taken if isinstance(e, _Bucket))
         return Admitted(levels, tuple(e.used for _, e in taken if isinstance(e, _Counter)))
 
     async def adjust(
-        self, buckets: tuple[BucketAdjust, ...], counters: tuple[CounterAdjust, ...], now_ms: int
+        self,
+        buckets: tuple[BucketAdjust, ...],
+        counters: tuple[CounterAdjust, ...],
+        now_ms: int,
+        lease: Lease | None = None,
     ) -> None:
+        if not buckets and not counters:
+            return  # as the Redis adapter: nothing to settle, and no lease was recorded for nothing
         self._sweep_front(now_ms, self._sweep_step)
+        leases = None if lease is None else self._live(lease.key, _Leases, now_ms)
+        # Reaped already: the reservation was given back, so the actual figures are charged in full.
+        late = lease is not None and (leases is None or lease.id not in leases.held)
         changed: list[tuple[str, _Entry]] = []
         for bucket in buckets:
             level, ts_ms = self._bucket_at(bucket.key, bucket.capacity, bucket.per_ms, now_ms)
-            level = min(float(bucket.capacity), level + float(bucket.delta))
+            delta = float(bucket.delta) - float(bucket.reserved) if late else float(bucket.delta)
+            level = min(float(bucket.capacity), level + delta)
             changed.append((bucket.key, _Bucket(level, ts_ms, float(bucket.capacity), float(bucket.per_ms))))
         for counter in counters:
-            used = max(0, self._used(counter.key, now_ms) + counter.delta)
+            delta = counter.delta + counter.reserved if late else counter.delta
+            used = max(0, self._used(counter.key, now_ms) + delta)
             changed.append((counter.key, _Counter(used, counter.expires_at_ms)))
         self._write(now_ms, changed)
+        if leases is not None and lease is not None and not late:
+            del leases.held[lease.id]
 
     async def snapshot(
         self, buckets: tuple[BucketProbe, ...], counter_keys: tuple[str, ...], lockout_key: str, now_ms: int
@@ -156,6 +202,43 @@ class MemoryLimitStore:
         dropped. Bounded (about 1 us an entry) so a timer can call it without stalling the event loop;
         successive calls go round the whole map."""
         return self._sweep_front(now_ms, limit)
+
+    def _reap(self, key: str, now_ms: int) -> None:
+        """Give back what the leases due by ``now_ms`` hold (at most ``REAP_BATCH``), then drop them."""
+        leases = self._live(key, _Leases, now_ms)
+        if leases is None:
+            return
+        due = sorted(
+            (held.until_ms, lease_id) for lease_id, held in leases.held.items() if held.until_ms <= now_ms
+        )
+        del due[REAP_BATCH:]
+        if not due:
+            return
+        buckets: dict[str, _Bucket] = {}
+        counters: dict[str, _Counter | None] = {}  # None: past its period, left alone
+        for _, lease_id in due:
+            held = leases.held[lease_id]
+            for bucket_key, capacity, per_ms, cost in held.buckets:
+                bucket = buckets.get(bucket_key)
+                if bucket is None:
+                    level, ts_ms = self._bucket_at(bucket_key, capacity, per_ms, now_ms)
+                    bucket = buckets[bucket_key] = _Bucket(level, ts_ms, capacity, per_ms)
+                bucket.level = min(capacity, bucket.level + cost)
+                bucket.capacity, bucket.per_ms = capacity, per_ms
+            for counter_key, amount in held.counters:
+                if counter_key not in counters:
+                    stored = self._live(counter_key, _Counter, now_ms)
+                    counters[counter_key] = (
+                        None if stored is None else _Counter(stored.used, stored.expires_at_ms)
+                    )
+                counter = counters[counter_key]
+                if counter is not None:
+                    counter.used = max(0, counter.used - amount)
+        changes: list[tuple[str, _Entry]] = [*buckets.items()]
+        changes += [(k, c) for k, c in counters.items() if c is not None]
+        self._write(now_ms, changes)
+        for _, lease_id in due:
+            del leases.held[lease_id]
 
     def _bucket_at(self, key: str, capacity: float, per_ms: float, now_ms: int) -> tuple[float, int]:
         """The bucket's level at ``now_ms`` and the stamp to store with it (never earlier than stored)."""
@@ -202,3 +285,16 @@ class MemoryLimitStore:
             else:
                 entries[key] = entry
         return dropped
+
+
+def _held(plan: AdmitPlan) -> _Held | None:
+    """What the plan's lease holds (what a refund gives back), or None when nothing."""
+    if plan.lease is None:
+        return None
+    buckets = tuple(
+        (b.key, float(b.capacity), float(b.per_ms), float(b.cost)) for b in plan.buckets if b.kind == "tokens"
+    )
+    counters = tuple((c.key, c.amount) for c in plan.counters)
+    if not buckets and not counters:
+        return None
+    return _Held(plan.lease.until_ms, buckets, counters)

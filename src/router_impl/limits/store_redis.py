@@ -9,6 +9,11 @@ touches one Redis Cluster slot); the scripts use only ``KEYS[]``. Layout:
   bucket vanishes, which reads as full.
 - counter: an integer string with PEXPIREAT ``expires_at_ms``.
 - lockout: the period name (``DAILY``/``MONTHLY``) with PEXPIREAT its ``until_ms``.
+- leases of an organisation: a sorted set (``Lease.key``) of lease ids scored by ``until_ms``, and a
+  hash (``Lease.held_key``) of id -> what the lease holds (JSON: the exact bucket and counter keys and
+  amounts). The admit script reaps first (``ZRANGEBYSCORE -inf now``, at most ``REAP_BATCH``), then
+  records its own lease; the adjust script ends its lease (ZSCORE tells it whether it was reaped).
+  Both keys live ``LEASE_KEEP_MS`` after the last leased admit.
 
 Expiry is judged against the caller's ``now_ms`` exactly as the embedded store does it: a counter or
 lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Redis has not dropped it
@@ -22,6 +27,7 @@ else on the client; command timeouts are theirs. Any Redis failure surfaces as
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router_impl.limits.store import (
+    REAP_BATCH,
     AdmitPlan,
     Admitted,
     BucketAdjust,
@@ -38,6 +45,7 @@ from router_impl.limits.store import (
     CounterAdjust,
     CounterRefused,
     Decision,
+    Lease,
     LimitStoreUnavailable,
     LockedOut,
     Period,
@@ -48,6 +56,9 @@ from router_impl.redis_mux import RedisMux
 Script = Callable[..., Awaitable[Any]]
 
 DEFAULT_EXPIRY_MARGIN_MS = 60_000
+# An organisation's lease keys live this long after its last leased admit: past the longest period
+# (a month), so every counter a forgotten lease names has expired and reaping it would change nothing.
+LEASE_KEEP_MS = 35 * 86_400_000
 
 # The bucket math of store.refilled, in Lua: returns the level at now and the stamp to store.
 _BUCKET_LUA = """
@@ -85,18 +96,82 @@ local function lockout_at(key, now)
 end
 """
 
-# KEYS lockout, buckets, counters (plan order); ARGV now_ms, margin_ms, bucket count,
-# then capacity, per_ms, cost of each bucket, then limit, amount, expires_at_ms, period of each counter
+# Gives back what the leases due by now hold (at most `batch`, oldest first), then drops them. Reads
+# everything before it writes, so a key of the wrong type fails it with nothing changed. A counter past
+# its period is left alone (its exact key was leased, so yesterday's reservation never lands in today).
+_REAP_LUA = """
+local function reap(lease_key, held_key, now, margin, batch)
+  local due = redis.call('ZRANGEBYSCORE', lease_key, '-inf', now, 'LIMIT', 0, batch)
+  if #due == 0 then return end
+  local records = redis.call('HMGET', held_key, unpack(due))
+  local buckets, bucket_order, counters, counter_order = {}, {}, {}, {}
+  for n = 1, #due do
+    if records[n] then
+      local held = cjson.decode(records[n])
+      for _, b in ipairs(held[1]) do
+        local key, cap, per = b[1], tonumber(b[2]), tonumber(b[3])
+        local s = buckets[key]
+        if not s then
+          local level, ts = bucket_at(key, cap, per, now)
+          s = {level = level, ts = ts}
+          buckets[key] = s
+          bucket_order[#bucket_order + 1] = key
+        end
+        s.level = s.level + tonumber(b[4])
+        if s.level > cap then s.level = cap end
+        s.cap, s.per = cap, per
+      end
+      for _, c in ipairs(held[2]) do
+        local key = c[1]
+        if counters[key] == nil then
+          local expires = redis.call('PEXPIRETIME', key)
+          if expires == -2 or (expires >= 0 and expires <= now) then
+            counters[key] = false
+          else
+            counters[key] = used_at(key, now)
+          end
+          counter_order[#counter_order + 1] = key
+        end
+        if counters[key] then
+          local used = counters[key] - c[2]
+          if used < 0 then used = 0 end
+          counters[key] = used
+        end
+      end
+    end
+  end
+  for _, key in ipairs(bucket_order) do
+    local s = buckets[key]
+    put_bucket(key, s.level, s.ts, s.cap, s.per, margin)
+  end
+  for _, key in ipairs(counter_order) do
+    if counters[key] then redis.call('SET', key, string.format('%d', counters[key]), 'KEEPTTL') end
+  end
+  redis.call('ZREM', lease_key, unpack(due))
+  redis.call('HDEL', held_key, unpack(due))
+end
+"""
+
+# KEYS lockout, buckets, counters (plan order), then the lease keys (sorted set, hash) when leased;
+# ARGV now_ms, margin_ms, bucket count, lease id ('' without a lease), lease until_ms, what it holds
+# (JSON; '' when nothing), reap batch, lease keep_ms, then capacity, per_ms, cost of each bucket,
+# then limit, amount, expires_at_ms, period of each counter
 ADMIT_SCRIPT = (
     _BUCKET_LUA
+    + _REAP_LUA
     + """
 local now, margin, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local nc = #KEYS - 1 - nb
+local lease_id, held = ARGV[4], ARGV[6]
+local nl = 0
+if lease_id ~= '' then nl = 2 end
+local nc = #KEYS - 1 - nb - nl
+local lease_key, held_key = KEYS[2 + nb + nc], KEYS[3 + nb + nc]
+if nl == 2 then reap(lease_key, held_key, now, margin, tonumber(ARGV[7])) end
 local lock_until, period = lockout_at(KEYS[1], now)
 if lock_until then return {'locked', lock_until, period} end
 local levels, stamps = {}, {}
 for i = 1, nb do
-  local a = 3 + 3 * (i - 1)
+  local a = 8 + 3 * (i - 1)
   local level, ts = bucket_at(KEYS[1 + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
   local cost = tonumber(ARGV[a + 3])
   if level < cost then return {'bucket', i, string.format('%.17g', level)} end
@@ -104,7 +179,7 @@ for i = 1, nb do
 end
 local used = {}
 for j = 1, nc do
-  local a = 3 + 3 * nb + 4 * (j - 1)
+  local a = 8 + 3 * nb + 4 * (j - 1)
   local before = used_at(KEYS[1 + nb + j], now)
   if before + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
     redis.call('SET', KEYS[1], ARGV[a + 4], 'PXAT', ARGV[a + 3])
@@ -114,48 +189,69 @@ for j = 1, nc do
 end
 local out = {'ok'}
 for i = 1, nb do
-  local a = 3 + 3 * (i - 1)
+  local a = 8 + 3 * (i - 1)
   put_bucket(KEYS[1 + i], levels[i], stamps[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
   out[#out + 1] = string.format('%.17g', levels[i])
 end
 for j = 1, nc do
-  local a = 3 + 3 * nb + 4 * (j - 1)
+  local a = 8 + 3 * nb + 4 * (j - 1)
   redis.call('SET', KEYS[1 + nb + j], string.format('%d', used[j]), 'PXAT', ARGV[a + 3])
   out[#out + 1] = used[j]
+end
+if nl == 2 and held ~= '' then
+  redis.call('ZADD', lease_key, ARGV[5], lease_id)
+  redis.call('HSET', held_key, lease_id, held)
+  redis.call('PEXPIRE', lease_key, ARGV[8])
+  redis.call('PEXPIRE', held_key, ARGV[8])
 end
 return out
 """
 )
 
-# KEYS buckets, counters; ARGV now_ms, margin_ms, bucket count,
-# then capacity, per_ms, delta of each bucket, then delta, expires_at_ms of each counter
+# KEYS the lease keys (sorted set, hash) when leased, then buckets, counters; ARGV now_ms, margin_ms,
+# bucket count, lease id ('' without a lease), then capacity, per_ms, delta, reserved of each bucket,
+# then delta, reserved, expires_at_ms of each counter. A lease already reaped had its reservation
+# given back: the reserved amounts are charged again, so the actual figures count in full.
 ADJUST_SCRIPT = (
     _BUCKET_LUA
     + """
-local now, margin, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local nc = #KEYS - nb
+local now, margin, nb, lease_id = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local nl, late = 0, false
+if lease_id ~= '' then
+  nl = 2
+  late = not redis.call('ZSCORE', KEYS[1], lease_id)
+end
+local nc = #KEYS - nl - nb
 local levels, stamps, used = {}, {}, {}
 for i = 1, nb do
-  local a = 3 + 3 * (i - 1)
+  local a = 4 + 4 * (i - 1)
   local cap = tonumber(ARGV[a + 1])
-  local level, ts = bucket_at(KEYS[i], cap, tonumber(ARGV[a + 2]), now)
-  level = level + tonumber(ARGV[a + 3])
+  local level, ts = bucket_at(KEYS[nl + i], cap, tonumber(ARGV[a + 2]), now)
+  local delta = tonumber(ARGV[a + 3])
+  if late then delta = delta - tonumber(ARGV[a + 4]) end
+  level = level + delta
   if level > cap then level = cap end
   levels[i], stamps[i] = level, ts
 end
 for j = 1, nc do
-  local a = 3 + 3 * nb + 2 * (j - 1)
-  local after = used_at(KEYS[nb + j], now) + tonumber(ARGV[a + 1])
+  local a = 4 + 4 * nb + 3 * (j - 1)
+  local delta = tonumber(ARGV[a + 1])
+  if late then delta = delta + tonumber(ARGV[a + 2]) end
+  local after = used_at(KEYS[nl + nb + j], now) + delta
   if after < 0 then after = 0 end
   used[j] = after
 end
 for i = 1, nb do
-  local a = 3 + 3 * (i - 1)
-  put_bucket(KEYS[i], levels[i], stamps[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
+  local a = 4 + 4 * (i - 1)
+  put_bucket(KEYS[nl + i], levels[i], stamps[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
 end
 for j = 1, nc do
-  local a = 3 + 3 * nb + 2 * (j - 1)
-  redis.call('SET', KEYS[nb + j], string.format('%d', used[j]), 'PXAT', ARGV[a + 2])
+  local a = 4 + 4 * nb + 3 * (j - 1)
+  redis.call('SET', KEYS[nl + nb + j], string.format('%d', used[j]), 'PXAT', ARGV[a + 3])
+end
+if nl == 2 and not late then
+  redis.call('ZREM', KEYS[1], lease_id)
+  redis.call('HDEL', KEYS[2], lease_id)
 end
 return 1
 """
@@ -204,12 +300,17 @@ class RedisLimitStore:
         self._snapshot = host.register_script(SNAPSHOT_SCRIPT)
 
     async def admit(self, plan: AdmitPlan) -> Decision:
+        lease = plan.lease
         args: list[str | int] = [plan.now_ms, self._margin_ms, len(plan.buckets)]
+        args += (lease.id, lease.until_ms, _held(plan)) if lease is not None else ("", 0, "")
+        args += (REAP_BATCH, LEASE_KEEP_MS)
         for b in plan.buckets:
             args += (_num(b.capacity), _num(b.per_ms), _num(b.cost))
         for c in plan.counters:
             args += (c.limit, c.amount, _instant(c.expires_at_ms), c.period)
         keys = [plan.lockout_key, *(b.key for b in plan.buckets), *(c.key for c in plan.counters)]
+        if lease is not None:
+            keys += (lease.key, lease.held_key)
         reply = await self._run(self._admit, keys, args)
         outcome = reply[0]
         if outcome == b"ok":
@@ -222,16 +323,22 @@ class RedisLimitStore:
         return LockedOut(reply[1], _period(reply[2]))
 
     async def adjust(
-        self, buckets: tuple[BucketAdjust, ...], counters: tuple[CounterAdjust, ...], now_ms: int
+        self,
+        buckets: tuple[BucketAdjust, ...],
+        counters: tuple[CounterAdjust, ...],
+        now_ms: int,
+        lease: Lease | None = None,
     ) -> None:
         if not buckets and not counters:
             return
-        args: list[str | int] = [now_ms, self._margin_ms, len(buckets)]
+        args: list[str | int] = [now_ms, self._margin_ms, len(buckets), "" if lease is None else lease.id]
         for b in buckets:
-            args += (_num(b.capacity), _num(b.per_ms), _num(b.delta))
+            args += (_num(b.capacity), _num(b.per_ms), _num(b.delta), _num(b.reserved))
         for c in counters:
-            args += (c.delta, _instant(c.expires_at_ms))
-        await self._run(self._adjust, [*(b.key for b in buckets), *(c.key for c in counters)], args)
+            args += (c.delta, c.reserved, _instant(c.expires_at_ms))
+        keys = [] if lease is None else [lease.key, lease.held_key]
+        keys += (*(b.key for b in buckets), *(c.key for c in counters))
+        await self._run(self._adjust, keys, args)
 
     async def snapshot(
         self, buckets: tuple[BucketProbe, ...], counter_keys: tuple[str, ...], lockout_key: str, now_ms: int
@@ -287,6 +394,16 @@ class RedisLimitStore:
             return await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:  # TimeoutError and ConnectionError are OSErrors
             raise _unavailable(exc) from exc
+
+
+def _held(plan: AdmitPlan) -> str:
+    """What the plan's lease holds, as the reap script reads it: token buckets' [key, capacity, per_ms,
+    cost] (figures as exact strings) and counters' [key, amount]; '' when nothing (no lease then)."""
+    buckets = [
+        [b.key, _num(b.capacity), _num(b.per_ms), _num(b.cost)] for b in plan.buckets if b.kind == "tokens"
+    ]
+    counters = [[c.key, c.amount] for c in plan.counters]
+    return json.dumps([buckets, counters], separators=(",", ":")) if buckets or counters else ""
 
 
 def _num(value: float) -> str:

@@ -301,11 +301,12 @@ class RedisLimitStore:
 
     async def admit(self, plan: AdmitPlan) -> Decision:
         lease = plan.lease
+        figures = [(_num(b.capacity), _num(b.per_ms), _num(b.cost)) for b in plan.buckets]
         args: list[str | int] = [plan.now_ms, self._margin_ms, len(plan.buckets)]
-        args += (lease.id, lease.until_ms, _held(plan)) if lease is not None else ("", 0, "")
+        args += (lease.id, lease.until_ms, _held(plan, figures)) if lease is not None else ("", 0, "")
         args += (REAP_BATCH, LEASE_KEEP_MS)
-        for b in plan.buckets:
-            args += (_num(b.capacity), _num(b.per_ms), _num(b.cost))
+        for three in figures:
+            args += three
         for c in plan.counters:
             args += (c.limit, c.amount, _instant(c.expires_at_ms), c.period)
         keys = [plan.lockout_key, *(b.key for b in plan.buckets), *(c.key for c in plan.counters)]
@@ -396,12 +397,11 @@ class RedisLimitStore:
             raise _unavailable(exc) from exc
 
 
-def _held(plan: AdmitPlan) -> str:
+def _held(plan: AdmitPlan, figures: list[tuple[str, str, str]]) -> str:
     """What the plan's lease holds, as the reap script reads it: token buckets' [key, capacity, per_ms,
-    cost] (figures as exact strings) and counters' [key, amount]; '' when nothing (no lease then)."""
-    buckets = [
-        [b.key, _num(b.capacity), _num(b.per_ms), _num(b.cost)] for b in plan.buckets if b.kind == "tokens"
-    ]
+    cost] (``figures``: as the script's arguments, exact strings) and counters' [key, amount]; ''
+    when nothing (no lease then)."""
+    buckets = [[b.key, *f] for b, f in zip(plan.buckets, figures, strict=True) if b.kind == "tokens"]
     counters = [[c.key, c.amount] for c in plan.counters]
     return json.dumps([buckets, counters], separators=(",", ":")) if buckets or counters else ""
 

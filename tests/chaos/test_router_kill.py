@@ -56,6 +56,12 @@ class KillRun:
         return {o.request_id for o in self.outcomes if o.status == 200}
 
     @property
+    def reruns(self) -> int:
+        """Requests run twice: the kill fell after the record was committed (and the budget settled)
+        but before the reply was stored, so the retry ran again, under the same record_id."""
+        return sum(len({r["trace_id"] for r in found}) > 1 for found in self.records.values())
+
+    @property
     def billed_tokens(self) -> int:
         return sum(found[0]["tokens_input"] + found[0]["tokens_output"] for found in self.records.values())
 
@@ -120,9 +126,7 @@ def test_router_sigkilled_mid_load_loses_no_acknowledged_record_and_bills_each_r
             max_elapsed_with_retries=f"{max(o.elapsed_s for o in run.outcomes):.1f}s",
             records_missing=len(run.acknowledged - run.records.keys()),
             # Re-run after its record was committed but before its reply was stored: same record_id.
-            reruns_deduplicated=sum(
-                len({r["trace_id"] for r in found}) > 1 for found in run.records.values()
-            ),
+            reruns_deduplicated=run.reruns,
             budget_overcharge_tokens=leaked,
         )
     )
@@ -142,8 +146,11 @@ def test_router_sigkilled_mid_load_loses_no_acknowledged_record_and_bills_each_r
     assert 0 <= leaked <= PER_REQUEST_TOKENS * len(run.interrupted)
 
 
-def test_router_sigkilled_mid_load_charges_the_budget_of_each_request_exactly_once(
+def test_router_sigkilled_mid_load_charges_the_budget_once_per_run_of_a_request(
     kill_run: KillRun,
 ) -> None:
-    # The killed attempts' reservations were leased: the admits after their leases lapsed gave them back.
-    assert kill_run.tokens_used == kill_run.billed_tokens
+    # The killed attempts' reservations were leased: the admits after their leases lapsed gave them
+    # back. A request the kill caught after its settle but before its reply was stored ran twice and
+    # is charged twice (billing de-duplicates it by record_id; the budget does not: docs/reliability.md).
+    expected = kill_run.billed_tokens + PER_REQUEST_TOKENS * kill_run.reruns
+    assert kill_run.tokens_used == expected, (kill_run.tokens_used, kill_run.billed_tokens, kill_run.reruns)

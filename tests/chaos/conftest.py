@@ -290,6 +290,14 @@ PipelineRouterFactory = Callable[..., PipelineRouter]
 
 
 @pytest.fixture
+def backend() -> Iterator[MockBackend]:
+    """A healthy backend serving MODEL after 5 ms."""
+    with MockBackend(models=(MODEL,)) as mock:
+        mock.configure(latency_ms=5)
+        yield mock
+
+
+@pytest.fixture
 def pipeline_router(
     chaos_stack: ChaosStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PipelineRouterFactory]:

@@ -14,15 +14,12 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs installed
-import pytest
 
 from tests.chaos.conftest import (
     AUDIT_TOPIC,
-    MODEL,
     PER_REQUEST_TOKENS,
     USAGE_TOPIC,
     BoundedLoad,
@@ -47,13 +44,6 @@ BACKLOG = "router_usage_outbox_records"
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "openapi" / "usage-record.schema.json").read_text()
 )
-
-
-@pytest.fixture
-def backend() -> Iterator[MockBackend]:
-    with MockBackend(models=(MODEL,)) as mock:
-        mock.configure(latency_ms=5)
-        yield mock
 
 
 def test_kafka_frozen_30s_loses_no_usage_record_and_the_outbox_backlog_rises_then_drains(

@@ -12,10 +12,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tests.chaos.conftest import (
     CHAT,
@@ -39,13 +37,6 @@ OPEN_RPM, OPEN_BURST = 1200, 20  # 20 requests/s: below what the load offers the
 MAX_LATENCY_S = 3.0
 REFUSAL_LATENCY_S = 1.5  # fail_closed answers within the Redis timeout (and one retry)
 RECOVERY_S = 3.0
-
-
-@pytest.fixture
-def backend() -> Iterator[MockBackend]:
-    with MockBackend(models=(MODEL,)) as mock:
-        mock.configure(latency_ms=5)
-        yield mock
 
 
 def test_redis_hung_then_down_for_10s_fail_closed_refuses_fail_open_serves_and_both_recover(

@@ -1,4 +1,17 @@
-"""schemathesis against a live router subprocess: zero failures, fixed seed plus a random one.
+"""schemathesis against live router subprocesses: zero failures, fixed seed plus a random one.
+
+Per seed, fresh routers meet schemathesis: the fixed seed runs the examples, coverage and fuzzing
+phases with ROUTER_FUZZ_EXAMPLES cases per operation (1,000 by default), the random seed fuzzes
+afresh with a tenth of that, and both walk the contract's OpenAPI links in the stateful phase for
+ROUTER_FUZZ_STATEFUL_SECONDS. Each run prints its time, cases and links covered (pytest -s).
+
+The operations that rewrite the runtime config are fuzzed against routers of their own (see
+CONFIG_WRITERS), the rest against a "traffic" router.
+
+Generation is CPU-bound Python (~10 ms a case) and schemathesis's workers are threads, so the
+operations are split across processes instead (one worker each: with two threads, CPython 3.11.7's
+ast.parse, used by hypothesis, can fail with "AST constructor recursion depth mismatch"). Each
+operation's cases derive from the seed and its own label, so the split does not change them.
 
 Implemented operations get every check. Operations still on a stub answer a documented 501,
 so they get every check but positive_data_acceptance and not_a_server_error: their error
@@ -7,10 +20,16 @@ paths (auth, validation, media types, methods) are fuzzed all the same.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,37 +41,162 @@ from router_impl.auth.keys import ApiKeyRecord, hash_secret
 
 FUZZ_KEY = "rk_fuzz_all_scopes"
 FIXED_SEED = 20261127
-EXAMPLES = int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "60"))
+# Lower it locally for a quick pass (e.g. ROUTER_FUZZ_EXAMPLES=60); CI runs the default.
+EXAMPLES = int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "1000"))
+RANDOM_EXAMPLES = max(
+    1, min(EXAMPLES, int(os.environ.get("ROUTER_FUZZ_RANDOM_EXAMPLES", str(EXAMPLES // 10))))
+)
+STATEFUL_SECONDS = int(os.environ.get("ROUTER_FUZZ_STATEFUL_SECONDS", "30"))
+TIMEOUT_S = 1500
+
+ROUTERS = ("traffic", "backends", "policies")
+# The operations that rewrite the runtime config, by the router (and process) they are fuzzed
+# against; every other operation goes to "traffic". Apart from inference: a model they route to an
+# unreachable backend makes inference for it answer 503 NO_BACKEND_AVAILABLE (documented, but a
+# server error to schemathesis). Apart from each other: each write re-reads and rewrites the whole
+# config file, so the two that add objects by the hundred (backends, org limits) get a router each.
+CONFIG_WRITERS: dict[str, tuple[str, ...]] = {
+    "backends": ("putBackend", "setBackendState", "deleteBackend"),
+    "policies": ("putOrgLimits", "putModelPolicy", "deleteModelPolicy"),
+}
+# More processes than CPUs: when one finishes early the others get its CPU, so an uneven split costs little.
+TRAFFIC_PROCESSES = 3
+
+# The stateful phase starts scenarios at "reliable" roots only (POSTs and collection GETs) whenever
+# the selected operations have any, so next to one a resource created by PUT (backends, model
+# policies, org limits) or an inference request would never start a scenario. Hence three runs, each
+# on one router. Every contract link lies inside one of them (checked below).
+STATEFUL_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "config": (
+        "policies",
+        (
+            "putBackend",
+            "getBackend",
+            "setBackendState",
+            "deleteBackend",
+            "putModelPolicy",
+            "getModelPolicy",
+            "deleteModelPolicy",
+            "putOrgLimits",
+            "getOrgLimits",
+            "resetOrgLimits",
+            "getAuditByRequest",
+        ),
+    ),
+    "keys-and-inference": (
+        "traffic",
+        ("routeInference", "getAuditByRequest", "createApiKey", "revokeApiKey", "listApiKeys"),
+    ),
+    "reads": (
+        "traffic",
+        (
+            "createChatCompletion",
+            "createCompletion",
+            "getAuditByRequest",
+            "listBackends",
+            "getBackend",
+            "listModelPolicies",
+            "getModelPolicy",
+        ),
+    ),
+}
 
 
-@pytest.fixture(scope="module")
-def live_router(router_factory_module):
-    return router_factory_module
+@dataclass(frozen=True)
+class Run:
+    name: str
+    router: str
+    operation_ids: tuple[str, ...]
+    phases: str
+    examples: int
+    exclude_checks: tuple[str, ...] = ()
+    max_time: int | None = None
 
 
-@pytest.fixture(scope="module")
-def router_factory_module(tmp_path_factory):
+@pytest.fixture
+def live_routers(tmp_path_factory):
+    """Fresh routers per seed, by name (ROUTERS): admin writes grow the config, and each write re-reads it."""
     from tests.harness.router_proc import RouterFleet
 
-    config = tmp_path_factory.mktemp("fuzz") / "config.yaml"
     key = ApiKeyRecord(
         id="k-fuzz",
         organization_id="org-fuzz",
         key_hash=hash_secret(FUZZ_KEY),
         scopes={"inference", "audit", "admin"},
     )
-    config.write_text(yaml.safe_dump({"api_keys": [key.model_dump(mode="json")]}))
     fleet = RouterFleet(tmp_path_factory.mktemp("routers"))
-    # Demo mode adds model "demo" on the built-in upstream, so generated requests that name it succeed.
-    router = fleet.start(
-        env={"ROUTER_CONFIG_PATH": str(config), "ROUTER_ACCESS_LOG": "false"}, args=("--demo",)
-    )
-    yield router
+    routers = {}
+    for name in ROUTERS:
+        config = tmp_path_factory.mktemp(f"fuzz-{name}") / "config.yaml"
+        config.write_text(yaml.safe_dump({"api_keys": [key.model_dump(mode="json")]}))
+        # Demo mode adds model "demo" on the built-in upstream, so generated requests that name it succeed.
+        routers[name] = fleet.start(
+            env={"ROUTER_CONFIG_PATH": str(config), "ROUTER_ACCESS_LOG": "false"}, args=("--demo",)
+        )
+    yield {name: router.base_url for name, router in routers.items()}
     fleet.close()
 
 
-def schemathesis(base_url: str, seed: int, operation_ids: list[str], exclude_checks: list[str]) -> None:
-    command = [
+def fuzz_runs(
+    operation_ids: Sequence[str], phases: str, examples: int, exclude_checks: tuple[str, ...] = ()
+) -> list[Run]:
+    """One process per config-writer router, the rest of the operations spread over TRAFFIC_PROCESSES."""
+    writers = {op for ops in CONFIG_WRITERS.values() for op in ops}
+    groups = [
+        (router, tuple(op for op in ops if op in operation_ids)) for router, ops in CONFIG_WRITERS.items()
+    ]
+    traffic = [op for op in operation_ids if op not in writers]
+    groups += [("traffic", group) for group in split(traffic, TRAFFIC_PROCESSES)]
+    return [
+        Run(f"fuzz-{router}-{i}", router, group, phases, examples, exclude_checks)
+        for i, (router, group) in enumerate(groups, 1)
+        if group
+    ]
+
+
+def split(operation_ids: Sequence[str], parts: int) -> list[tuple[str, ...]]:
+    """Longest first, each to the lightest group so far, by generation_cost."""
+    groups: list[list[str]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for op in sorted(operation_ids, key=lambda op: (-generation_cost(op), op)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(op)
+        loads[lightest] += generation_cost(op)
+    return [tuple(sorted(group)) for group in groups if group]
+
+
+@functools.cache
+def generation_cost(operation_id: str) -> int:
+    """What generating one case costs, roughly: a base for the headers (security) plus the size of
+    the request's definition with its references resolved (bodies dominate; 0 without any input)."""
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+
+    def resolved(node: object, depth: int = 0) -> object:
+        if depth > 12:
+            return None
+        if isinstance(node, list):
+            return [resolved(item, depth + 1) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return resolved(target, depth + 1)
+        return {k: resolved(v, depth + 1) for k, v in node.items() if k not in {"description", "example"}}
+
+    for path_item in spec["paths"].values():
+        for operation in path_item.values():
+            if isinstance(operation, dict) and operation.get("operationId") == operation_id:
+                request = [path_item.get("parameters", []), operation.get("parameters", [])]
+                request.append(operation.get("requestBody", {}))
+                size = len(json.dumps(resolved(request)))
+                return 0 if size <= len("[[], [], {}]") and not operation.get("security") else 500 + size
+    raise KeyError(operation_id)
+
+
+def command(base_url: str, seed: int, run: Run) -> list[str]:
+    return [
         str(Path(sys.executable).with_name("schemathesis")),
         "--config-file",
         str(Path(__file__).with_name("schemathesis.toml")),
@@ -65,38 +209,118 @@ def schemathesis(base_url: str, seed: int, operation_ids: list[str], exclude_che
         "--seed",
         str(seed),
         "--max-examples",
-        str(EXAMPLES),
+        str(run.examples),
+        "--phases",
+        run.phases,
         "--header",
         f"X-API-Key: {FUZZ_KEY}",
         "--request-timeout",
         "10",
-        # One worker: with two threads, CPython 3.11.7's ast.parse (used by hypothesis) can fail
-        # with "AST constructor recursion depth mismatch".
         "--workers",
         "1",
-        *(arg for op in operation_ids for arg in ("--include-operation-id", op)),
-        *(arg for check in exclude_checks for arg in ("--exclude-checks", check)),
+        "--no-color",
+        *(["--max-time", str(run.max_time)] if run.max_time else []),
+        *(arg for op in run.operation_ids for arg in ("--include-operation-id", op)),
+        *(arg for check in run.exclude_checks for arg in ("--exclude-checks", check)),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    report = result.stdout[-12000:] + result.stderr[-3000:]
-    assert result.returncode == 0, f"schemathesis (seed {seed}) failed:\n{report}"
 
 
+def run_schemathesis(base_urls: dict[str, str], seed: int, runs: Sequence[Run], logs: Path) -> None:
+    """All runs at once, each against its router; every one must pass. Output goes to files, so a
+    chatty run never stalls on a full pipe."""
+    started = time.monotonic()
+    procs = []
+    for run in runs:
+        with (logs / f"{run.name}.log").open("w") as log:
+            procs.append(subprocess.Popen(command(base_urls[run.router], seed, run), stdout=log, stderr=log))
+    finished: dict[int, float] = {}
+    try:
+        while len(finished) < len(procs):
+            if time.monotonic() - started > TIMEOUT_S:
+                raise TimeoutError(f"schemathesis still running after {TIMEOUT_S} s")
+            for i, proc in enumerate(procs):
+                if i not in finished and proc.poll() is not None:
+                    finished[i] = time.monotonic() - started
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outputs = [
+        (run, proc.returncode, (logs / f"{run.name}.log").read_text())
+        for run, proc in zip(runs, procs, strict=True)
+    ]
+    failed = [(run, output) for run, code, output in outputs if code != 0]
+    report = "\n".join(
+        f"== {run.name} ({', '.join(run.operation_ids)}):\n{output[-12000:]}" for run, output in failed
+    )
+    assert not failed, f"schemathesis (seed {seed}, ROUTER_FUZZ_SEED={seed} replays it) failed:\n{report}"
+    for i, (run, _, output) in enumerate(outputs):
+        print(f"{run.name}: {finished[i]:.0f} s; {summary(output)}")
+
+
+def summary(output: str) -> str:
+    """The counts worth a line in the log: cases generated and, for stateful runs, links covered."""
+    lines = [m.group(0).strip() for m in re.finditer(r"(API Links:.*|Scenarios:.*|\d+ generated.*)", output)]
+    return "; ".join(lines)
+
+
+# The fixed seed runs every phase; the random one fuzzes afresh (examples and coverage cases are
+# the schema's own, the same whatever the seed) with fewer cases, to keep CI's time in bounds.
 # ROUTER_FUZZ_SEED replays a failing random seed (the failure message names it).
-SEEDS = [FIXED_SEED, int(os.environ.get("ROUTER_FUZZ_SEED") or random.SystemRandom().randrange(1, 2**31))]
+RANDOM_SEED = int(os.environ.get("ROUTER_FUZZ_SEED") or random.SystemRandom().randrange(1, 2**31))
+SEED_RUNS = [(FIXED_SEED, "examples,coverage,fuzzing", EXAMPLES), (RANDOM_SEED, "fuzzing", RANDOM_EXAMPLES)]
 
 
-@pytest.mark.parametrize("seed", SEEDS, ids=["fixed-seed", "random-seed"])
-def test_implemented_operations_pass_every_check(live_router, seed):
+@pytest.mark.timeout(TIMEOUT_S + 60)
+@pytest.mark.parametrize(("seed", "phases", "examples"), SEED_RUNS, ids=["fixed-seed", "random-seed"])
+def test_implemented_operations_pass_every_check(live_routers, seed, phases, examples, tmp_path):
     implemented = sorted(op.operation_id for op in OPERATIONS.values() if not op.stub)
-    schemathesis(live_router.base_url, seed, implemented, exclude_checks=[])
+    runs = fuzz_runs(implemented, phases, examples)
+    for name, (router, operation_ids) in STATEFUL_RUNS.items():
+        selected = tuple(op for op in operation_ids if op in implemented)
+        runs.append(
+            Run(f"stateful-{name}", router, selected, "stateful", examples, max_time=STATEFUL_SECONDS)
+        )
+    run_schemathesis(live_routers, seed, runs, tmp_path)
 
 
-@pytest.mark.parametrize("seed", SEEDS, ids=["fixed-seed", "random-seed"])
-def test_stubbed_operations_reject_bad_input_in_contract_shape(live_router, seed):
+@pytest.mark.timeout(TIMEOUT_S + 60)
+@pytest.mark.parametrize(("seed", "phases", "examples"), SEED_RUNS, ids=["fixed-seed", "random-seed"])
+def test_stubbed_operations_reject_bad_input_in_contract_shape(request, seed, phases, examples, tmp_path):
     stubbed = sorted(op.operation_id for op in OPERATIONS.values() if op.stub)
     if not stubbed:
         pytest.skip("every operation is implemented")
-    schemathesis(
-        live_router.base_url, seed, stubbed, exclude_checks=["positive_data_acceptance", "not_a_server_error"]
-    )
+    live_routers = request.getfixturevalue("live_routers")  # only now: no routers for a skip
+    exclude = ("positive_data_acceptance", "not_a_server_error")
+    run_schemathesis(live_routers, seed, fuzz_runs(stubbed, phases, examples, exclude), tmp_path)
+
+
+def test_every_contract_link_is_walked_by_a_stateful_run():
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    unwalked = []
+    for path_item in spec["paths"].values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            for status, response in operation["responses"].items():
+                for name, link in (response.get("links") or {}).items():
+                    ends = {operation["operationId"], link["operationId"]}
+                    if not any(ends <= set(ops) for _, ops in STATEFUL_RUNS.values()):
+                        unwalked.append(
+                            f"{operation['operationId']} {status} {name} -> {link['operationId']}"
+                        )
+    assert unwalked == []
+
+
+def test_the_stateful_runs_name_only_contract_operations_each_on_its_router():
+    named = {op for _, ops in STATEFUL_RUNS.values() for op in ops}
+    assert named <= {op.operation_id for op in OPERATIONS.values()}
+    writers = {op for ops in CONFIG_WRITERS.values() for op in ops}
+    inference = {"routeInference", "createChatCompletion", "createCompletion"}
+    for router, ops in STATEFUL_RUNS.values():
+        assert router in ROUTERS
+        assert not (writers & set(ops) and inference & set(ops)), "config writes next to inference: 503s"
+        if router == "traffic":
+            assert not writers & set(ops)

@@ -9,6 +9,7 @@ one request. ``poll_revocations`` follows the revocation feed so revocations bit
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 from collections.abc import Callable
@@ -229,7 +230,11 @@ class IdentityServiceKeyStore:
         self._hash_by_id[answer.record.id] = key_hash
 
     def _forget_id(self, key_hash: str, answer: Answer) -> None:
-        if answer.record is not None and self._hash_by_id.get(answer.record.id) == key_hash:
+        if answer.record is None:
+            return
+        known = self._hash_by_id.get(answer.record.id)
+        # Key hashes are compared in constant time everywhere, server-held ones included.
+        if known is not None and hmac.compare_digest(known, key_hash):
             del self._hash_by_id[answer.record.id]
 
     def _mark_revoked(self, key_id: str, revoked_at: Any) -> None:

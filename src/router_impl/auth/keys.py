@@ -55,8 +55,11 @@ class ApiKeyRecord(BaseModel):
 
 
 def hash_secret(secret: str) -> str:
-    """SHA-256 hex of a secret. Secrets are high-entropy random tokens, so no salt or KDF is needed."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    """SHA-256 hex of a secret. Secrets are high-entropy random tokens, so no salt or KDF is needed.
+
+    surrogatepass: text that is not valid Unicode (argv or environment bytes that are not UTF-8)
+    must still only fail to match a key, never crash."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def base62(data: bytes, width: int = _BASE62_WIDTH) -> str:

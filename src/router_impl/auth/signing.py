@@ -49,7 +49,10 @@ def sign_request(
 
 def sign_payload(signing_secret: bytes | str, payload: str) -> str:
     """The ``hmac_signature`` field of ``/v1/inference``: hex HMAC-SHA256 of the UTF-8 payload."""
-    return hmac.new(_key(signing_secret), payload.encode("utf-8"), hashlib.sha256).hexdigest()
+    # surrogatepass, as in string_to_sign: a payload that is not valid Unicode only fails verification.
+    return hmac.new(
+        _key(signing_secret), payload.encode("utf-8", "surrogatepass"), hashlib.sha256
+    ).hexdigest()
 
 
 def payload_signature_of(body: bytes) -> tuple[str, str] | None:

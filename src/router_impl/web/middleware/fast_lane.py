@@ -81,11 +81,18 @@ def _credential(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, boo
     authorization: bytes | None = None
     content_type: bytes | None = None
     for name, value in headers:
+        # A repeated credential or media type goes to Connexion, so that one reading (its) decides.
         if name == b"x-api-key":
+            if api_key is not None:
+                return None, False
             api_key = value
         elif name == b"authorization":
+            if authorization is not None:
+                return None, False
             authorization = value
         elif name == b"content-type":
+            if content_type is not None:
+                return None, False
             content_type = value
         elif name in _SIGNATURE_HEADERS or (name == b"idempotency-key" and not _IDEMPOTENCY_KEY.match(value)):
             return None, False

@@ -80,4 +80,5 @@ def test_a_body_that_does_not_arrive_in_time_is_refused_and_frees_its_connection
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b"did not arrive within 1 s" in answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
     assert 0.8 < waited < 3.0

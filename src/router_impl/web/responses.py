@@ -45,13 +45,16 @@ def error_response(scope: Scope, error: ApiError) -> Response:
     return Response(body, status_code=error.status_code, headers=headers, media_type=JSON)
 
 
-async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
-    """Answer directly from a pure-ASGI middleware, before the app has seen the request."""
+async def send_error(scope: Scope, send: Send, error: ApiError, *, close: bool = False) -> None:
+    """Answer directly from a pure-ASGI middleware, before the app has seen the request. ``close``:
+    the request's body was not read to its end, so the connection ends with the answer."""
     body, headers = error_parts(scope, error)
     raw = [
         (b"content-type", JSON.encode()),
         (b"content-length", str(len(body)).encode()),
         *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
     ]
+    if close:
+        raw.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status_code, "headers": raw})
     await send({"type": "http.response.body", "body": body})

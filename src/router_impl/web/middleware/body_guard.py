@@ -67,7 +67,7 @@ class BodyGuardMiddleware:
             await send_error(scope, send, ApiError("INVALID_REQUEST", "Invalid Content-Length header."))
             return
         if declared is not None and declared > self.max_body_bytes:
-            await send_error(scope, send, self._too_large())
+            await send_error(scope, send, self._too_large(), close=True)
             return
 
         chunks: list[bytes] = []
@@ -82,14 +82,15 @@ class BodyGuardMiddleware:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_body_bytes:
-                        await send_error(scope, send, self._too_large())
+                        unread = bool(message.get("more_body", False))
+                        await send_error(scope, send, self._too_large(), close=unread)
                         return
                     chunks.append(chunk)
                     more = message.get("more_body", False)
         except TimeoutError:
             seconds = f"{self.body_timeout_seconds:g}"
             late = ApiError("INVALID_REQUEST", f"The request body did not arrive within {seconds} s.")
-            await send_error(scope, send, late)
+            await send_error(scope, send, late, close=True)
             return
         body = b"".join(chunks)
 

@@ -41,6 +41,7 @@ _IDEMPOTENCY_KEY = re.compile(rb"^[!-~]{1,255}$")
 _SUPPORTED_HEADERS = frozenset({"idempotency-key", "x-signature", "x-signature-timestamp"})
 _SIGNATURE_HEADERS = frozenset({b"x-signature", b"x-signature-timestamp"})
 _JSON = b"application/json"
+_READ_ONCE = frozenset({b"x-api-key", b"authorization", b"content-type"})
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -77,29 +78,21 @@ def build_routes(operations: Mapping[str, Operation], bind: Callable[[str], Hand
 
 def _credential(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
     """(credential, eligible): the key as Connexion's schemes would read it, or ineligible."""
-    api_key: bytes | None = None
-    authorization: bytes | None = None
-    content_type: bytes | None = None
+    read: dict[bytes, bytes] = {}
     for name, value in headers:
-        # A repeated credential or media type goes to Connexion, so that one reading (its) decides.
-        if name == b"x-api-key":
-            if api_key is not None:
+        if name in _READ_ONCE:
+            # A repeated credential or media type goes to Connexion, so that one reading (its) decides.
+            if name in read:
                 return None, False
-            api_key = value
-        elif name == b"authorization":
-            if authorization is not None:
-                return None, False
-            authorization = value
-        elif name == b"content-type":
-            if content_type is not None:
-                return None, False
-            content_type = value
+            read[name] = value
         elif name in _SIGNATURE_HEADERS or (name == b"idempotency-key" and not _IDEMPOTENCY_KEY.match(value)):
             return None, False
-    if content_type != _JSON:
+    if read.get(b"content-type") != _JSON:
         return None, False
+    api_key = read.get(b"x-api-key")
     if api_key is not None:
         return api_key.decode("latin-1"), True
+    authorization = read.get(b"authorization")
     if authorization is not None:
         parts = authorization.split(maxsplit=1)
         if len(parts) == 2 and parts[0].lower() == b"bearer":

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -31,6 +31,9 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
+# A registered Lua script as the stores call it: ``await script(keys=[...], args=[...])``, whether
+# redis-py's ``AsyncScript`` or this module's ``MuxScript``.
+Script = Callable[..., Awaitable[Any]]
 
 
 def _pack(args: tuple[Arg, ...]) -> bytes:

@@ -15,7 +15,7 @@ not be UTF-8.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -39,7 +39,7 @@ from router_impl.limits.idempotency import (
     new_token,
     to_ms,
 )
-from router_impl.redis_mux import RedisMux
+from router_impl.redis_mux import RedisMux, Script
 
 # KEYS[1] entry; ARGV fingerprint, token, now_ms, lease_until_ms, lease_ms
 BEGIN_SCRIPT = """
@@ -140,7 +140,7 @@ class RedisIdempotencyStore:
         return bool(await self._run(self._settle, self.redis_key(scope, key), token))
 
     @staticmethod
-    async def _run(script: Callable[..., Awaitable[Any]], key: str, *args: str | int | bytes) -> Any:
+    async def _run(script: Script, key: str, *args: str | int | bytes) -> Any:
         try:
             return await script(keys=[key], args=args)
         except (RedisError, OSError) as exc:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -51,9 +51,7 @@ from router_impl.limits.store import (
     Period,
     Snapshot,
 )
-from router_impl.redis_mux import RedisMux
-
-Script = Callable[..., Awaitable[Any]]
+from router_impl.redis_mux import RedisMux, Script
 
 DEFAULT_EXPIRY_MARGIN_MS = 60_000
 # An organisation's lease keys live this long after its last leased admit: past the longest period

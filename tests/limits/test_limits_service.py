@@ -30,6 +30,10 @@ from tests.harness.services import RedisServer
 
 ORG = "org-1"
 PRICING = ModelPricing(input_usd_per_1m_tokens=Decimal("1"), output_usd_per_1m_tokens=Decimal("2"))
+# Redis expires budget counters at their period's end by its own clock (the real one), so the
+# injected clock runs on a day that has not ended yet: tomorrow (UTC), whatever day the suite runs.
+NOON = (datetime.now(UTC) + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+MIDNIGHT_AFTER = NOON.replace(hour=0) + timedelta(days=1)
 
 
 class WallClock:
@@ -61,6 +65,11 @@ class DownStore(MemoryLimitStore):
 Factory = Callable[..., LimitsService]
 
 
+def _first_of_next_month(moment: datetime) -> str:
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return f"{year:04d}-{month:02d}-01T00:00:00.000Z"
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def service(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     """Builds a LimitsService whose store is in process, or Redis (a database of its own, emptied)."""
@@ -86,7 +95,7 @@ async def service(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
             local=MemoryLimitStore(),
             shared=store,
             budget_service=budget_service,
-            now=clock or WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC)),
+            now=clock or WallClock(NOON),
             monotonic=monotonic or ManualClock(),
             **options,
         )
@@ -108,7 +117,7 @@ async def test_an_org_without_limits_is_not_counted(service: Factory) -> None:
 async def test_request_bucket_refuses_past_its_burst_with_retry_after_from_the_refill_rate(
     service: Factory,
 ) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     limits = service({ORG: OrgLimits(rate_limits=RateLimitConfig(requests_per_minute=2))}, clock=clock)
     first = await limits.admit(demand())
     assert first is not None and first.headers["RateLimit-Remaining"] == "1"
@@ -160,7 +169,7 @@ async def test_token_bucket_is_charged_by_estimate_and_corrected_by_actual_usage
 async def test_a_request_larger_than_the_token_bucket_waits_for_a_full_bucket_rather_than_forever(
     service: Factory,
 ) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     limits = service({ORG: OrgLimits(rate_limits=RateLimitConfig(tokens_per_minute=100))}, clock=clock)
     assert await limits.admit(demand(prompt=10, max_tokens=1000)) is not None
     with pytest.raises(LimitDenied) as denied:
@@ -171,7 +180,7 @@ async def test_a_request_larger_than_the_token_bucket_waits_for_a_full_bucket_ra
 
 
 async def test_daily_token_budget_reserves_the_worst_case_settles_then_refuses(service: Factory) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=100))}, clock=clock)
     first = await limits.admit(demand(prompt=10, max_tokens=40))  # reserves 50
     assert first is not None and first.reserved_tokens == 50
@@ -187,7 +196,7 @@ async def test_daily_token_budget_reserves_the_worst_case_settles_then_refuses(s
     assert (error.status_code, error.code, error.limit_state) == (402, "BUDGET_EXCEEDED", "BUDGET_EXCEEDED")
     assert error.limit_context == {
         "period": "DAILY",
-        "reset_at": "2026-11-28T00:00:00.000Z",
+        "reset_at": MIDNIGHT_AFTER.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         "tokens_remaining": 0,
     }
     assert error.retry_after_seconds == 12 * 3600
@@ -204,7 +213,7 @@ async def test_budget_lockout_holds_after_a_refund_until_an_admin_reset(service:
         await limits.admit(demand(prompt=1, max_tokens=1))
     assert denied.value.limit_context["tokens_remaining"] == 60
     state = await limits.state(ORG)
-    assert state.lockout_until == datetime(2026, 11, 28, tzinfo=UTC)
+    assert state.lockout_until == MIDNIGHT_AFTER
     cleared = await limits.reset(ORG, "buckets", None)
     assert "lockout" in cleared
     assert await limits.admit(demand(prompt=1, max_tokens=1)) is not None
@@ -213,7 +222,7 @@ async def test_budget_lockout_holds_after_a_refund_until_an_admin_reset(service:
 async def test_a_reservation_never_settled_is_given_back_by_the_first_admit_after_its_lease(
     service: Factory,
 ) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=100))}, clock=clock, lease_seconds=10)
     killed = await limits.admit(demand(prompt=10, max_tokens=40))  # its router dies: never settled
     assert killed is not None and killed.lease is not None
@@ -228,7 +237,7 @@ async def test_a_reservation_never_settled_is_given_back_by_the_first_admit_afte
 
 
 async def test_a_request_that_outlived_its_lease_is_charged_its_actual_usage_once(service: Factory) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     org = OrgLimits(
         budgets=BudgetLimits(daily_tokens=1000), rate_limits=RateLimitConfig(tokens_per_minute=6_000_000)
     )
@@ -253,7 +262,7 @@ async def test_a_request_that_outlived_its_lease_is_charged_its_actual_usage_onc
 
 
 async def test_a_stream_holds_its_reservation_for_the_longer_stream_lease(service: Factory) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    clock = WallClock(NOON)
     limits = service(
         {ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=1000))},
         clock=clock,
@@ -271,7 +280,7 @@ async def test_a_stream_holds_its_reservation_for_the_longer_stream_lease(servic
 
 
 async def test_the_budget_period_rolls_over_exactly_at_utc_midnight(service: Factory) -> None:
-    clock = WallClock(datetime(2026, 11, 27, 23, 59, 59, 999_000, tzinfo=UTC))
+    clock = WallClock(MIDNIGHT_AFTER - timedelta(milliseconds=1))
     limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=30))}, clock=clock)
     assert await limits.admit(demand(prompt=10, max_tokens=20)) is not None
     with pytest.raises(LimitDenied):
@@ -281,7 +290,7 @@ async def test_the_budget_period_rolls_over_exactly_at_utc_midnight(service: Fac
     assert ticket is not None
     state = await limits.state(ORG)
     assert [(b.period, b.tokens_used, b.reset_at) for b in state.budgets] == [
-        ("DAILY", 30, datetime(2026, 11, 29, tzinfo=UTC))
+        ("DAILY", 30, MIDNIGHT_AFTER + timedelta(days=1))
     ]
 
 
@@ -294,7 +303,7 @@ async def test_monthly_currency_budget_in_exact_micro_dollars(service: Factory) 
         await limits.admit(demand(prompt=10, max_tokens=20))
     assert denied.value.limit_context == {
         "period": "MONTHLY",
-        "reset_at": "2026-12-01T00:00:00.000Z",
+        "reset_at": _first_of_next_month(NOON),
         "currency_remaining": 0.0,
     }
 

@@ -30,8 +30,12 @@ codegen-check: $(STAMP)
 run: $(STAMP)
 	$(BIN)/router serve --demo --host 127.0.0.1 --port $(PORT)
 
+# Test files are spread over PYTEST_WORKERS processes (pytest-xdist, whole files per worker so module
+# fixtures are built once); each worker starts its own Redis, etcd and Tansu. More workers than cores:
+# most tests wait on routers, sockets and outages rather than compute. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 3
 test: $(STAMP) services
-	$(BIN)/pytest $(PYTEST_FLAGS)
+	$(BIN)/pytest $(PYTEST_FLAGS) -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools bench

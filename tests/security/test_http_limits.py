@@ -187,6 +187,30 @@ def test_past_the_connection_cap_the_longest_waiting_connection_makes_room(start
         assert read_to_end(idle[-1]).startswith(b"HTTP/1.1 200 ")
 
 
+def test_at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(start_router, mock):
+    router = start_router(env={"ROUTER_MAX_CONNECTIONS": "16"})
+    mock.configure(latency_ms=5000)  # each of the 16 is inside a request: none may be cut
+    body = orjson.dumps(CHAT)
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + KEYS["user"].secret.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with ExitStack() as stack:
+        busy = [stack.enter_context(socket.create_connection(address(router), timeout=5)) for _ in range(16)]
+        for sock in busy:
+            sock.sendall(request)
+        deadline = time.monotonic() + 10
+        while mock.inference_requests < 16:  # all 16 reached the backend: busy
+            assert time.monotonic() < deadline, f"{mock.inference_requests} of 16 reached the backend"
+            time.sleep(0.02)
+        with socket.create_connection(address(router), timeout=5) as extra:
+            answer = read_to_end(extra)
+        assert error_of(answer) == (503, "SERVICE_UNAVAILABLE")
+        assert b"\r\nretry-after: 1\r\n" in answer.lower()
+        assert select.select(busy, [], [], 0)[0] == [], "a busy connection was cut"
+
+
 # ---------------------------------------------------------------- measured: a thousand slow clients
 
 

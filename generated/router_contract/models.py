@@ -64,7 +64,7 @@ class ErrorResponse(BaseModel):
         ),
     ]
     code: Annotated[
-        Literal["AUTH_INVALID", "INVALID_API_KEY", "SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED", "SIGNATURE_REPLAYED", "FORBIDDEN", "MODEL_NOT_ALLOWED", "INVALID_REQUEST", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "NOT_FOUND", "METHOD_NOT_ALLOWED", "MODEL_NOT_FOUND", "REQUEST_NOT_FOUND", "CONFLICT", "IDEMPOTENCY_CONFLICT", "REQUEST_IN_PROGRESS", "RATE_LIMIT_EXCEEDED", "BUDGET_EXCEEDED", "QUOTA_EXCEEDED", "BACKEND_UNAVAILABLE", "BACKEND_TIMEOUT", "BACKEND_ERROR", "NO_BACKEND_AVAILABLE", "ROUTING_ERROR", "INTERNAL_ERROR", "NOT_IMPLEMENTED", "SERVICE_UNAVAILABLE"],
+        Literal["AUTH_INVALID", "INVALID_API_KEY", "SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED", "SIGNATURE_REPLAYED", "FORBIDDEN", "MODEL_NOT_ALLOWED", "INVALID_REQUEST", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE", "HEADERS_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "NOT_FOUND", "METHOD_NOT_ALLOWED", "MODEL_NOT_FOUND", "REQUEST_NOT_FOUND", "CONFLICT", "IDEMPOTENCY_CONFLICT", "REQUEST_IN_PROGRESS", "RATE_LIMIT_EXCEEDED", "BUDGET_EXCEEDED", "QUOTA_EXCEEDED", "BACKEND_UNAVAILABLE", "BACKEND_TIMEOUT", "BACKEND_ERROR", "NO_BACKEND_AVAILABLE", "ROUTING_ERROR", "INTERNAL_ERROR", "NOT_IMPLEMENTED", "SERVICE_UNAVAILABLE"],
         Field(
             description="Machine-readable error code; each maps to one HTTP status in the error catalog."
         ),
@@ -96,7 +96,7 @@ class LimitErrorResponse(BaseModel):
     )
     error: Annotated[str, Field(max_length=2000)]
     code: Annotated[
-        Literal["AUTH_INVALID", "INVALID_API_KEY", "SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED", "SIGNATURE_REPLAYED", "FORBIDDEN", "MODEL_NOT_ALLOWED", "INVALID_REQUEST", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "NOT_FOUND", "METHOD_NOT_ALLOWED", "MODEL_NOT_FOUND", "REQUEST_NOT_FOUND", "CONFLICT", "IDEMPOTENCY_CONFLICT", "REQUEST_IN_PROGRESS", "RATE_LIMIT_EXCEEDED", "BUDGET_EXCEEDED", "QUOTA_EXCEEDED", "BACKEND_UNAVAILABLE", "BACKEND_TIMEOUT", "BACKEND_ERROR", "NO_BACKEND_AVAILABLE", "ROUTING_ERROR", "INTERNAL_ERROR", "NOT_IMPLEMENTED", "SERVICE_UNAVAILABLE"],
+        Literal["AUTH_INVALID", "INVALID_API_KEY", "SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED", "SIGNATURE_REPLAYED", "FORBIDDEN", "MODEL_NOT_ALLOWED", "INVALID_REQUEST", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE", "HEADERS_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "NOT_FOUND", "METHOD_NOT_ALLOWED", "MODEL_NOT_FOUND", "REQUEST_NOT_FOUND", "CONFLICT", "IDEMPOTENCY_CONFLICT", "REQUEST_IN_PROGRESS", "RATE_LIMIT_EXCEEDED", "BUDGET_EXCEEDED", "QUOTA_EXCEEDED", "BACKEND_UNAVAILABLE", "BACKEND_TIMEOUT", "BACKEND_ERROR", "NO_BACKEND_AVAILABLE", "ROUTING_ERROR", "INTERNAL_ERROR", "NOT_IMPLEMENTED", "SERVICE_UNAVAILABLE"],
         Field(
             description="Machine-readable error code; each maps to one HTTP status in the error catalog."
         ),
@@ -1405,10 +1405,18 @@ class InferenceRequest(BaseModel):
     hmac_signature: Annotated[
         str | MISSING,
         Field(
-            description="Hex HMAC-SHA256 of the UTF-8 `payload` with the key's signing secret. When present it\nmust match (401 SIGNATURE_INVALID); for keys with `signature_required` it is accepted\nin place of the `X-Signature` headers.\n",
+            description="Hex HMAC-SHA256, with the key's signing secret, of the canonical JSON (RFC 8785) of this\nwhole body without `hmac_signature` — so request id, model, parameters, payload, content\ntype, metadata and `hmac_timestamp` are all bound. Needs `hmac_timestamp`. When present\nit must match (401 SIGNATURE_INVALID), be within ±300 s (401 SIGNATURE_EXPIRED) and is\naccepted once (401 SIGNATURE_REPLAYED); for keys with `signature_required` it is\naccepted in place of the `X-Signature` headers. A retry re-signs with a new\n`hmac_timestamp` and still gets the stored reply of its `request_id`.\n",
             max_length=64,
             min_length=64,
             pattern="^[0-9a-f]{64}$",
+        ),
+    ] = MISSING
+    hmac_timestamp: Annotated[
+        int | MISSING,
+        Field(
+            description="Unix seconds when `hmac_signature` was made (required with it, covered by it).",
+            ge=0,
+            le=999999999999,
         ),
     ] = MISSING
 

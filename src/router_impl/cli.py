@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
+import resource
 import shutil
 import sys
 from collections.abc import Sequence
@@ -49,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=_limited_http(settings),  # a protocol factory: uvicorn only calls it
         access_log=False,
         log_config=None,
         server_header=False,
@@ -59,6 +62,36 @@ def _serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=16 * 1024,
     )
     return 0
+
+
+def _limited_http(settings: Any) -> Any:
+    """uvicorn's httptools protocol with the connection limits of settings (web/http_protocol.py);
+    a partial of module-level classes, so uvicorn can hand it to spawned workers."""
+    from router_impl.web.http_protocol import ConnectionLimits, LimitedHttpToolsProtocol, WaitingConnections
+
+    limits = ConnectionLimits(
+        max_head_bytes=settings.max_header_bytes,
+        max_header_fields=settings.max_header_fields,
+        head_timeout_seconds=settings.header_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
+    _raise_open_file_limit(settings.max_connections * settings.workers)
+    return functools.partial(LimitedHttpToolsProtocol, waiting=WaitingConnections(limits))
+
+
+def _raise_open_file_limit(connections: int) -> None:
+    """Connections are file descriptors: lift the soft limit (often 1024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and connections + 256 > soft:
+        print(
+            f"router: warning: ROUTER_MAX_CONNECTIONS x workers ({connections}) does not fit the "
+            f"open-file limit ({soft}); raise ulimit -n or lower ROUTER_MAX_CONNECTIONS",
+            file=sys.stderr,
+        )
 
 
 def _print_demo_banner(settings: Any) -> None:

@@ -34,6 +34,7 @@ CATALOG: dict[str, ErrorKind] = {
     "INVALID_REQUEST": ErrorKind(400, "The request is malformed.", "invalid_request_error"),
     "VALIDATION_ERROR": ErrorKind(400, "The request does not match the contract.", "invalid_request_error"),
     "PAYLOAD_TOO_LARGE": ErrorKind(413, "The request body is too large.", "invalid_request_error"),
+    "HEADERS_TOO_LARGE": ErrorKind(431, "The request head is too large.", "invalid_request_error"),
     "UNSUPPORTED_MEDIA_TYPE": ErrorKind(
         415, "The request content type is not supported.", "invalid_request_error"
     ),

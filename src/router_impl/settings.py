@@ -27,8 +27,19 @@ class Settings(BaseSettings):
     # Serve the hot operations' certain happy path without Connexion's per-request plumbing
     # (web/middleware/fast_lane.py); off gives the plain Connexion path, byte for byte the same.
     fast_lane: bool = True
-    # Slow clients must not hold a worker: uvicorn closes idle keep-alive connections after this.
+    # Slow clients must not hold a worker: uvicorn closes idle keep-alive connections after this,
+    # and a new connection that sends nothing.
     keep_alive_seconds: int = Field(5, ge=1)
+    # Unauthenticated DoS limits of the HTTP server, enforced as the bytes arrive
+    # (web/http_protocol.py): a request head (request line + header lines) over max_header_bytes or
+    # with more than max_header_fields lines is 431; one not complete within header_timeout_seconds
+    # is refused and closed. Past max_connections per worker a new connection closes the one
+    # waiting longest for a request head (503 when all are busy); `router serve` raises the process's
+    # open-file limit (ulimit -n) to its hard limit and warns when this does not fit in it.
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 << 20)
+    max_header_fields: int = Field(100, ge=10, le=10_000)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    max_connections: int = Field(4096, ge=16, le=1_000_000)
 
     redis_url: str | None = None
     # Comma-separated host:port list; the runtime config then lives under etcd_prefix, one key per object.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import openai
 import pytest
 
-from router_impl.auth.signing import sign_payload
+from router_impl.auth.signing import sign_body
 from tests.e2e.conftest import ALIAS, KEYS, MODEL, ORG, auth, dumps, error_code, signed_headers
 
 INFERENCE = "/v1/inference"
@@ -87,13 +88,13 @@ def test_a_signing_key_created_at_runtime_must_sign_and_its_signing_secret_works
     unsigned = http.post(INFERENCE, json=envelope(), headers=auth(secret))
     wrong = http.post(
         INFERENCE,
-        json={**envelope(), "hmac_signature": sign_payload("rs_wrong_signing_secret_000000", "x")},
+        json=sign_body("rs_wrong_signing_secret_000000", envelope(), int(time.time())),
         headers=auth(secret),
     )
     body = envelope("signed by the operator's key")
     signed = http.post(
         INFERENCE,
-        json={**body, "hmac_signature": sign_payload(signing_secret, body["payload"])},
+        json=sign_body(signing_secret, body, int(time.time())),
         headers=auth(secret),
     )
 

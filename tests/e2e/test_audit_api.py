@@ -24,7 +24,7 @@ from router_impl.settings import Settings
 from router_impl.usage.audit import AuditEvent
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
-from tests.e2e.conftest import KEYS, ORG, Clients, auth, error_code
+from tests.e2e.conftest import KEYS, MODEL, ORG, Clients, auth, error_code, wait_until
 from tests.harness.router_proc import RouterProcess
 
 OTHER_ORG = "org-audit-other"
@@ -35,7 +35,7 @@ EXTRA_KEYS = (
     {"id": "key-audit-admin", "organization_id": OPS_ORG, "key_hash": hash_secret(AUDIT_ADMIN),
      "scopes": ["audit", "admin"]},
     {"id": "key-audit-other", "organization_id": OTHER_ORG, "key_hash": hash_secret(AUDIT_OTHER),
-     "scopes": ["audit"]},
+     "scopes": ["audit", "inference"]},
 )  # fmt: skip
 USER = KEYS["user"]  # scopes inference + audit, organisation ORG
 EVENTS = "/v1/audit/events"
@@ -162,6 +162,25 @@ async def test_an_unknown_or_another_orgs_request_is_not_found(http, store, base
         assert (response.status_code, error_code(response)) == (404, "REQUEST_NOT_FOUND")
     assert http.get(path, headers=auth(AUDIT_OTHER)).json()["organization_id"] == OTHER_ORG
     assert http.get(path, headers=auth(AUDIT_ADMIN)).json()["event_id"] == theirs.event_id
+
+
+def test_another_org_reusing_a_request_id_never_hides_the_first_orgs_record(http):
+    """Issue 16 finding 6: org B's request with org A's request id (the pipeline writes both events)."""
+    request_id = str(uuid.uuid4())
+    path = f"/v1/audit/requests/{request_id}"
+    body = {"request_id": request_id, "model": MODEL, "payload": "mine"}
+    assert http.post("/v1/inference", json=body, headers=auth(USER)).status_code == 200
+    assert wait_until(lambda: http.get(path, headers=auth(USER)).status_code == 200)
+    theirs = http.post("/v1/inference", json={**body, "payload": "theirs"}, headers=auth(AUDIT_OTHER))
+    assert theirs.status_code == 200, theirs.text
+    assert wait_until(lambda: http.get(path, headers=auth(AUDIT_OTHER)).status_code == 200)
+
+    mine = http.get(path, headers=auth(USER))
+    assert mine.status_code == 200, mine.text
+    assert (mine.json()["organization_id"], mine.json()["api_key_id"]) == (ORG, "key-user")
+    assert http.get(path, headers=auth(AUDIT_OTHER)).json()["organization_id"] == OTHER_ORG
+    # An admin reads the id's newest event across organisations (every event is in the list).
+    assert http.get(path, headers=auth(AUDIT_ADMIN)).json()["organization_id"] == OTHER_ORG
 
 
 # ---------------------------------------------------------------- listing

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from router_impl.auth.keys import hash_secret
-from router_impl.auth.signing import sign_payload
+from router_impl.auth.signing import sign_body
 from tests.e2e.conftest import (
     KEYS,
     MODEL,
@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     signed_headers,
 )
 from tests.harness.process import ServiceStartError
+from tests.harness.router_proc import RouterProcess
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"
@@ -220,7 +221,7 @@ def test_a_signature_is_accepted_once_and_its_replay_is_refused(http, router, mo
 def test_a_bad_hmac_signature_field_is_refused_before_any_backend_call(
     http, router, mock, key_name, signature
 ):
-    body = {**body_for(INFERENCE), "hmac_signature": signature}
+    body = {**body_for(INFERENCE), "hmac_timestamp": int(time.time()), "hmac_signature": signature}
 
     response, request_id = post(http, INFERENCE, body, auth(KEYS[key_name]))
 
@@ -228,8 +229,10 @@ def test_a_bad_hmac_signature_field_is_refused_before_any_backend_call(
 
 
 def test_a_signature_over_another_payload_is_refused(http, router, mock):
-    body = body_for(INFERENCE, text="the payload that is sent")
-    body["hmac_signature"] = sign_payload(SIGNING_SECRET, "the payload that was signed")
+    body = sign_body(
+        SIGNING_SECRET, body_for(INFERENCE, text="the payload that was signed"), int(time.time())
+    )
+    body["payload"] = "the payload that is sent"
 
     response, request_id = post(http, INFERENCE, body, auth(SIGNER))
 
@@ -237,14 +240,64 @@ def test_a_signature_over_another_payload_is_refused(http, router, mock):
 
 
 def test_a_valid_hmac_signature_field_stands_in_for_the_signature_headers(http, router, mock):
-    body = body_for(INFERENCE, text="signed in the body")
-    body["hmac_signature"] = sign_payload(SIGNING_SECRET, body["payload"])
+    body = sign_body(SIGNING_SECRET, body_for(INFERENCE, text="signed in the body"), int(time.time()))
 
     response, _ = post(http, INFERENCE, body, auth(SIGNER))
 
     assert response.status_code == 200, response.text
     assert response.json()["output"]["text"] == "signed in the body"
     assert mock.inference_requests == 1
+
+
+@pytest.fixture(scope="module")
+def connexion_router(start_router) -> RouterProcess:
+    return start_router(env={"ROUTER_FAST_LANE": "false"})
+
+
+@pytest.fixture(params=["fast-lane", "connexion"])
+def lane_http(request: pytest.FixtureRequest, clients, router) -> httpx.Client:
+    """A client of the main router (fast lane on) and of one with the fast lane off."""
+    if request.param == "fast-lane":
+        return clients.http(router)
+    return clients.http(request.getfixturevalue("connexion_router"))
+
+
+def test_a_captured_signed_body_cannot_be_replayed_changed_or_as_is(lane_http, mock):
+    """Issue 16 finding 5: the body signature binds request id, model and parameters, once."""
+    envelope = {**body_for(INFERENCE, text="signed once"), "parameters": {"max_tokens": 16}}
+    captured = sign_body(SIGNING_SECRET, envelope, int(time.time()))
+    first, _ = post(lane_http, INFERENCE, captured, auth(SIGNER))
+    assert first.status_code == 200, first.text
+
+    replays = {
+        "new request id": {**captured, "request_id": str(uuid.uuid4())},
+        "another model": {**captured, "model": OTHER_MODEL},
+        "larger max_tokens": {**captured, "parameters": {"max_tokens": 4096}},
+    }
+    for name, body in replays.items():
+        response, _ = post(lane_http, INFERENCE, body, auth(SIGNER))
+        assert (response.status_code, error_code(response)) == (401, "SIGNATURE_INVALID"), name
+    again, _ = post(lane_http, INFERENCE, captured, auth(SIGNER))
+    assert (again.status_code, error_code(again)) == (401, "SIGNATURE_REPLAYED")
+    assert mock.inference_requests == 1, "a replay reached the backend"
+
+    # The client's own retry re-signs (new timestamp) and gets the stored reply, not billed again.
+    retry, _ = post(
+        lane_http, INFERENCE, sign_body(SIGNING_SECRET, envelope, int(time.time()) + 1), auth(SIGNER)
+    )
+    assert retry.status_code == 200, retry.text
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.json() == first.json()
+    assert mock.inference_requests == 1
+
+
+def test_a_body_signature_without_its_timestamp_is_refused(lane_http, mock):
+    body = sign_body(SIGNING_SECRET, body_for(INFERENCE), int(time.time()))
+    del body["hmac_timestamp"]
+    response, _ = post(lane_http, INFERENCE, body, auth(SIGNER))
+    assert (response.status_code, error_code(response)) == (401, "SIGNATURE_INVALID")
+    assert "hmac_timestamp" in response.text
+    assert mock.inference_requests == 0
 
 
 # ---------------------------------------------------------------- keys from a hand-written config

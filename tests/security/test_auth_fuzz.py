@@ -15,6 +15,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from connexion.exceptions import OAuthProblem
@@ -38,9 +39,10 @@ from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    BodySignature,
     SignatureVerifier,
-    payload_signature_of,
-    sign_payload,
+    body_signature_of,
+    sign_body,
     sign_request,
 )
 from router_impl.errors import ApiError
@@ -386,37 +388,66 @@ async def test_any_single_byte_change_to_a_signed_request_fails(part, index, val
         assert part == "signature" and args["signature"].lower() == signature
 
 
+def _envelope(payload: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "request_id": "3f1c2a9e-8b7d-4c6e-9f0a-1b2c3d4e5f60",
+        "model": "m",
+        "payload": payload,
+        "parameters": {"max_tokens": max_tokens},
+    }
+
+
 @FUZZ
-@given(payload=FUZZ_TEXT, signature=FUZZ_TEXT)
-@example(payload="\ud800", signature="0" * 64)
-def test_any_payload_field_signature_is_valid_or_signature_invalid(payload, signature):
+@given(payload=FUZZ_TEXT, signature=FUZZ_TEXT, timestamp=st.one_of(st.none(), st.integers(), FUZZ_TEXT))
+@example(payload="\ud800", signature="0" * 64, timestamp=T)
+async def test_any_body_signature_is_valid_or_a_documented_signature_error(payload, signature, timestamp):
+    document = {**_envelope(payload, 1), "hmac_timestamp": timestamp, "hmac_signature": signature}
     try:
-        SignatureVerifier.verify_payload_field(SIGNING_SECRET.encode(), payload, signature)
+        await _verifier().verify_body(KEY_ID, SIGNING_SECRET.encode(), BodySignature(document, signature))
     except ApiError as err:
-        assert err.code == "SIGNATURE_INVALID"
+        assert err.code in {"SIGNATURE_INVALID", "SIGNATURE_EXPIRED"}
     else:
-        assert signature.strip().lower() == sign_payload(SIGNING_SECRET, payload)
+        assert signature.strip().lower() == sign_body(SIGNING_SECRET, document, T)["hmac_signature"]
 
 
 @FUZZ
-@given(payload=st.text(max_size=500), index=st.integers(0, 10_000), value=st.integers(0, 255))
-def test_a_payload_field_signature_verifies_and_any_byte_change_fails(payload, index, value):
-    signature = sign_payload(SIGNING_SECRET, payload)
-    SignatureVerifier.verify_payload_field(SIGNING_SECRET.encode(), payload, signature)
-    changed = _one_byte_changed(signature.encode(), index, value).decode("latin-1")
-    if changed.lower() == signature:
+@given(
+    payload=st.text(max_size=500),
+    max_tokens=st.integers(1, 1_000_000),
+    index=st.integers(0, 10_000),
+    value=st.integers(0, 255),
+)
+async def test_a_body_signature_verifies_and_any_byte_change_fails(payload, max_tokens, index, value):
+    document = sign_body(SIGNING_SECRET, _envelope(payload, max_tokens), T)
+    await _verifier().verify_body(
+        KEY_ID, SIGNING_SECRET.encode(), BodySignature(document, document["hmac_signature"])
+    )
+    changed = _one_byte_changed(document["hmac_signature"].encode(), index, value).decode("latin-1")
+    if changed.lower() == document["hmac_signature"]:
         return
     with pytest.raises(ApiError) as err:
-        SignatureVerifier.verify_payload_field(SIGNING_SECRET.encode(), payload, changed)
+        await _verifier().verify_body(KEY_ID, SIGNING_SECRET.encode(), BodySignature(document, changed))
+    assert err.value.code == "SIGNATURE_INVALID"
+
+
+@FUZZ
+@given(payload=st.text(max_size=200), max_tokens=st.integers(1, 1_000_000), more=st.integers(1, 1_000))
+async def test_a_signed_body_with_a_larger_max_tokens_fails(payload, max_tokens, more):
+    document = sign_body(SIGNING_SECRET, _envelope(payload, max_tokens), T)
+    document["parameters"] = {"max_tokens": max_tokens + more}
+    with pytest.raises(ApiError) as err:
+        await _verifier().verify_body(
+            KEY_ID, SIGNING_SECRET.encode(), BodySignature(document, document["hmac_signature"])
+        )
     assert err.value.code == "SIGNATURE_INVALID"
 
 
 @FUZZ
 @given(body=HEADER_BYTES)
 @example(body=b'{"payload": "\\ud800", "hmac_signature": "x"}')
-def test_reading_the_payload_signature_is_total_on_any_body(body):
-    found = payload_signature_of(body)
-    assert found is None or all(isinstance(part, str) for part in found)
+def test_reading_the_body_signature_is_total_on_any_body(body):
+    found = body_signature_of(body)
+    assert found is None or (isinstance(found.signature, str) and isinstance(found.document, dict))
 
 
 @FUZZ
@@ -424,7 +455,14 @@ def test_reading_the_payload_signature_is_total_on_any_body(body):
     required=st.booleans(),
     timestamp=st.one_of(st.none(), FUZZ_TEXT, st.just(str(T))),
     signature=st.one_of(st.none(), FUZZ_TEXT),
-    payload_signature=st.one_of(st.none(), st.tuples(ANY_TEXT, FUZZ_TEXT)),
+    payload_signature=st.one_of(
+        st.none(),
+        st.builds(
+            BodySignature,
+            st.dictionaries(ANY_TEXT, st.one_of(ANY_TEXT, st.integers(), st.just(T)), max_size=4),
+            FUZZ_TEXT,
+        ),
+    ),
     path=FUZZ_TEXT,
     body=HEADER_BYTES,
 )

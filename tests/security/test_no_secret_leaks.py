@@ -11,6 +11,7 @@ plain secret, and a signature, never.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import yaml
 from redis import Redis
 
 from router_impl.auth.keys import hash_secret
-from router_impl.auth.signing import sign_payload
+from router_impl.auth.signing import sign_body
 from router_impl.usage.outbox import read_backlog
 from tests.e2e.conftest import (
     KEYS,
@@ -114,16 +115,10 @@ def leaky_run(
             )
         )
         payload = f"signed payload {uuid.uuid4()}"
-        payload_signature = sign_payload(SIGNING_SECRET, payload)
-        secrets.append(payload_signature)
         envelope = {"request_id": str(uuid.uuid4()), "model": MODEL, "payload": payload}
-        keep(
-            http.post(
-                INFERENCE,
-                json={**envelope, "hmac_signature": payload_signature},
-                headers=auth(KEYS["signer"]),
-            )
-        )
+        body_signed = sign_body(SIGNING_SECRET, envelope, int(time.time()))
+        secrets.append(body_signed["hmac_signature"])
+        keep(http.post(INFERENCE, json=body_signed, headers=auth(KEYS["signer"])))
         created = http.post(
             "/v1/admin/keys",
             json={"organization_id": "org-leak", "scopes": ["inference"], "signature_required": True},

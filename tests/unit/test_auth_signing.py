@@ -1,7 +1,9 @@
 import hashlib
 import hmac
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,10 +15,11 @@ from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    BodySignature,
     SignatureVerifier,
+    body_signature_of,
     nonce_key,
-    payload_signature_of,
-    sign_payload,
+    sign_body,
     sign_request,
     string_to_sign,
 )
@@ -196,38 +199,138 @@ async def test_arbitrary_signature_headers_only_ever_raise_api_errors(
         assert err.code in {"SIGNATURE_MISSING", "SIGNATURE_INVALID", "SIGNATURE_EXPIRED"}
 
 
-@settings(max_examples=200, deadline=None)
-@given(payload=st.text(max_size=200), signature=st.text(max_size=100))
-def test_arbitrary_payload_signatures_only_ever_raise_signature_invalid(payload, signature):
-    try:
-        SignatureVerifier.verify_payload_field(SECRET, payload, signature)
-    except ApiError as err:
-        assert err.code == "SIGNATURE_INVALID"
+# ---------------------------------------------------------------- body signature (/v1/inference)
+
+ENVELOPE = {
+    "request_id": "3f1c2a9e-8b7d-4c6e-9f0a-1b2c3d4e5f60",
+    "model": "m",
+    "payload": "héllo wörld",
+    "parameters": {"max_tokens": 64, "temperature": 0.2},
+}
 
 
-def test_payload_field_signature_matches_hmac_of_the_utf8_payload():
-    payload = "héllo wörld"
-    signature = sign_payload(SECRET, payload)
-    assert signature == hmac.new(SECRET, payload.encode(), hashlib.sha256).hexdigest()
-    SignatureVerifier.verify_payload_field(SECRET, payload, signature)
+async def verify_body(v: SignatureVerifier, document: dict, key_id: str = "key_1") -> None:
+    signed = body_signature_of(orjson.dumps(document))
+    assert signed is not None
+    await v.verify_body(key_id, SECRET, signed)
+
+
+async def body_code(v: SignatureVerifier, document: dict) -> str:
     with pytest.raises(ApiError) as err:
-        SignatureVerifier.verify_payload_field(SECRET, payload + "!", signature)
-    assert err.value.code == "SIGNATURE_INVALID"
+        await verify_body(v, document)
+    assert err.value.status_code == 401
+    return err.value.code
+
+
+def test_body_signature_is_hmac_of_the_canonical_json_of_the_body_without_it():
+    signed = sign_body(SECRET, ENVELOPE, T)
+    canonical = (
+        '{"hmac_timestamp":' + str(T) + ',"model":"m","parameters":{"max_tokens":64,"temperature":0.2},'
+        '"payload":"héllo wörld","request_id":"3f1c2a9e-8b7d-4c6e-9f0a-1b2c3d4e5f60"}'
+    ).encode()
+    assert signed["hmac_timestamp"] == T
+    assert signed["hmac_signature"] == hmac.new(SECRET, canonical, hashlib.sha256).hexdigest()
+
+
+async def test_a_signed_body_passes_once_whatever_its_key_order_and_spacing():
+    v = verifier()
+    signed = sign_body(SECRET, ENVELOPE, T)
+    reordered = dict(reversed(list(signed.items())))
+    await v.verify_body(
+        "key_1", SECRET, body_signature_of(orjson.dumps(reordered, option=orjson.OPT_INDENT_2))
+    )
+    assert await body_code(v, signed) == "SIGNATURE_REPLAYED"
 
 
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    "change",
     [
-        (b'{"payload": "p", "hmac_signature": "abc"}', ("p", "abc")),
+        {"request_id": "00000000-0000-4000-8000-000000000000"},  # a new request id: billed again
+        {"model": "a-dearer-model"},
+        {"parameters": {"max_tokens": 4096, "temperature": 0.2}},
+        {"parameters": {"max_tokens": 64}},
+        {"payload": "another prompt"},
+        {"content_type": "application/json"},
+        {"metadata": {"team": "someone-else"}},
+        {"hmac_timestamp": T + 1},
+    ],
+)
+async def test_changing_anything_in_a_signed_body_breaks_its_signature(change):
+    assert await body_code(verifier(), {**sign_body(SECRET, ENVELOPE, T), **change}) == "SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize("timestamp", [None, "1700000000", 17e8, True, -1, 10**12])
+async def test_a_body_signature_without_an_integer_timestamp_is_invalid(timestamp):
+    document = sign_body(SECRET, ENVELOPE, T)
+    if timestamp is None:
+        del document["hmac_timestamp"]
+    else:
+        document["hmac_timestamp"] = timestamp
+    assert await body_code(verifier(), document) == "SIGNATURE_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("offset", "code"), [(-300, None), (300, None), (-301, "SIGNATURE_EXPIRED"), (301, "SIGNATURE_EXPIRED")]
+)
+async def test_a_body_signature_has_the_same_window_as_the_headers(offset, code):
+    v = verifier(Clock(NOW + timedelta(seconds=offset)))
+    document = sign_body(SECRET, ENVELOPE, T)
+    if code is None:
+        await verify_body(v, document)
+    else:
+        assert await body_code(v, document) == code
+
+
+async def test_a_forged_body_signature_is_not_remembered():
+    nonces = MemoryNonceStore()
+    v = SignatureVerifier(nonces, Clock())
+    assert (
+        await body_code(v, {**ENVELOPE, "hmac_timestamp": T, "hmac_signature": "0" * 64})
+        == "SIGNATURE_INVALID"
+    )
+    assert len(nonces) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    document=st.dictionaries(
+        st.text(max_size=20),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
+            max_leaves=10,
+        ),
+        max_size=6,
+    ),
+    signature=st.text(max_size=100),
+)
+async def test_arbitrary_signed_bodies_only_ever_raise_api_errors(document, signature):
+    try:
+        await verifier().verify_body("key_1", SECRET, BodySignature(document, signature))
+    except ApiError as err:
+        assert err.code in {"SIGNATURE_INVALID", "SIGNATURE_EXPIRED"}
+
+
+@pytest.mark.parametrize(
+    ("body", "signature"),
+    [
+        (b'{"payload": "p", "hmac_signature": "abc"}', "abc"),
         (b'{"payload": "p"}', None),
-        (b'{"payload": 1, "hmac_signature": "abc"}', None),
+        (b'{"payload": 1, "hmac_signature": 5}', None),
         (b"[1, 2]", None),
         (b"not json", None),
         (b"", None),
     ],
 )
-def test_payload_signature_is_read_from_inference_bodies(body, expected):
-    assert payload_signature_of(body) == expected
+def test_the_body_signature_is_read_from_inference_bodies(body, signature):
+    found = body_signature_of(body)
+    assert (found.signature if found else None) == signature
 
 
 # ---------------------------------------------------------------- memory nonces
@@ -310,15 +413,18 @@ async def test_key_that_must_sign_passes_with_a_good_signature_and_fails_without
     assert await gate_code(principal(True), unsigned) == "SIGNATURE_MISSING"
 
 
-async def test_key_that_must_sign_may_sign_the_inference_payload_instead():
-    payload = "the prompt"
+def body_signed(secret: str) -> BodySignature | None:
+    return body_signature_of(orjson.dumps(sign_body(secret, ENVELOPE, T)))
+
+
+async def test_key_that_must_sign_may_sign_the_inference_body_instead():
     good = signed(
-        timestamp_header=None,
-        signature_header=None,
-        payload_signature=(payload, sign_payload("rs_gate-secret-123456", payload)),
+        timestamp_header=None, signature_header=None, payload_signature=body_signed("rs_gate-secret-123456")
     )
     await gate().verify(principal(True), good)
-    bad = signed(timestamp_header=None, signature_header=None, payload_signature=(payload, "0" * 64))
+    bad = signed(
+        timestamp_header=None, signature_header=None, payload_signature=body_signed("rs_other-secret-00000")
+    )
     assert await gate_code(principal(True), bad) == "SIGNATURE_INVALID"
 
 
@@ -343,9 +449,10 @@ async def test_unreadable_sealed_secret_is_an_internal_error_not_the_clients_fau
     assert await gate_code(moved, signed()) == "INTERNAL_ERROR"
 
 
-def test_payload_field_check_for_a_principal():
-    g = gate()
-    g.verify_payload_field(principal(False), "x", sign_payload("rs_gate-secret-123456", "x"))
-    with pytest.raises(ApiError) as err:
-        g.verify_payload_field(principal(False), "x", sign_payload("rs_other-secret-00000", "x"))
-    assert err.value.code == "SIGNATURE_INVALID"
+async def test_a_body_signature_is_checked_for_a_key_that_need_not_sign():
+    request = signed(timestamp_header=None, signature_header=None)
+    await gate().verify(
+        principal(False), replace(request, payload_signature=body_signed("rs_gate-secret-123456"))
+    )
+    wrong = replace(request, payload_signature=body_signed("rs_other-secret-00000"))
+    assert await gate_code(principal(False), wrong) == "SIGNATURE_INVALID"

@@ -122,6 +122,21 @@ async def test_a_lookup_restricted_to_one_org_never_finds_another_orgs_request(s
     assert await store.by_request("req-unknown", None) is None
 
 
+async def test_another_org_reusing_a_request_id_never_hides_the_first_orgs_record(store: Store) -> None:
+    mine = event("req-shared", 1, org="org-a")
+    theirs = event("req-shared", 2, org="org-b", action="REQUEST_DENIED")
+    await record_all(store, mine, theirs)  # org B's later event is the newest across orgs
+
+    assert await store.by_request("req-shared", "org-a") == mine
+    assert await store.by_request("req-shared", "org-b") == theirs
+    # An admin (every organisation) reads the newest event of the id across organisations.
+    assert await store.by_request("req-shared", None) == theirs
+    newer_mine = event("req-shared", 3, org="org-a")
+    await store.record(newer_mine)
+    assert await store.by_request("req-shared", None) == newer_mine
+    assert await store.by_request("req-shared", "org-b") == theirs
+
+
 async def test_an_event_the_contract_cannot_carry_is_refused_and_not_stored(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.record(event("-not-an-identifier"))

@@ -9,7 +9,7 @@ import structlog
 
 from router_impl.auth.authenticator import Principal
 from router_impl.auth.secret_box import SecretBox, SecretBoxError
-from router_impl.auth.signing import SignatureVerifier
+from router_impl.auth.signing import BodySignature, SignatureVerifier
 from router_impl.errors import ApiError
 
 
@@ -17,8 +17,8 @@ from router_impl.errors import ApiError
 class SignedRequest:
     """What a signature covers, as received. ``path`` is the URL path without the query string.
 
-    ``payload_signature`` is ``(payload, hmac_signature)`` from a /v1/inference body, the
-    contract's alternative to the headers (``signing.payload_signature_of`` extracts it).
+    ``payload_signature`` is the ``hmac_signature`` of a /v1/inference body, the contract's
+    alternative to the headers (``signing.body_signature_of`` extracts it).
     """
 
     method: str
@@ -26,7 +26,7 @@ class SignedRequest:
     body: bytes = field(repr=False)
     timestamp_header: str | None = None
     signature_header: str | None = None
-    payload_signature: tuple[str, str] | None = field(default=None, repr=False)
+    payload_signature: BodySignature | None = field(default=None, repr=False)
 
 
 class SignatureGate:
@@ -56,12 +56,9 @@ class SignatureGate:
                 request.signature_header,
             )
         if request.payload_signature is not None:  # checked whenever sent, headers or not
-            payload, signature = request.payload_signature
-            self.verify_payload_field(principal, payload, signature)
-
-    def verify_payload_field(self, principal: Principal, payload: str, hmac_signature: str) -> None:
-        """The ``hmac_signature`` field of /v1/inference; when present it must match."""
-        SignatureVerifier.verify_payload_field(self._signing_secret(principal), payload, hmac_signature)
+            await self._verifier.verify_body(
+                principal.key_id, self._signing_secret(principal), request.payload_signature
+            )
 
     def _signing_secret(self, principal: Principal) -> bytes:
         if principal.signing_secret_enc is None:

@@ -3,6 +3,11 @@
 String to sign: ``f"{timestamp}\\n{METHOD}\\n{path}\\n{sha256_hex(body)}"`` where ``path`` is the
 URL path without the query string (as in openapi/router.yaml, parameter X-Signature). The
 signature is the lowercase hex HMAC-SHA256 of it under the key's signing secret (UTF-8).
+
+The body alternative on /v1/inference (``hmac_signature``) is the HMAC of the canonical JSON
+(RFC 8785) of the whole body without ``hmac_signature``, which must carry ``hmac_timestamp``: so it
+binds request id, model, parameters, payload, content type and metadata, and has the same window
+and single use as the headers.
 """
 
 from __future__ import annotations
@@ -10,16 +15,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
+from router_impl.auth.canonical_json import canonical_json
 from router_impl.auth.nonces import NonceStore
 from router_impl.errors import ApiError
 
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 SIGNATURE_HEADER = "X-Signature"
+BODY_SIGNATURE_FIELD = "hmac_signature"
+BODY_TIMESTAMP_FIELD = "hmac_timestamp"
 DEFAULT_WINDOW_SECONDS = 300
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -47,26 +57,44 @@ def sign_request(
     return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: mac.hexdigest()}
 
 
-def sign_payload(signing_secret: bytes | str, payload: str) -> str:
-    """The ``hmac_signature`` field of ``/v1/inference``: hex HMAC-SHA256 of the UTF-8 payload."""
-    # surrogatepass, as in string_to_sign: a payload that is not valid Unicode only fails verification.
-    return hmac.new(
-        _key(signing_secret), payload.encode("utf-8", "surrogatepass"), hashlib.sha256
-    ).hexdigest()
+def body_string_to_sign(document: Mapping[str, Any]) -> bytes:
+    """Canonical JSON (RFC 8785) of the body without ``hmac_signature``; ValueError if not JSON."""
+    return canonical_json(_unsigned(document))
 
 
-def payload_signature_of(body: bytes) -> tuple[str, str] | None:
-    """``(payload, hmac_signature)`` from an InferenceRequest body, when both are strings."""
+def _unsigned(document: Mapping[str, Any]) -> dict[str, Any]:
+    unsigned = dict(document)
+    unsigned.pop(BODY_SIGNATURE_FIELD, None)
+    return unsigned
+
+
+def sign_body(signing_secret: bytes | str, document: Mapping[str, Any], timestamp: int) -> dict[str, Any]:
+    """The /v1/inference body to send: ``document`` with ``hmac_timestamp`` and ``hmac_signature``."""
+    signed = _unsigned(document)
+    signed[BODY_TIMESTAMP_FIELD] = timestamp
+    mac = hmac.new(_key(signing_secret), body_string_to_sign(signed), hashlib.sha256)
+    return {**signed, BODY_SIGNATURE_FIELD: mac.hexdigest()}
+
+
+@dataclass(frozen=True, slots=True)
+class BodySignature:
+    """A /v1/inference body that carries ``hmac_signature``, parsed once."""
+
+    document: Mapping[str, Any] = field(repr=False)
+    signature: str = field(repr=False)
+
+
+def body_signature_of(body: bytes) -> BodySignature | None:
+    """The body's signature, when it is a JSON object whose ``hmac_signature`` is a string (anything
+    else there fails the body's validation)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(document, dict):
         return None
-    payload, signature = document.get("payload"), document.get("hmac_signature")
-    if isinstance(payload, str) and isinstance(signature, str):
-        return payload, signature
-    return None
+    signature = document.get(BODY_SIGNATURE_FIELD)
+    return BodySignature(document, signature) if isinstance(signature, str) else None
 
 
 def _parse_signature(value: str) -> str:
@@ -119,14 +147,27 @@ class SignatureVerifier:
         if not await self._nonces.first_use(nonce_key(key_id, signature), 2 * self.window_seconds):
             raise ApiError("SIGNATURE_REPLAYED")
 
-    @staticmethod
-    def verify_payload_field(signing_secret: bytes, payload: str, hmac_signature: str) -> None:
-        """The contract's ``hmac_signature`` field. It carries no timestamp, so no replay window:
-        request-id idempotency is what stops a replayed body from being billed twice.
-        """
-        signature = _parse_signature(hmac_signature)
-        if not hmac.compare_digest(sign_payload(signing_secret, payload), signature):
+    async def verify_body(self, key_id: str, signing_secret: bytes, signed: BodySignature) -> None:
+        """The contract's ``hmac_signature`` field over the whole body, with ``hmac_timestamp`` in it.
+        Raise ApiError(SIGNATURE_INVALID | SIGNATURE_EXPIRED | SIGNATURE_REPLAYED)."""
+        signature = _parse_signature(signed.signature)
+        timestamp = signed.document.get(BODY_TIMESTAMP_FIELD)
+        if type(timestamp) is not int or not 0 <= timestamp < 10**12:
+            raise ApiError(
+                "SIGNATURE_INVALID",
+                "hmac_signature covers the whole body and needs hmac_timestamp (integer unix seconds).",
+            )
+        if abs(self._clock().timestamp() - timestamp) > self.window_seconds:
+            raise ApiError("SIGNATURE_EXPIRED")
+        try:
+            signed_bytes = body_string_to_sign(signed.document)
+        except ValueError:
+            raise ApiError("SIGNATURE_INVALID") from None
+        expected = hmac.new(signing_secret, signed_bytes, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
             raise ApiError("SIGNATURE_INVALID")
+        if not await self._nonces.first_use(nonce_key(key_id, signature), 2 * self.window_seconds):
+            raise ApiError("SIGNATURE_REPLAYED")
 
 
 def nonce_key(key_id: str, signature: str) -> str:

@@ -1,7 +1,8 @@
 """Audit trail queries (scope audit): one request's record, and pages of events.
 
 A key sees its own organisation's events only; a key that also holds scope admin sees every
-organisation's. Another organisation's request reads as unknown (404), so ids leak nothing.
+organisation's. Another organisation's request reads as unknown (404), so ids leak nothing; a
+request id is looked up per organisation (an admin reads the id's newest event across them).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from router_impl.auth.signing import BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD
 from router_impl.components import Components
 from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
 from router_impl.usage.cost import micro_to_usd
@@ -23,6 +24,15 @@ def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
     parameters = body.get("parameters") or {}
     chat.update({name: parameters[name] for name in _PARAMETERS if name in parameters})
     return chat
+
+
+def _fingerprinted(body: dict[str, Any], raw: bytes) -> bytes:
+    """What idempotency compares: the raw body, or for a body-signed one its JSON without the
+    signature and its timestamp (a retry must re-sign, and still gets its stored reply)."""
+    if BODY_SIGNATURE_FIELD not in body and BODY_TIMESTAMP_FIELD not in body:
+        return raw
+    unsigned = {k: v for k, v in body.items() if k not in (BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD)}
+    return orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
 
 
 def _render(call: Call, completed: Completed) -> FinalReply:
@@ -62,7 +72,7 @@ async def route_inference(components: Components, token_info: dict[str, Any]) ->
         kind="chat",
         body=_chat_body(body),
         endpoint=path,
-        fingerprint=fingerprint(method, path, state.body),
+        fingerprint=fingerprint(method, path, _fingerprinted(body, state.body)),
         idempotency_key=str(body["request_id"]),
         request_id=str(body["request_id"]),
         trace_id=state.trace_id,

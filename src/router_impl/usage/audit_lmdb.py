@@ -3,7 +3,9 @@
 Three sub-databases. ``events`` maps an event id to its AuditRecord JSON. ``index`` holds one empty
 entry per (stream, time, event id), where a stream is every event, every event of one action, one
 organisation's events, or one organisation's events of one action; a page is one backwards scan of
-one stream. ``requests`` maps a request id to the position (time, event id) of its latest event.
+one stream. ``requests`` maps (request id, organisation) to the position (time, event id) of the
+request's latest event in that organisation, so another organisation reusing the id never hides it;
+an unrestricted lookup takes the newest across the id's organisations (one short prefix scan).
 
 Like the idempotency store, transactions are a few microseconds (five small puts per event) and run
 inline on the event loop; commits are not fsynced by default, so a process crash loses nothing and
@@ -57,6 +59,12 @@ def _streams(event: AuditEvent) -> tuple[bytes, ...]:
     return _stream(None, None), _stream(None, action), _stream(org, None), _stream(org, action)
 
 
+def _request_key(request_id: str, organization_id: str) -> bytes:
+    """Length-prefixed request id, then the organisation: one prefix holds every org's entry of an id
+    (and never begins like the bare request ids written before the key held the organisation)."""
+    return _sized(request_id.encode(), 2) + organization_id.encode()
+
+
 def _at(millis: int, event_id: str) -> bytes:
     return millis.to_bytes(8, "big") + event_id.encode()
 
@@ -108,7 +116,7 @@ class LmdbAuditLog:
     async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
         data = data or audit_record_json(event)
         at = _at(*position(event))
-        request = event.request_id.encode()
+        request = _request_key(event.request_id, event.organization_id)
         with self._writing() as txn:
             txn.put(event.event_id.encode(), data, db=self._events)
             for stream in _streams(event):
@@ -120,16 +128,32 @@ class LmdbAuditLog:
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         cutoff = retention_cutoff_ms(self._clock(), self._retention)
         with self._reading() as txn:
-            at = txn.get(request_id.encode(), db=self._requests)
+            at = self._latest(txn, request_id, organization_id)
             if at is None or int.from_bytes(at[:8], "big") < cutoff:
                 return None
-            data = txn.get(bytes(at[8:]), db=self._events)
+            data = txn.get(at[8:], db=self._events)
         if data is None:
             return None
         event = self._decode(data)
         if organization_id is not None and event.organization_id != organization_id:
-            return None
+            return None  # only a legacy entry (one per id, any org) can point at another org's event
         return event
+
+    def _latest(
+        self, txn: lmdb.Transaction[bytes], request_id: str, organization_id: str | None
+    ) -> bytes | None:
+        if organization_id is not None:
+            at = txn.get(_request_key(request_id, organization_id), db=self._requests)
+        else:
+            prefix = _sized(request_id.encode(), 2)
+            cursor = txn.cursor(db=self._requests)
+            found = cursor.set_range(prefix)
+            at = None
+            while found and cursor.key().startswith(prefix):
+                at = max(at or b"", cursor.value())
+                found = cursor.next()
+        # Written before the index held the organisation: the id's latest event in any org.
+        return at if at is not None else txn.get(request_id.encode(), db=self._requests)
 
     async def query(self, query: AuditQuery) -> AuditPage:
         limit = page_limit(query.limit)
@@ -202,10 +226,10 @@ class LmdbAuditLog:
         for stream in _streams(event):
             txn.delete(stream + at, db=self._index)
         txn.delete(event_key, db=self._events)
-        request = event.request_id.encode()
-        latest = txn.get(request, db=self._requests)
-        if latest is not None and bytes(latest) == at:  # older events of the request are gone too
-            txn.delete(request, db=self._requests)
+        for request in (_request_key(event.request_id, event.organization_id), event.request_id.encode()):
+            latest = txn.get(request, db=self._requests)
+            if latest is not None and bytes(latest) == at:  # older events of the request are gone too
+                txn.delete(request, db=self._requests)
 
     @staticmethod
     def _decode(data: bytes) -> AuditEvent:

@@ -3,7 +3,10 @@
 Keys (prefix ``audit:`` by default):
 
 - ``ev:<event id>``: the event's AuditRecord JSON, expiring when the event leaves retention;
-- ``req:<request id>``: the positions of the request's events (its record is the latest);
+- ``req:{<org>}:<request id>``: the positions of the request's events in that organisation (its
+  record there is the latest), so another organisation reusing the id never hides it;
+- ``req:<request id>``: the positions of the id's events in every organisation (an unrestricted
+  lookup reads the newest);
 - ``all``, ``org:<org>``, ``act:<action>:all``, ``act:<action>:org:<org>``: the streams a page scans;
 - ``orgs``: organisations by their latest event's time, so ``sweep`` can find every org stream.
 
@@ -48,7 +51,7 @@ _MAX_MS = 10**_MS_DIGITS - 1
 _ACTIONS = ("REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET")
 
 # One write, one script (a MULTI of 22 commands cost ~0.5 ms of client CPU per event).
-# KEYS: event, orgs, then the index sets (request, all, all+action, org, org+action).
+# KEYS: event, orgs, then the index sets (request in org, request, all, all+action, org, org+action).
 # ARGV: record JSON, ttl_ms, position, retention cutoff (exclusive lex bound), org, event ms.
 _WRITE = """
 local ttl = tonumber(ARGV[2])
@@ -100,8 +103,10 @@ class RedisAuditLog:
     def _event_key(self, event_id: str) -> str:
         return f"{self._prefix}ev:{event_id}"
 
-    def _request_key(self, request_id: str) -> str:
-        return f"{self._prefix}req:{request_id}"
+    def _request_key(self, request_id: str, organization_id: str | None = None) -> str:
+        if organization_id is None:
+            return f"{self._prefix}req:{request_id}"
+        return f"{self._prefix}req:{{{organization_id}}}:{request_id}"
 
     async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
         data = data or audit_record_json(event)
@@ -113,6 +118,7 @@ class RedisAuditLog:
         keys = (
             self._event_key(event_id),
             self._prefix + "orgs",
+            self._request_key(event.request_id, org),
             self._request_key(event.request_id),
             self._stream(None, None),
             self._stream(None, action),
@@ -127,7 +133,12 @@ class RedisAuditLog:
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         cutoff = retention_cutoff_ms(self._clock(), self._retention)
         try:
-            latest = await self._redis.zrevrangebylex(self._request_key(request_id), "+", "-", 0, 1)
+            latest = await self._redis.zrevrangebylex(
+                self._request_key(request_id, organization_id), "+", "-", 0, 1
+            )
+            if not latest and organization_id is not None:
+                # Written before the index held the organisation: the id's newest event, any org.
+                latest = await self._redis.zrevrangebylex(self._request_key(request_id), "+", "-", 0, 1)
             if not latest:
                 return None
             millis, event_id = _split(latest[0])
@@ -140,7 +151,7 @@ class RedisAuditLog:
             return None
         event = _decode(data)
         if organization_id is not None and event.organization_id != organization_id:
-            return None
+            return None  # only a legacy lookup can find another organisation's event
         return event
 
     async def query(self, query: AuditQuery) -> AuditPage:

@@ -19,7 +19,7 @@ from router_contract.operations import Operation
 
 from router_impl.auth.authenticator import Authenticator
 from router_impl.auth.signature_gate import SignatureGate, SignedRequest
-from router_impl.auth.signing import payload_signature_of
+from router_impl.auth.signing import body_signature_of
 from router_impl.telemetry.tracing import Tracing
 from router_impl.web.request_state import state_of
 
@@ -72,9 +72,7 @@ def security_map(
                     body=body,
                     timestamp_header=request.headers.get("x-signature-timestamp"),
                     signature_header=request.headers.get("x-signature"),
-                    payload_signature=payload_signature_of(body)
-                    if scope["path"] == _INFERENCE_PATH
-                    else None,
+                    payload_signature=body_signature_of(body) if scope["path"] == _INFERENCE_PATH else None,
                 ),
             )
         return {"sub": principal.key_id, "principal": principal}

@@ -17,7 +17,7 @@ _SHARED: list[Processor] = [
 ]
 
 
-def _tracebacks() -> Processor:
+def structured_tracebacks() -> Processor:
     """Structured tracebacks without frame locals: a frame's locals hold request headers, bodies
     and freshly minted secrets, which must never reach a log line (not even on a 500)."""
     transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
@@ -27,7 +27,7 @@ def _tracebacks() -> Processor:
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*_SHARED, _tracebacks(), redact_secrets, structlog.processors.JSONRenderer()],
+        processors=[*_SHARED, structured_tracebacks(), redact_secrets, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -37,7 +37,7 @@ def configure_logging(level: str = "info") -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                _tracebacks(),
+                structured_tracebacks(),
                 redact_secrets,
                 structlog.processors.JSONRenderer(),
             ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,28 +44,43 @@ class RawAnswer:
 
 
 @asynccontextmanager
-async def demo_router(data_dir: Path, *, fast_lane: bool, **settings: Any) -> AsyncIterator[InProcess]:
-    upstream = await start_demo_upstream()
-    components = build_components(
-        Settings(
-            data_dir=data_dir,
-            demo=True,
-            demo_upstream=upstream.base_url,
-            fast_lane=fast_lane,
-            access_log=False,
-            secret_key=SECRET_KEY,
-            **settings,
-        )
-    )
-    app = build_app(components)
-    await components.lifecycle.start()  # what the ASGI lifespan does
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            yield InProcess(app, client, components)
-    finally:
-        await components.lifecycle.stop()
-        await upstream.stop()
+async def demo_routers(root: Path, *lanes: bool, **settings: Any) -> AsyncIterator[list[InProcess]]:
+    """One demo router per entry of ``lanes`` (fast lane on or off), each with its own data dir and
+    demo upstream. All are built before any starts: building blocks the event loop for a while, and
+    a started router's health probe would time out meanwhile and take its upstream out of service."""
+    async with AsyncExitStack() as stack:
+        built = []
+        for index, fast_lane in enumerate(lanes):
+            upstream = await start_demo_upstream()
+            stack.push_async_callback(upstream.stop)
+            components = build_components(
+                Settings(
+                    data_dir=root / f"router-{index}",
+                    demo=True,
+                    demo_upstream=upstream.base_url,
+                    fast_lane=fast_lane,
+                    access_log=False,
+                    secret_key=SECRET_KEY,
+                    **settings,
+                )
+            )
+            built.append((components, build_app(components)))
+        running = []
+        for components, app in built:
+            await components.lifecycle.start()  # what the ASGI lifespan does
+            stack.push_async_callback(components.lifecycle.stop)
+            transport = httpx.ASGITransport(app=app)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://router")
+            )
+            running.append(InProcess(app, client, components))
+        yield running
+
+
+@asynccontextmanager
+async def demo_router(root: Path, *, fast_lane: bool, **settings: Any) -> AsyncIterator[InProcess]:
+    async with demo_routers(root, fast_lane, **settings) as (running,):
+        yield running
 
 
 async def raw_request(

@@ -27,7 +27,7 @@ USER = {"X-API-Key": API_KEY}
 async def router(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[InProcess]:
-    async with demo_router(tmp_path_factory.mktemp("findings") / "data", fast_lane=request.param) as running:
+    async with demo_router(tmp_path_factory.mktemp("findings"), fast_lane=request.param) as running:
         yield running
 
 

@@ -66,7 +66,8 @@ class BodyGuardMiddleware:
             return
         if scope["method"] not in _BODY_METHODS:
             # No operation reads a body here: a stray Content-Type is ignored, never parsed.
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            if any(name == b"content-type" for name, _ in scope["headers"]):
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             await self.app(scope, receive, send)
             return
         content_type = b""

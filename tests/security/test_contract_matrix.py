@@ -233,3 +233,37 @@ def test_the_matrix_covers_every_operation():
     covered = {case.operation.operation_id for case in CASES}
     assert covered == set(OPERATIONS)
     assert len(CASES) > 10 * len(OPERATIONS)
+
+
+NOT_JSON = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
+STATE_VIEWS = ("/v1/admin/keys", "/v1/admin/models", "/v1/admin/orgs/org-matrix/limits", "/v1/admin/backends")
+
+
+async def _state(router: InProcess) -> list[Any]:
+    """What the admin API shows: keys, model policies, an organisation's limits, backend ids."""
+    views = []
+    for path in STATE_VIEWS:
+        answer = await raw_request(router.app, "GET", path.encode(), {"X-API-Key": ADMIN_KEY})
+        document = orjson.loads(answer.body)
+        if path.endswith("/backends"):  # live figures move with health probes; the set of ids must not
+            document = sorted(item["id"] for item in document["items"])
+        views.append((answer.status, document))
+    return views
+
+
+async def test_no_write_operation_changes_state_for_a_refused_body(routers):
+    """Every write operation, with a body its model refuses under every media type and with a valid
+    body under media types that are not JSON: refused, and nothing the admin API shows changed."""
+    writes = [op for op in OPERATIONS.values() if op.has_body]
+    for router in routers:
+        before = await _state(router)
+        for op in writes:
+            target = _path(op).encode()
+            attempts = [(INVALID_BODY, media) for media in MEDIA_TYPES] + [
+                (_sample_body(op), m) for m in NOT_JSON
+            ]
+            for body, media_type in attempts:
+                headers = {**_credential(op), **({"Content-Type": media_type} if media_type else {})}
+                answer = await raw_request(router.app, op.method, target, headers, body)
+                assert answer.status in (400, 415), (op.operation_id, media_type, answer.status, answer.body)
+        assert await _state(router) == before

@@ -48,7 +48,8 @@ from router_impl.config.lkg_cache import LastKnownGood
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.service import ConfigService
 from router_impl.config.source import ConfigSource
-from router_impl.demo.config import demo_config
+from router_impl.data_dir import private_data_dir
+from router_impl.demo.config import demo_bind_refusal, demo_config
 from router_impl.demo.upstream import start_demo_upstream
 from router_impl.health import BuildInfo, CheckStatus, HealthCheck, HealthService
 from router_impl.lifecycle import Lifecycle, every
@@ -80,6 +81,7 @@ from router_impl.usage.wiring import UsageParts, build_usage
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
+from router_impl.web.middleware.path_guard import PathGuardMiddleware
 from router_impl.web.middleware.request_context import RequestContextMiddleware
 from router_impl.web.probe_guard import ProbeGuard
 from router_impl.web.resolver import OperationTableResolver
@@ -138,7 +140,9 @@ def _config_source(settings: Settings) -> ConfigSource:
 
 def build_components(settings: Settings, *, tracing: Tracing | None = None) -> Components:
     """``tracing`` replaces the one the settings describe (tests pass an in-memory exporter)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)
+    if (refusal := demo_bind_refusal(settings)) is not None:  # also for launchers other than the CLI
+        raise RuntimeError(refusal)
     lifecycle = Lifecycle()
     tracing = tracing or Tracing.from_settings(settings)
     lifecycle.on_stop(tracing.shutdown)  # registered first, so it runs last: after the outbox drain
@@ -468,7 +472,7 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
         inner, max_body_bytes=settings.max_body_bytes, body_timeout_seconds=settings.body_timeout_seconds
     )
     return RequestContextMiddleware(
-        guarded,
+        PathGuardMiddleware(guarded),
         openai_paths=openai_paths,
         access_log=settings.access_log,
         random_hex=random_hex,

@@ -21,7 +21,7 @@ def _share_metrics(directory: Path) -> None:
     """Workers write their metric values to one fresh directory; any worker's scrape sums them.
     Set before the workers start: prometheus-client reads it when first imported."""
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
@@ -36,11 +36,17 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["ROUTER_LOG_LEVEL"] = args.log_level
     if args.demo:
         overrides["ROUTER_DEMO"] = "true"
+    if args.demo_allow_public:
+        overrides["ROUTER_DEMO_ALLOW_PUBLIC"] = "true"
     os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
 
+    from router_impl.demo.config import demo_bind_refusal
     from router_impl.settings import Settings
 
     settings = Settings()
+    if (refusal := demo_bind_refusal(settings)) is not None:
+        print(f"router: {refusal}", file=sys.stderr)
+        return 2
     if settings.demo:
         _print_demo_banner(settings)
     if settings.workers > 1:
@@ -202,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="embedded defaults + a built-in upstream serving model 'demo' (ROUTER_DEMO)",
+    )
+    serve.add_argument(
+        "--demo-allow-public",
+        action="store_true",
+        help="demo mode may listen beyond loopback with its well-known keys (ROUTER_DEMO_ALLOW_PUBLIC)",
     )
     serve.set_defaults(func=_serve)
 

@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     demo_api_key: SecretStr = SecretStr("rk-demo-key")
     demo_admin_key: SecretStr = SecretStr("rk-demo-admin-key")
     demo_upstream: str | None = None
+    # Demo mode with its well-known keys listens on loopback only, unless this says otherwise.
+    demo_allow_public: bool = False
 
     # OpenTelemetry traces (telemetry/tracing.py), OTLP over HTTP/protobuf: on with tracing_enabled or
     # when the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set (the exporter reads the other

@@ -137,4 +137,7 @@ def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     micros, bar, key_id = bytes.fromhex(cursor).decode("utf-8").partition("|")
     if not bar or not micros.isdigit() or not key_id:
         raise ValueError("not a key-list cursor")
-    return int(micros), key_id
+    position = int(micros)
+    if position >= 2**64:  # stored positions are unsigned 64-bit microseconds
+        raise ValueError("not a key-list cursor")
+    return position, key_id

@@ -91,7 +91,7 @@ def load_or_create_master_key(path: Path, *, log: Any = None) -> bytes:
     """
     log = log if log is not None else structlog.get_logger("router.auth")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

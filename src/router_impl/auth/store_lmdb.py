@@ -61,8 +61,8 @@ class LmdbKeyStore:
         random_bytes: RandomBytes = secrets.token_bytes,
         log: Any = None,
     ) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True, mode=0o600)
         self._by_id = self._env.open_db(b"keys_by_id")
         self._by_hash = self._env.open_db(b"keys_by_hash")
         self._by_created = self._env.open_db(b"keys_by_created")

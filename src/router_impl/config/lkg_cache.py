@@ -42,8 +42,8 @@ class LastKnownGood:
     """Open once per process (LMDB refuses a second environment on the same path in one process)."""
 
     def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE, *, log: Any = None) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=0, subdir=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=0, subdir=True, mode=0o600)
         self._log = log if log is not None else structlog.get_logger("router.config.cache")
 
     def save(self, snapshot: Versioned, source: str, saved_at: datetime) -> None:

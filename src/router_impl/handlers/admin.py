@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from router_impl import admin_views as views
-from router_impl.auth.admin import ApiKeyAdmin
+from router_impl.auth.admin import ApiKeyAdmin, decode_cursor
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.components import Components
 from router_impl.config.layout import object_key, summary
@@ -66,7 +66,10 @@ def _parse_time(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ApiError("VALIDATION_ERROR", "expires_at is not an RFC 3339 date-time.") from exc
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    try:  # the instant in UTC, as it is stored and listed; the edges of the calendar do not convert
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ApiError("VALIDATION_ERROR", "expires_at is outside the supported date range.") from None
 
 
 async def create_api_key(components: Components) -> Response:
@@ -89,7 +92,14 @@ async def create_api_key(components: Components) -> Response:
 async def list_api_keys(
     components: Components, organization_id: str | None = None, limit: int = 100, cursor: str | None = None
 ) -> Response:
-    records, next_cursor = await _key_admin(components).list(organization_id, limit, cursor)
+    admin = _key_admin(components)
+    try:
+        decode_cursor(cursor)
+    except ValueError:
+        detail = {"field": "query.cursor", "message": "not a cursor this API issued"}
+        message = "query.cursor: not a cursor this API issued."
+        raise ApiError("VALIDATION_ERROR", message, details=[detail]) from None
+    records, next_cursor = await admin.list(organization_id, limit, cursor)
     page: dict[str, Any] = {"items": [key_info(r) for r in records]}
     if next_cursor is not None:
         page["next_cursor"] = next_cursor

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import orjson
 from starlette.responses import Response
 
 from router_impl.auth.signing import BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD
 from router_impl.components import Components
+from router_impl.errors import ApiError
 from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
 from router_impl.usage.cost import micro_to_usd
 from router_impl.web.current import current_document, current_method_and_path, current_state
@@ -62,8 +64,19 @@ def _render(call: Call, completed: Completed) -> FinalReply:
     return FinalReply(status=200, body=orjson.dumps(body), headers=routing_headers(completed.routed))
 
 
+def canonical_request_id(value: Any) -> str:
+    """The contract's ``format: uuid`` admits the braced, URN and unhyphenated spellings; the router
+    keys idempotency, usage records and audit on one spelling: the canonical lower-case 8-4-4-4-12."""
+    try:
+        return str(UUID(str(value)))
+    except ValueError:
+        detail = {"field": "body.request_id", "message": "not a UUID"}
+        raise ApiError("VALIDATION_ERROR", "body.request_id: not a UUID.", details=[detail]) from None
+
+
 async def route_inference(components: Components, token_info: dict[str, Any]) -> Response:
     body = current_document()
+    request_id = canonical_request_id(body["request_id"])
     state = current_state()
     method, path = current_method_and_path()
     principal = token_info["principal"]  # its signatures, headers and body field, were verified in security
@@ -73,8 +86,8 @@ async def route_inference(components: Components, token_info: dict[str, Any]) ->
         body=_chat_body(body),
         endpoint=path,
         fingerprint=fingerprint(method, path, _fingerprinted(body, state.body)),
-        idempotency_key=str(body["request_id"]),
-        request_id=str(body["request_id"]),
+        idempotency_key=request_id,
+        request_id=request_id,
         trace_id=state.trace_id,
         span_id=state.span_id,
     )

@@ -94,10 +94,10 @@ class LmdbIdempotencyStore:
         self._ttl_ms = duration_ms(ttl, "ttl")
         self._lease_ms = duration_ms(lease, "lease")
         self._new_token = token_factory
-        Path(path).mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=2, sync=sync, metasync=sync, readahead=False
+                str(path), map_size=map_size, max_dbs=2, sync=sync, metasync=sync, readahead=False, mode=0o600
             )
             self._records = self._env.open_db(b"records")
             self._expiry = self._env.open_db(b"expiry")

@@ -8,6 +8,8 @@ import sys
 import structlog
 from structlog.typing import Processor
 
+from router_impl.telemetry.redaction import redact_secrets
+
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
@@ -15,10 +17,17 @@ _SHARED: list[Processor] = [
 ]
 
 
+def structured_tracebacks() -> Processor:
+    """Structured tracebacks without frame locals: a frame's locals hold request headers, bodies
+    and freshly minted secrets, which must never reach a log line (not even on a 500)."""
+    transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    return structlog.processors.ExceptionRenderer(transformer)
+
+
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
+        processors=[*_SHARED, structured_tracebacks(), redact_secrets, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -28,7 +37,8 @@ def configure_logging(level: str = "info") -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks,
+                structured_tracebacks(),
+                redact_secrets,
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],

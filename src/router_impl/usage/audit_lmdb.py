@@ -94,10 +94,10 @@ class LmdbAuditLog:
             raise ValueError("retention_seconds must be positive")
         self._retention = retention_seconds
         self._clock = clock
-        Path(path).mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=3, sync=sync, metasync=sync, readahead=False
+                str(path), map_size=map_size, max_dbs=3, sync=sync, metasync=sync, readahead=False, mode=0o600
             )
             self._events = self._env.open_db(b"events")
             self._index = self._env.open_db(b"index")

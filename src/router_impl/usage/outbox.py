@@ -140,7 +140,7 @@ class LmdbOutbox:
         self.commits = 0  # write transactions that stored appended entries (group commit makes it small)
         self._max_batch = max_batch
         self._clock = clock
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -149,6 +149,7 @@ class LmdbOutbox:
                 sync=sync,
                 metasync=sync,
                 readahead=False,
+                mode=0o600,
             )
             self._entries = self._env.open_db(b"entries")
             self._meta = self._env.open_db(b"meta")

@@ -37,7 +37,7 @@ class JsonlWriter:
         self._file: IO[bytes] | None = None
         self._day = ""
         self._size = 0
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def write(self, line: bytes) -> None:
         self.write_lines([line])

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import router_contract.models as contract_models
 from connexion.datastructures import MediaTypeDict
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
+from connexion.utils import is_null, is_nullable
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
@@ -24,16 +26,32 @@ from router_impl.web.request_state import state_of
 
 BODY_MODEL_KEY = "x-router-model"
 _MAX_DETAILS = 10
+_FORMATS = jsonschema.Draft4Validator.FORMAT_CHECKER
+
+
+def _generated_name(part: int | str) -> bool:
+    """A union member's tag in pydantic's error location: a generated class name (``InferenceStop1``)
+    or a type tag (``list[str]``), which name our code rather than the client's field."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or isinstance(getattr(contract_models, part, None), type)
 
 
 def _field(location: tuple[int | str, ...]) -> str:
-    return ".".join(["body", *(str(part) for part in location)])
+    return ".".join(["body", *(str(part) for part in location if not _generated_name(part))])
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, without the schema's regular expression for a pattern mismatch."""
+    if error["type"] == "string_pattern_mismatch":
+        return "String does not have the format this field requires"
+    return str(error["msg"])
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    """Errors name the offending fields; input values are not echoed back."""
-    errors = exc.errors(include_url=False, include_input=False)
-    details = [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors[:_MAX_DETAILS]]
+    """Errors name the offending fields; neither input values nor schema fragments are echoed back."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    details = [{"field": _field(e["loc"]), "message": _message(e)} for e in errors[:_MAX_DETAILS]]
     first = details[0]
     return ApiError("VALIDATION_ERROR", f"{first['field']}: {first['message']}", details=details)
 
@@ -76,7 +94,25 @@ async def _replay(raw: bytes) -> AsyncGenerator[bytes, None]:
     yield raw
 
 
+class QuietParameterValidator(ParameterValidator):  # type: ignore[misc]
+    """Connexion's parameter validation, whose message names the parameter and the broken rule but
+    not the input value or the schema (jsonschema's own message prints both)."""
+
+    @staticmethod
+    def validate_parameter(
+        parameter_type: str, value: Any, param: dict[str, Any], param_name: Any = None
+    ) -> Any:
+        if value is None or (is_nullable(param) and is_null(value)):
+            return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        try:
+            jsonschema.Draft4Validator(param.get("schema", param), format_checker=_FORMATS).validate(value)
+        except jsonschema.ValidationError as exc:
+            return f"{parameter_type}.{param['name']}: does not satisfy the contract's '{exc.validator}' rule"
+        return None
+
+
 VALIDATORS: dict[str, Any] = {
     **VALIDATOR_MAP,
+    "parameter": QuietParameterValidator,
     "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": ModelBodyValidator}),
 }

@@ -4,7 +4,9 @@ body that does not arrive within ``body_timeout_seconds`` (400): uvicorn has no 
 slow upload would hold its connection and task for ever.
 
 The body is replayed downstream as a single message with an exact Content-Length, so
-chunked uploads work and nothing after this layer sees an oversized or malformed body.
+chunked uploads work and nothing after this layer sees an oversized or malformed body. Its
+Content-Type reaches downstream with the media type in lower case; on methods without a body
+(GET, HEAD, DELETE) a Content-Type is dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ MAX_HEADERS_TOTAL_BYTES = 32 * 1024
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or media.endswith(b"+json")
+
+
+def _normal_media_type(content_type: bytes) -> bytes:
+    """Media types are case-insensitive (RFC 9110 8.3.1): downstream sees ``type/subtype`` in lower
+    case, so Connexion finds the body validator for ``APPLICATION/JSON`` as for ``application/json``
+    and the fast lane takes both; parameters are kept as sent."""
+    media, semicolon, parameters = content_type.partition(b";")
+    normal = media.strip().lower()
+    return normal + b"; " + parameters.strip() if semicolon else normal
 
 
 def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -54,6 +65,9 @@ class BodyGuardMiddleware:
             await send_error(scope, send, ApiError("INVALID_REQUEST", refusal))
             return
         if scope["method"] not in _BODY_METHODS:
+            # No operation reads a body here: a stray Content-Type is ignored, never parsed.
+            if any(name == b"content-type" for name, _ in scope["headers"]):
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             await self.app(scope, receive, send)
             return
         content_type = b""
@@ -104,7 +118,11 @@ class BodyGuardMiddleware:
         if state is not None:
             state.body = body
         scope["headers"] = [
-            *((k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")),
+            *(
+                (k, _normal_media_type(v) if k == b"content-type" else v)
+                for k, v in scope["headers"]
+                if k not in (b"content-length", b"transfer-encoding")
+            ),
             (b"content-length", str(len(body)).encode()),
         ]
         replayed = False

@@ -921,6 +921,10 @@ class BudgetLimits(BaseModel):
     monthly_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
 
 
+class MergePatchObject(RootModel[dict[str, Any]]):
+    root: Annotated[dict[str, Any], Field(max_length=16)]
+
+
 class OrgLimits(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -1377,6 +1381,17 @@ class Completion(BaseModel):
     choices: Annotated[list[CompletionChoice], Field(max_length=1024)]
     usage: CompletionUsage | MISSING = MISSING
     system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
+
+
+class OrgLimitsPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    rate_limits: MergePatchObject | None | MISSING = MISSING
+    key_rate_limits: MergePatchObject | None | MISSING = MISSING
+    budgets: MergePatchObject | None | MISSING = MISSING
+    failure_mode: Literal["fail_open", "fail_closed"] | None | MISSING = MISSING
+    max_tokens_cap: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
 
 
 class InferenceRequest(BaseModel):

@@ -370,3 +370,51 @@ def test_budgets_from_the_budget_service_are_enforced_for_organisations_without_
         )
         assert clients.http(fresh).post(CHAT, json=chat(), headers=headers("org-daily")).status_code == 200
         assert budgets.calls("org-daily") == 0
+
+
+def test_patch_limits_merges_null_removes_and_put_replaces_whole(pair, clients):
+    """Issue 17.8: PATCH (JSON Merge Patch) keeps what it does not name; PUT replaces everything."""
+    http = clients.http(pair[0])
+    org = "org-patch"
+    path = f"/v1/admin/orgs/{org}/limits"
+    admin = auth(KEYS["admin"])
+    start = {
+        "rate_limits": {"requests_per_minute": 600, "burst": 100},
+        "budgets": {"daily_tokens": 1000, "monthly_usd": 50.0},
+        "failure_mode": "fail_closed",
+    }
+    assert http.put(path, json=start, headers=admin).status_code == 200
+
+    merge = {**admin, "Content-Type": "application/merge-patch+json"}
+    patched = http.patch(path, content=b'{"budgets": {"daily_tokens": 5000}}', headers=merge)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["limits"] == {**start, "budgets": {"daily_tokens": 5000, "monthly_usd": 50.0}}
+
+    # Plain application/json is a merge patch too; null removes a member, nested or not.
+    removed = http.patch(path, json={"budgets": {"monthly_usd": None}, "failure_mode": None}, headers=admin)
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["limits"] == {
+        "rate_limits": {"requests_per_minute": 600, "burst": 100},
+        "budgets": {"daily_tokens": 5000},
+        "failure_mode": "fail_open",  # back to its default
+    }
+    assert wait_until(
+        lambda: (
+            clients.http(pair[1]).get(path, headers=admin).json()["limits"].get("budgets")
+            == {"daily_tokens": 5000}
+        ),
+        timeout=5,
+    ), "the other router never applied the patch"
+
+    # A patch whose result is invalid changes nothing.
+    for bad in ({"rate_limits": {"burst": 0}}, {"budgets": {"daily_tokens": "many"}}, {"budgets": {"x": 1}}):
+        refused = http.patch(path, json=bad, headers=admin)
+        assert (refused.status_code, error_code(refused)) == (400, "VALIDATION_ERROR"), refused.text
+    assert http.get(path, headers=admin).json()["limits"]["budgets"] == {"daily_tokens": 5000}
+    updates = [line for line in pair[0].log_text().splitlines() if "policy_update" in line and org in line]
+    assert any("patch" in line for line in updates), f"the patch was not logged as a policy update: {updates}"
+
+    # PUT is a full replace: a body with only rate_limits drops the budgets.
+    replaced = http.put(path, json={"rate_limits": {"requests_per_minute": 60}}, headers=admin)
+    only_rates = {"rate_limits": {"requests_per_minute": 60}, "failure_mode": "fail_open"}
+    assert replaced.json()["limits"] == only_rates

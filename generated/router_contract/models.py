@@ -697,6 +697,15 @@ class WeightedBackend(BaseModel):
             le=1000,
         ),
     ]
+    upstream_model: Annotated[
+        str | MISSING,
+        Field(
+            description="The model name sent to this backend in place of the public one (e.g. a vLLM\nserver's `Qwen/Qwen2.5-7B-Instruct` behind the public `chat-small`). Absent: the\npublic name when the backend lists it in `models`, else the backend's first model.\n",
+            max_length=128,
+            min_length=1,
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+        ),
+    ] = MISSING
 
 
 class OrgPolicyOverride(BaseModel):
@@ -712,6 +721,10 @@ class ModelPricing(BaseModel):
     )
     input_usd_per_1m_tokens: Annotated[float, Field(ge=0.0, le=1000000.0)]
     output_usd_per_1m_tokens: Annotated[float, Field(ge=0.0, le=1000000.0)]
+
+
+class RetryOnItem(RootModel[int]):
+    root: Annotated[int, Field(ge=500, le=599)]
 
 
 class ModelPolicy(BaseModel):
@@ -750,6 +763,13 @@ class ModelPolicy(BaseModel):
             le=3600,
         ),
     ] = 30
+    retry_on: Annotated[
+        list[RetryOnItem] | MISSING,
+        Field(
+            description="Backend statuses after which a request is sent to the next candidate backend, within\nits deadline. Connect failures, connections broken before any byte of the answer\narrived, timeouts before an answer and 429 always move on; a status moves on only\nwhen listed here. Absent: [502, 503, 504] (gateway statuses: the model server behind\nthem never answered). A backend that answered 500 may have run the request, so 500\nis off unless listed. A streamed answer is never retried once a byte reached the\nclient, and only the attempt that answered is billed.\n",
+            max_length=100,
+        ),
+    ] = MISSING
     allow_keys: Annotated[
         list[Identifier] | MISSING,
         Field(

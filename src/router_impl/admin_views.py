@@ -116,7 +116,11 @@ def _number(value: Decimal) -> int | float:
 
 
 def _weighted(policy_backends: Any) -> list[dict[str, Any]]:
-    return [{"backend_id": wb.backend_id, "weight": wb.weight} for wb in policy_backends]
+    return [
+        {"backend_id": wb.backend_id, "weight": wb.weight}
+        | ({"upstream_model": wb.upstream_model} if wb.upstream_model else {})
+        for wb in policy_backends
+    ]
 
 
 def policy_document(policy: ModelPolicy) -> dict[str, Any]:
@@ -127,6 +131,7 @@ def policy_document(policy: ModelPolicy) -> dict[str, Any]:
         "backends": _weighted(policy.backends),
         "failover_threshold": policy.failover_threshold,
         "warmup_seconds": policy.warmup_seconds,
+        "retry_on": sorted(policy.retry_on),
         "deny_keys": list(policy.deny_keys),
         "org_overrides": {
             org: {"backends": _weighted(o.backends)} for org, o in policy.org_overrides.items()

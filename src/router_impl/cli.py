@@ -63,6 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _print_demo_banner(settings: Any) -> None:
     upstream = settings.demo_upstream or "the built-in demo upstream"
+    if settings.demo_upstream and settings.demo_upstream_model:
+        upstream += f" (as model '{settings.demo_upstream_model}')"
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"router demo mode: model 'demo' on {upstream}\n"

@@ -133,6 +133,20 @@ class OpenAIError(BaseModel):
     trace_id: Annotated[
         str | MISSING, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
     ] = MISSING
+    tokens_remaining: Annotated[
+        int | MISSING,
+        Field(
+            description="On a 402, tokens left in the refusing budget's period (when it counts tokens).",
+            ge=0,
+        ),
+    ] = MISSING
+    currency_remaining: Annotated[
+        float | MISSING,
+        Field(
+            description="On a 402, USD left in the refusing budget's period (when it counts USD).",
+            ge=0.0,
+        ),
+    ] = MISSING
 
 
 class OpenAIErrorResponse(BaseModel):

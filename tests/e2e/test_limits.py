@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -53,6 +54,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     "org-reset": {"rate_limits": {"requests_per_minute": 1, "burst": 2}},
     "org-open": {"rate_limits": {"requests_per_minute": 1, "burst": 3}, "failure_mode": "fail_open"},
     "org-closed": {"rate_limits": {"requests_per_minute": 600}, "failure_mode": "fail_closed"},
+    "org-fit": {"budgets": {"daily_tokens": 1000}},
 }
 
 
@@ -231,6 +233,33 @@ def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, c
     )
     other_org = http.get(f"/v1/audit/requests/{denied_id}", headers=auth(_secret("org-burst")))
     assert other_org.status_code == 404
+
+
+def test_a_request_too_large_for_the_budget_left_is_refused_alone_through_the_openai_sdk(pair, clients):
+    """Issue 17.7: the default 4,096-token cap does not fit 1,000 tokens; the 402 says what does,
+    and the organisation is not locked out."""
+    client = clients.openai(pair[0], _secret("org-fit"))
+    messages = chat()["messages"]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=MODEL, messages=messages)
+    assert caught.value.status_code == 402
+    body = caught.value.body
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    assert (error["code"], error["type"], error["tokens_remaining"]) == (
+        "BUDGET_EXCEEDED",
+        "insufficient_quota",
+        1000,
+    )
+    assert f"max_tokens of at most {1000 - PROMPT_WORDS} fits" in error["message"], error
+    # Only that request was refused: a smaller one is served, on either router.
+    for router in pair:
+        fitted = clients.openai(router, _secret("org-fit")).chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=MAX_TOKENS
+        )
+        assert fitted.usage is not None and fitted.usage.total_tokens == PER_REQUEST
+    state = clients.http(pair[1]).get("/v1/admin/orgs/org-fit/limits", headers=auth(KEYS["admin"])).json()
+    assert "lockout_until" not in state["state"], state
+    assert state["state"]["budgets"][0]["tokens_used"] == 2 * PER_REQUEST
 
 
 def test_monthly_currency_budget_exhausted_in_exact_micro_dollars(pair, clients):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, usage_cli
+from router_impl import __version__, limits_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_commands(sub)
     _add_policy_commands(sub)
+    limits_cli.add_commands(sub, _admin_parser, _admin)
     usage_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")

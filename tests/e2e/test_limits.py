@@ -9,6 +9,9 @@ words, so a request with n >= max_tokens costs exactly n + max_tokens tokens.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +36,7 @@ from tests.e2e.conftest import (
 )
 from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
-from tests.harness.router_proc import RouterProcess
+from tests.harness.router_proc import RouterProcess, router_command
 from tests.harness.services import RedisServer
 from tests.telemetry.test_metrics import value as metric
 
@@ -447,3 +450,18 @@ def test_patch_limits_merges_null_removes_and_put_replaces_whole(pair, clients):
     replaced = http.put(path, json={"rate_limits": {"requests_per_minute": 60}}, headers=admin)
     only_rates = {"rate_limits": {"requests_per_minute": 60}, "failure_mode": "fail_open"}
     assert replaced.json()["limits"] == only_rates
+
+    # The CLI sends the same merge patch.
+    cli = subprocess.run(
+        [
+            *router_command(),
+            *("limits", "patch", org, "--set", "budgets.daily_tokens=7000"),
+        ],
+        env={**os.environ, "ROUTER_URL": pair[0].base_url, "ROUTER_ADMIN_KEY": KEYS["admin"].secret},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["limits"] == {**only_rates, "budgets": {"daily_tokens": 7000}}

@@ -955,8 +955,35 @@ class BudgetLimits(BaseModel):
     monthly_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
 
 
-class MergePatchObject(RootModel[dict[str, Any]]):
-    root: Annotated[dict[str, Any], Field(max_length=16)]
+class RateLimitConfigPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    requests_per_minute: Annotated[int | None | MISSING, Field(ge=1, le=10000000)] = (
+        MISSING
+    )
+    burst: Annotated[int | None | MISSING, Field(ge=1, le=10000000)] = MISSING
+    tokens_per_minute: Annotated[int | None | MISSING, Field(ge=1, le=10000000000)] = (
+        MISSING
+    )
+
+
+class BudgetLimitsPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    daily_tokens: Annotated[int | None | MISSING, Field(ge=0, le=1000000000000)] = (
+        MISSING
+    )
+    monthly_tokens: Annotated[int | None | MISSING, Field(ge=0, le=1000000000000)] = (
+        MISSING
+    )
+    daily_usd: Annotated[float | None | MISSING, Field(ge=0.0, le=1000000000.0)] = (
+        MISSING
+    )
+    monthly_usd: Annotated[float | None | MISSING, Field(ge=0.0, le=1000000000.0)] = (
+        MISSING
+    )
 
 
 class OrgLimits(BaseModel):
@@ -1421,9 +1448,9 @@ class OrgLimitsPatch(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    rate_limits: MergePatchObject | None | MISSING = MISSING
-    key_rate_limits: MergePatchObject | None | MISSING = MISSING
-    budgets: MergePatchObject | None | MISSING = MISSING
+    rate_limits: RateLimitConfigPatch | None | MISSING = MISSING
+    key_rate_limits: RateLimitConfigPatch | None | MISSING = MISSING
+    budgets: BudgetLimitsPatch | None | MISSING = MISSING
     failure_mode: Literal["fail_open", "fail_closed"] | None | MISSING = MISSING
     max_tokens_cap: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
 

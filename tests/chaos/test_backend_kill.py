@@ -191,3 +191,6 @@ def test_a_backend_killed_under_load_costs_no_client_an_error(kill_rig) -> None:
     assert all(len(records) == 1 for records in by_id.values()), "a request was billed twice or not at all"
     retried = [r[0] for r in by_id.values() if r[0]["retry_count"] > 0]
     assert retried and {(r["backend_id"], r["retry_count"]) for r in retried} == {("standby", 1)}
+    print(
+        f"\nKILL: {len(answers)} answers, primary killed after {killed_at}, {len(retried)} retried, 0 errors"
+    )

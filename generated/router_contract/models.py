@@ -133,6 +133,20 @@ class OpenAIError(BaseModel):
     trace_id: Annotated[
         str | MISSING, Field(max_length=32, min_length=32, pattern="^[0-9a-f]{32}$")
     ] = MISSING
+    tokens_remaining: Annotated[
+        int | MISSING,
+        Field(
+            description="On a 402, tokens left in the refusing budget's period (when it counts tokens).",
+            ge=0,
+        ),
+    ] = MISSING
+    currency_remaining: Annotated[
+        float | MISSING,
+        Field(
+            description="On a 402, USD left in the refusing budget's period (when it counts USD).",
+            ge=0.0,
+        ),
+    ] = MISSING
 
 
 class OpenAIErrorResponse(BaseModel):
@@ -697,6 +711,15 @@ class WeightedBackend(BaseModel):
             le=1000,
         ),
     ]
+    upstream_model: Annotated[
+        str | MISSING,
+        Field(
+            description="The model name sent to this backend in place of the public one (e.g. a vLLM\nserver's `Qwen/Qwen2.5-7B-Instruct` behind the public `chat-small`). Absent: the\npublic name when the backend lists it in `models`, else the backend's first model.\n",
+            max_length=128,
+            min_length=1,
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+        ),
+    ] = MISSING
 
 
 class OrgPolicyOverride(BaseModel):
@@ -712,6 +735,10 @@ class ModelPricing(BaseModel):
     )
     input_usd_per_1m_tokens: Annotated[float, Field(ge=0.0, le=1000000.0)]
     output_usd_per_1m_tokens: Annotated[float, Field(ge=0.0, le=1000000.0)]
+
+
+class RetryOnItem(RootModel[int]):
+    root: Annotated[int, Field(ge=500, le=599)]
 
 
 class ModelPolicy(BaseModel):
@@ -750,6 +777,13 @@ class ModelPolicy(BaseModel):
             le=3600,
         ),
     ] = 30
+    retry_on: Annotated[
+        list[RetryOnItem] | MISSING,
+        Field(
+            description="Backend statuses after which a request is sent to the next candidate backend, within\nits deadline. Connect failures, connections broken before any byte of the answer\narrived, timeouts before an answer and 429 always move on; a status moves on only\nwhen listed here. Absent: [502, 503, 504] (gateway statuses: the model server behind\nthem never answered). A backend that answered 500 may have run the request, so 500\nis off unless listed. A streamed answer is never retried once a byte reached the\nclient, and only the attempt that answered is billed.\n",
+            max_length=100,
+        ),
+    ] = MISSING
     allow_keys: Annotated[
         list[Identifier] | MISSING,
         Field(
@@ -919,6 +953,37 @@ class BudgetLimits(BaseModel):
     monthly_tokens: Annotated[int | MISSING, Field(ge=0, le=1000000000000)] = MISSING
     daily_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
     monthly_usd: Annotated[float | MISSING, Field(ge=0.0, le=1000000000.0)] = MISSING
+
+
+class RateLimitConfigPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    requests_per_minute: Annotated[int | None | MISSING, Field(ge=1, le=10000000)] = (
+        MISSING
+    )
+    burst: Annotated[int | None | MISSING, Field(ge=1, le=10000000)] = MISSING
+    tokens_per_minute: Annotated[int | None | MISSING, Field(ge=1, le=10000000000)] = (
+        MISSING
+    )
+
+
+class BudgetLimitsPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    daily_tokens: Annotated[int | None | MISSING, Field(ge=0, le=1000000000000)] = (
+        MISSING
+    )
+    monthly_tokens: Annotated[int | None | MISSING, Field(ge=0, le=1000000000000)] = (
+        MISSING
+    )
+    daily_usd: Annotated[float | None | MISSING, Field(ge=0.0, le=1000000000.0)] = (
+        MISSING
+    )
+    monthly_usd: Annotated[float | None | MISSING, Field(ge=0.0, le=1000000000.0)] = (
+        MISSING
+    )
 
 
 class OrgLimits(BaseModel):
@@ -1377,6 +1442,17 @@ class Completion(BaseModel):
     choices: Annotated[list[CompletionChoice], Field(max_length=1024)]
     usage: CompletionUsage | MISSING = MISSING
     system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
+
+
+class OrgLimitsPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    rate_limits: RateLimitConfigPatch | None | MISSING = MISSING
+    key_rate_limits: RateLimitConfigPatch | None | MISSING = MISSING
+    budgets: BudgetLimitsPatch | None | MISSING = MISSING
+    failure_mode: Literal["fail_open", "fail_closed"] | None | MISSING = MISSING
+    max_tokens_cap: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
 
 
 class InferenceRequest(BaseModel):

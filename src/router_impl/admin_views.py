@@ -14,6 +14,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+import router_contract.models as contract_models
+
+from router_impl.config.merge_patch import merge_patch
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
 from router_impl.limits.service import OrgState
 from router_impl.routing.decisions import RoutingDecisionRecord
@@ -112,7 +116,11 @@ def _number(value: Decimal) -> int | float:
 
 
 def _weighted(policy_backends: Any) -> list[dict[str, Any]]:
-    return [{"backend_id": wb.backend_id, "weight": wb.weight} for wb in policy_backends]
+    return [
+        {"backend_id": wb.backend_id, "weight": wb.weight}
+        | ({"upstream_model": wb.upstream_model} if wb.upstream_model else {})
+        for wb in policy_backends
+    ]
 
 
 def policy_document(policy: ModelPolicy) -> dict[str, Any]:
@@ -123,6 +131,7 @@ def policy_document(policy: ModelPolicy) -> dict[str, Any]:
         "backends": _weighted(policy.backends),
         "failover_threshold": policy.failover_threshold,
         "warmup_seconds": policy.warmup_seconds,
+        "retry_on": sorted(policy.retry_on),
         "deny_keys": list(policy.deny_keys),
         "org_overrides": {
             org: {"backends": _weighted(o.backends)} for org, o in policy.org_overrides.items()
@@ -170,6 +179,15 @@ def limits_document(limits: OrgLimits) -> dict[str, Any]:
             if isinstance(value, Decimal):
                 budgets[name] = float(value)
     return document
+
+
+def patched_limits(existing: OrgLimits | None, patch: Mapping[str, Any]) -> OrgLimits:
+    """``existing`` with a JSON Merge Patch applied, validated whole as the contract's and the
+    config's ``OrgLimits`` (the patch's nested objects are checked only once merged). Raises
+    pydantic's ValidationError."""
+    merged = merge_patch(limits_document(existing) if existing is not None else {}, patch)
+    contract_models.OrgLimits.model_validate_json(orjson.dumps(merged), strict=True)
+    return OrgLimits.model_validate(merged)
 
 
 def limits_state_document(organization_id: str, limits: OrgLimits, state: OrgState) -> dict[str, Any]:

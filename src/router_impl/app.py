@@ -388,7 +388,8 @@ def _demo_overlay(settings: Settings, lifecycle: Lifecycle) -> Callable[[Runtime
         lifecycle.on_start(start)
         lifecycle.on_stop(stop)
     url = upstream_url
-    return lambda base: demo_config(base, upstream_url=url, **keys)
+    model = settings.demo_upstream_model if settings.demo_upstream is not None else None
+    return lambda base: demo_config(base, upstream_url=url, upstream_model=model, **keys)
 
 
 def _health(

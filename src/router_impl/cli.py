@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, usage_cli
+from router_impl import __version__, limits_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -102,6 +102,8 @@ def _raise_open_file_limit(connections: int) -> None:
 
 def _print_demo_banner(settings: Any) -> None:
     upstream = settings.demo_upstream or "the built-in demo upstream"
+    if settings.demo_upstream and settings.demo_upstream_model:
+        upstream += f" (as model '{settings.demo_upstream_model}')"
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"router demo mode: model 'demo' on {upstream}\n"
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_commands(sub)
     _add_policy_commands(sub)
+    limits_cli.add_commands(sub, _admin_parser, _admin)
     usage_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")

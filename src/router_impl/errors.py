@@ -110,20 +110,23 @@ class ApiError(Exception):
         )
 
 
+_OPENAI_LIMIT_FIELDS = ("tokens_remaining", "currency_remaining")
+
+
 def render(error: ApiError, *, trace_id: str, request_id: str | None, openai: bool) -> bytes:
     """The JSON body for ``error``: OpenAI's shape on OpenAI routes, the contract's elsewhere."""
     if openai:
-        return orjson.dumps(
-            {
-                "error": {
-                    "message": error.message,
-                    "type": CATALOG[error.code].openai_type,
-                    "param": None,
-                    "code": error.code,
-                    "trace_id": trace_id,
-                }
-            }
-        )
+        fields: dict[str, Any] = {
+            "message": error.message,
+            "type": CATALOG[error.code].openai_type,
+            "param": None,
+            "code": error.code,
+            "trace_id": trace_id,
+        }
+        for name in _OPENAI_LIMIT_FIELDS:  # a budget refusal says what is left, as limit_context does
+            if error.limit_context and name in error.limit_context:
+                fields[name] = error.limit_context[name]
+        return orjson.dumps({"error": fields})
     body: dict[str, Any] = {"error": error.message, "code": error.code, "trace_id": trace_id}
     if request_id:
         body["request_id"] = request_id

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     demo_upstream: str | None = None
     # Demo mode with its well-known keys listens on loopback only, unless this says otherwise.
     demo_allow_public: bool = False
+    # The model name ROUTER_DEMO_UPSTREAM serves (vLLM refuses others); clients still ask for "demo".
+    demo_upstream_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
     # OpenTelemetry traces (telemetry/tracing.py), OTLP over HTTP/protobuf: on with tracing_enabled or
     # when the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set (the exporter reads the other

@@ -57,7 +57,7 @@ ROUTERS = ("traffic", "backends", "policies")
 # config file, so the two that add objects by the hundred (backends, org limits) get a router each.
 CONFIG_WRITERS: dict[str, tuple[str, ...]] = {
     "backends": ("putBackend", "setBackendState", "deleteBackend"),
-    "policies": ("putOrgLimits", "putModelPolicy", "deleteModelPolicy"),
+    "policies": ("putOrgLimits", "patchOrgLimits", "putModelPolicy", "deleteModelPolicy"),
 }
 # More processes than CPUs: when one finishes early the others get its CPU, so an uneven split costs little.
 TRAFFIC_PROCESSES = 3
@@ -78,6 +78,7 @@ STATEFUL_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
             "getModelPolicy",
             "deleteModelPolicy",
             "putOrgLimits",
+            "patchOrgLimits",
             "getOrgLimits",
             "resetOrgLimits",
             "getAuditByRequest",

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from aiohttp import web
 
 from tests.e2e.conftest import MODEL
-from tests.harness.backend import MockBackend
+from tests.harness.backend import BackendControls, MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +169,45 @@ def test_the_demo_can_point_at_another_upstream(
     assert completion.choices[0].message.content == "served elsewhere"
     assert upstream.inference_requests == 1
     assert upstream.last_request is not None and upstream.last_request.body["model"] == "demo"
+
+
+class VllmLikeBackend(MockBackend):
+    """Refuses model names it does not serve, as vLLM does (404, its error shape)."""
+
+    async def _fault(self, request: web.Request, controls: BackendControls) -> web.StreamResponse | None:
+        body = await request.json()
+        if body.get("model") not in self.models:
+            message = f"The model `{body.get('model')}` does not exist."
+            return web.json_response(
+                {"object": "error", "message": message, "type": "NotFoundError", "code": 404}, status=404
+            )
+        return await super()._fault(request, controls)
+
+
+def test_the_demo_serves_a_real_upstream_under_the_upstream_model_name(demo_fleet: RouterFleet, clients):
+    """Issue 17.6: clients ask for "demo"; the upstream is asked for the model it serves."""
+    served = "Qwen/Qwen2.5-0.5B-Instruct"
+    with VllmLikeBackend(models=(served,)) as upstream:
+        unnamed = demo_fleet.start(env={"ROUTER_DEMO_UPSTREAM": upstream.base_url}, args=("--demo",))
+        with pytest.raises(openai.BadRequestError):  # what a bare ROUTER_DEMO_UPSTREAM got before
+            clients.openai(unnamed, DEMO_KEY).chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "refused"}]
+            )
+        env = {"ROUTER_DEMO_UPSTREAM": upstream.base_url, "ROUTER_DEMO_UPSTREAM_MODEL": served}
+        router = demo_fleet.start(env=env, args=("--demo",))
+        client = clients.openai(router, DEMO_KEY)
+
+        completion = client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "served by its own name"}]
+        )
+        assert completion.choices[0].message.content == "served by its own name"
+        assert upstream.last_request is not None and upstream.last_request.body["model"] == served
+        streamed = client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "streamed too"}], stream=True
+        )
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+        assert upstream.last_request.body["model"] == served
+        assert [m.id for m in client.models.list()] == ["demo"]
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ words, so a request with n >= max_tokens costs exactly n + max_tokens tokens.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -32,7 +36,7 @@ from tests.e2e.conftest import (
 )
 from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
-from tests.harness.router_proc import RouterProcess
+from tests.harness.router_proc import RouterProcess, router_command
 from tests.harness.services import RedisServer
 from tests.telemetry.test_metrics import value as metric
 
@@ -53,6 +57,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     "org-reset": {"rate_limits": {"requests_per_minute": 1, "burst": 2}},
     "org-open": {"rate_limits": {"requests_per_minute": 1, "burst": 3}, "failure_mode": "fail_open"},
     "org-closed": {"rate_limits": {"requests_per_minute": 600}, "failure_mode": "fail_closed"},
+    "org-fit": {"budgets": {"daily_tokens": 1000}},
 }
 
 
@@ -233,6 +238,33 @@ def test_daily_token_budget_exhausted_answers_402_with_remaining_context(pair, c
     assert other_org.status_code == 404
 
 
+def test_a_request_too_large_for_the_budget_left_is_refused_alone_through_the_openai_sdk(pair, clients):
+    """Issue 17.7: the default 4,096-token cap does not fit 1,000 tokens; the 402 says what does,
+    and the organisation is not locked out."""
+    client = clients.openai(pair[0], _secret("org-fit"))
+    messages = chat()["messages"]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=MODEL, messages=messages)
+    assert caught.value.status_code == 402
+    body = caught.value.body
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    assert (error["code"], error["type"], error["tokens_remaining"]) == (
+        "BUDGET_EXCEEDED",
+        "insufficient_quota",
+        1000,
+    )
+    assert f"max_tokens of at most {1000 - PROMPT_WORDS} fits" in error["message"], error
+    # Only that request was refused: a smaller one is served, on either router.
+    for router in pair:
+        fitted = clients.openai(router, _secret("org-fit")).chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=MAX_TOKENS
+        )
+        assert fitted.usage is not None and fitted.usage.total_tokens == PER_REQUEST
+    state = clients.http(pair[1]).get("/v1/admin/orgs/org-fit/limits", headers=auth(KEYS["admin"])).json()
+    assert "lockout_until" not in state["state"], state
+    assert state["state"]["budgets"][0]["tokens_used"] == 2 * PER_REQUEST
+
+
 def test_monthly_currency_budget_exhausted_in_exact_micro_dollars(pair, clients):
     http = clients.http(pair[1])
     ids = [f"lim-usd-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
@@ -370,3 +402,66 @@ def test_budgets_from_the_budget_service_are_enforced_for_organisations_without_
         )
         assert clients.http(fresh).post(CHAT, json=chat(), headers=headers("org-daily")).status_code == 200
         assert budgets.calls("org-daily") == 0
+
+
+def test_patch_limits_merges_null_removes_and_put_replaces_whole(pair, clients):
+    """Issue 17.8: PATCH (JSON Merge Patch) keeps what it does not name; PUT replaces everything."""
+    http = clients.http(pair[0])
+    org = "org-patch"
+    path = f"/v1/admin/orgs/{org}/limits"
+    admin = auth(KEYS["admin"])
+    start = {
+        "rate_limits": {"requests_per_minute": 600, "burst": 100},
+        "budgets": {"daily_tokens": 1000, "monthly_usd": 50.0},
+        "failure_mode": "fail_closed",
+    }
+    assert http.put(path, json=start, headers=admin).status_code == 200
+
+    merge = {**admin, "Content-Type": "application/merge-patch+json"}
+    patched = http.patch(path, content=b'{"budgets": {"daily_tokens": 5000}}', headers=merge)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["limits"] == {**start, "budgets": {"daily_tokens": 5000, "monthly_usd": 50.0}}
+
+    # Plain application/json is a merge patch too; null removes a member, nested or not.
+    removed = http.patch(path, json={"budgets": {"monthly_usd": None}, "failure_mode": None}, headers=admin)
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["limits"] == {
+        "rate_limits": {"requests_per_minute": 600, "burst": 100},
+        "budgets": {"daily_tokens": 5000},
+        "failure_mode": "fail_open",  # back to its default
+    }
+    assert wait_until(
+        lambda: (
+            clients.http(pair[1]).get(path, headers=admin).json()["limits"].get("budgets")
+            == {"daily_tokens": 5000}
+        ),
+        timeout=5,
+    ), "the other router never applied the patch"
+
+    # A patch whose result is invalid changes nothing.
+    for bad in ({"rate_limits": {"burst": 0}}, {"budgets": {"daily_tokens": "many"}}, {"budgets": {"x": 1}}):
+        refused = http.patch(path, json=bad, headers=admin)
+        assert (refused.status_code, error_code(refused)) == (400, "VALIDATION_ERROR"), refused.text
+    assert http.get(path, headers=admin).json()["limits"]["budgets"] == {"daily_tokens": 5000}
+    updates = [line for line in pair[0].log_text().splitlines() if "policy_update" in line and org in line]
+    assert any("patch" in line for line in updates), f"the patch was not logged as a policy update: {updates}"
+
+    # PUT is a full replace: a body with only rate_limits drops the budgets.
+    replaced = http.put(path, json={"rate_limits": {"requests_per_minute": 60}}, headers=admin)
+    only_rates = {"rate_limits": {"requests_per_minute": 60}, "failure_mode": "fail_open"}
+    assert replaced.json()["limits"] == only_rates
+
+    # The CLI sends the same merge patch.
+    cli = subprocess.run(
+        [
+            *router_command(),
+            *("limits", "patch", org, "--set", "budgets.daily_tokens=7000"),
+        ],
+        env={**os.environ, "ROUTER_URL": pair[0].base_url, "ROUTER_ADMIN_KEY": KEYS["admin"].secret},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["limits"] == {**only_rates, "budgets": {"daily_tokens": 7000}}

@@ -227,11 +227,27 @@ async def test_a_counter_refusal_locks_the_organisation_out_until_the_period_end
     )
 
 
+async def test_a_refusal_with_room_left_refuses_only_that_request(store: LimitStore, org: Org) -> None:
+    """Issue 17.7: 985 of 1,000 left, a request reserving 4,111 is refused, a smaller one still fits."""
+    key = org.counter()
+    assert await store.admit(plan(org, T0, (), (counter(key, 15, limit=1_000),))) == Admitted((), (15,))
+    assert await store.admit(plan(org, T0, (), (counter(key, 4_111, limit=1_000),))) == CounterRefused(0, 15)
+    assert (await store.snapshot((), (key,), org.lockout, T0)).lockout is None
+    assert await store.admit(plan(org, T0, (), (counter(key, 985, limit=1_000),))) == Admitted((), (1_000,))
+    # Now it is spent: the next refusal locks the organisation out until the period ends.
+    assert await store.admit(plan(org, T0, (), (counter(key, 1, limit=1_000),))) == CounterRefused(0, 1_000)
+    assert await store.admit(plan(org, T0, (), (counter(key, 0, limit=1_000),))) == LockedOut(
+        DAY_END, "DAILY"
+    )
+
+
 async def test_a_cleared_lockout_admits_again(store: LimitStore, org: Org) -> None:
     key = org.counter()
-    assert await store.admit(plan(org, T0, (), (counter(key, 11, limit=10),))) == CounterRefused(0, 0)
+    assert await store.admit(plan(org, T0, (), (counter(key, 10, limit=10),))) == Admitted((), (10,))
+    assert await store.admit(plan(org, T0, (), (counter(key, 1, limit=10),))) == CounterRefused(0, 10)
     assert await store.admit(plan(org, T0, (), (counter(key, 1, limit=10),))) == LockedOut(DAY_END, "DAILY")
     assert await store.clear((org.lockout,)) == (org.lockout,)
+    await store.adjust((), (CounterAdjust(key, -10, DAY_END),), T0)
     assert await store.admit(plan(org, T0, (), (counter(key, 1, limit=10),))) == Admitted((), (1,))
 
 
@@ -412,8 +428,8 @@ async def test_a_snapshot_changes_nothing(store: LimitStore, org: Org) -> None:
 async def test_clear_returns_the_keys_that_existed_and_resets_them(store: LimitStore, org: Org) -> None:
     spec = bucket(org.bucket(), cost=4.0)
     key = org.counter()
-    assert await store.admit(plan(org, T0, (spec,), (counter(key, 9),))) == Admitted((6.0,), (9,))
-    assert await store.admit(plan(org, T0, (), (counter(key, 92),))) == CounterRefused(0, 9)
+    assert await store.admit(plan(org, T0, (spec,), (counter(key, 100),))) == Admitted((6.0,), (100,))
+    assert await store.admit(plan(org, T0, (), (counter(key, 1),))) == CounterRefused(0, 100)
     cleared = await store.clear((spec.key, org.bucket("never"), key, org.lockout))
     assert cleared == (spec.key, key, org.lockout)
     assert await store.snapshot((BucketProbe(spec.key, 10.0, 0.5),), (key,), org.lockout, T0) == Snapshot(

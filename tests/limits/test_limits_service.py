@@ -204,10 +204,10 @@ async def test_daily_token_budget_reserves_the_worst_case_settles_then_refuses(s
 
 async def test_budget_lockout_holds_after_a_refund_until_an_admin_reset(service: Factory) -> None:
     limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=60))})
-    ticket = await limits.admit(demand(prompt=10, max_tokens=40))
+    ticket = await limits.admit(demand(prompt=10, max_tokens=50))  # reserves all 60
     assert ticket is not None
     with pytest.raises(LimitDenied):
-        await limits.admit(demand(prompt=10, max_tokens=40))
+        await limits.admit(demand(prompt=1, max_tokens=1))  # spent: this refusal locks out
     await limits.refund(ticket)  # room again, but the organisation stays locked out
     with pytest.raises(LimitDenied) as denied:
         await limits.admit(demand(prompt=1, max_tokens=1))
@@ -217,6 +217,42 @@ async def test_budget_lockout_holds_after_a_refund_until_an_admin_reset(service:
     cleared = await limits.reset(ORG, "buckets", None)
     assert "lockout" in cleared
     assert await limits.admit(demand(prompt=1, max_tokens=1)) is not None
+
+
+async def test_a_request_too_large_for_what_is_left_is_refused_alone_with_a_max_tokens_that_fits(
+    service: Factory,
+) -> None:
+    """Issue 17.7: daily_tokens 1000; a request without max_tokens reserves prompt + the 4,096 cap."""
+    limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_tokens=1000))})
+    first = await limits.admit(demand(prompt=10, max_tokens=5))
+    assert first is not None
+    await limits.settle(first, tokens=15, micro_usd=0)
+    with pytest.raises(LimitDenied) as denied:
+        await limits.admit(demand(prompt=15, max_tokens=None))
+    refused = denied.value
+    assert (refused.status_code, refused.code) == (402, "BUDGET_EXCEEDED")
+    assert refused.limit_context["tokens_remaining"] == 985
+    assert "985 tokens left" in refused.message and "max_tokens of at most 970 fits" in refused.message
+    assert "exhausted" not in refused.message
+    state = await limits.state(ORG)
+    assert state.lockout_until is None  # the organisation is not locked out
+    fitting = await limits.admit(demand(prompt=15, max_tokens=970))
+    assert fitting is not None and [b.tokens_used for b in (await limits.state(ORG)).budgets] == [1000]
+
+
+async def test_a_spending_budget_refusal_names_the_usd_left_and_what_fits(service: Factory) -> None:
+    # PRICING: 1 USD in, 2 USD out per million tokens = 1 and 2 micro-USD per token.
+    limits = service({ORG: OrgLimits(budgets=BudgetLimits(daily_usd=Decimal("0.001")))})
+    with pytest.raises(LimitDenied) as denied:
+        await limits.admit(demand(prompt=100, max_tokens=4000))  # 100 + 8000 micro-USD > 1000
+    assert denied.value.limit_context["currency_remaining"] == 0.001
+    assert "0.001000 USD left" in denied.value.message
+    assert "max_tokens of at most 450 fits" in denied.value.message  # (1000 - 100) / 2
+    assert await limits.admit(demand(prompt=100, max_tokens=450)) is not None
+    with pytest.raises(LimitDenied) as spent:
+        await limits.admit(demand(prompt=1, max_tokens=1))
+    assert (await limits.state(ORG)).lockout_until == MIDNIGHT_AFTER
+    assert "exhausted" in spent.value.message
 
 
 async def test_a_reservation_never_settled_is_given_back_by_the_first_admit_after_its_lease(

@@ -194,3 +194,21 @@ async def test_an_empty_event_stream_is_a_backend_error(server):
     with pytest.raises(BackendCallError) as caught:
         await stream(server)
     assert caught.value.code == "BACKEND_ERROR"
+
+
+async def test_a_connection_cut_after_the_status_line_is_a_disconnect_not_a_reset(server):
+    """Once a byte of the answer arrived the backend surely ran the request: never sent elsewhere."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=200, headers={"Content-Length": "100"})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(b'{"id": ')
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    server.handler = cut
+    error = await failure(server)
+    assert (error.code, error.reason, error.maybe_processed) == ("BACKEND_UNAVAILABLE", "disconnect", True)

@@ -106,6 +106,20 @@ async def test_errors_before_the_stream_starts_map_like_plain_calls(client, mock
     assert client.in_flight("mock-a") == 0
 
 
+async def test_a_stream_reset_before_its_status_line_is_a_reset_the_dispatcher_may_retry(
+    client, mock_backend
+):
+    mock_backend.configure(reset=True)
+    with pytest.raises(BackendCallError) as caught:
+        async with open_stream(client, backend_for(mock_backend), chat_body(stream=True)):
+            pytest.fail("the stream must not open")
+    assert (caught.value.code, caught.value.reason, caught.value.maybe_processed) == (
+        "BACKEND_UNAVAILABLE",
+        "reset",
+        True,
+    )
+
+
 async def test_a_hanging_stream_times_out_at_the_deadline(client, mock_backend):
     mock_backend.configure(hang=True)
     started = time.monotonic()

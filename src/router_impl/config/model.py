@@ -66,6 +66,8 @@ class WeightedBackend(BaseModel):
 
     backend_id: str = Field(pattern=IDENTIFIER)
     weight: int = Field(100, ge=0, le=1000)
+    # The model name this backend knows the policy's model by (else see BackendConfig.models).
+    upstream_model: str | None = Field(None, pattern=MODEL_NAME)
 
 
 class OrgOverride(BaseModel):
@@ -110,9 +112,18 @@ class ModelPolicy(BaseModel):
     failover_threshold: int = Field(3, ge=1, le=100)
     # After recovery a backend's weight ramps up linearly over this window.
     warmup_seconds: int = Field(30, ge=0, le=3600)
+    # Backend statuses after which the request is sent to the next backend (a 500 may have run it).
+    retry_on: tuple[int, ...] = Field((502, 503, 504), max_length=100)
     allow_keys: tuple[str, ...] | None = None  # key ids; None = every key
     deny_keys: tuple[str, ...] = ()
     org_overrides: dict[str, OrgOverride] = Field(default_factory=dict)
+
+    @field_validator("retry_on")
+    @classmethod
+    def _server_errors(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 500 <= status <= 599 for status in value):
+            raise ValueError("retry_on holds backend statuses from 500 to 599")
+        return value
 
 
 class RateLimitConfig(BaseModel):

@@ -53,12 +53,17 @@ def openai_base_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def demo_config(base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_key: str) -> RuntimeConfig:
-    """``base`` (the --config file, if any) plus the demo backend, model and keys."""
-    backend = BackendConfig(id=DEMO_BACKEND, base_url=openai_base_url(upstream_url), models=(DEMO_MODEL,))
+def demo_config(
+    base: RuntimeConfig, *, upstream_url: str, api_key: str, admin_key: str, upstream_model: str | None = None
+) -> RuntimeConfig:
+    """``base`` (the --config file, if any) plus the demo backend, model and keys. Model "demo" is
+    sent upstream as ``upstream_model`` when given (the name a real server knows its model by)."""
+    backend = BackendConfig(
+        id=DEMO_BACKEND, base_url=openai_base_url(upstream_url), models=(upstream_model or DEMO_MODEL,)
+    )
     model = ModelPolicy(
         model=DEMO_MODEL,
-        backends=(WeightedBackend(backend_id=DEMO_BACKEND, weight=100),),
+        backends=(WeightedBackend(backend_id=DEMO_BACKEND, weight=100, upstream_model=upstream_model),),
         pricing=ModelPricing(
             input_usd_per_1m_tokens=Decimal("0.50"), output_usd_per_1m_tokens=Decimal("1.50")
         ),

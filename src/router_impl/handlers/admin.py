@@ -410,6 +410,27 @@ async def put_org_limits(components: Components, org_id: str, token_info: dict[s
     return json_response(views.limits_state_document(org_id, limits, state))
 
 
+async def patch_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
+    existing = components.limits.limits_of(org_id)
+    try:
+        limits = views.patched_limits(existing, current_document())
+    except ValidationError as exc:
+        raise _invalid_object(exc) from exc
+    await _write(
+        components,
+        token_info,
+        "patch" if existing is not None else "create",
+        "limits",
+        org_id,
+        lambda: components.config_service.put("limits", org_id, limits),
+        invalid_as="VALIDATION_ERROR",
+        conflict_as="SERVICE_UNAVAILABLE",
+    )
+    await components.limits.limits_changed(org_id)
+    state = await components.limits.state(org_id)
+    return json_response(views.limits_state_document(org_id, limits, state))
+
+
 async def reset_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
     body = current_document()
     scope: ResetScope = body.get("scope") or "buckets"  # the contract's enum, validated

@@ -44,6 +44,7 @@ import structlog
 from router_impl.config.model import ModelPricing, OrgLimits, RateLimitConfig, RuntimeConfig
 from router_impl.errors import ApiError
 from router_impl.health import CheckStatus
+from router_impl.limits.budget_fit import max_tokens_that_fit, too_large_message
 from router_impl.limits.periods import PeriodWindow, to_ms, window
 from router_impl.limits.store import (
     AdmitPlan,
@@ -250,6 +251,12 @@ class LimitsService:
             exhausted = await self._budget_exhausted(
                 store, demand.organization_id, refused.period, budgets, windows, now_ms
             )
+            if decision.used < refused.limit:  # room left: only this request is refused
+                left = refused.limit - decision.used
+                fits = max_tokens_that_fit(
+                    refused.unit, left, demand.prompt_tokens, demand.choices, demand.pricing
+                )
+                exhausted.message = too_large_message(refused.period, refused.unit, left, fits)
             raise self._denied(exhausted, refused.period)
         assert isinstance(decision, LockedOut)
         exhausted = await self._budget_exhausted(

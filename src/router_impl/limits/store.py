@@ -13,9 +13,11 @@ and corrected with actual usage afterwards): a bucket in debt refuses until it r
 
 Counters are budget usage of one period (integer tokens or integer micro-dollars), keyed by the
 period so a new period starts at zero; they live until ``expires_at_ms``. A counter admits when
-``used + amount <= limit``. When a counter refuses, the plan's lockout is set until the counter's
-``expires_at_ms`` (the period's end): the organisation stays refused, even if refunds later free
-room, until the period ends, an admin resets it, or its limits change (which clear the lockout).
+``used + amount <= limit``. A refusal with room left (``used < limit``) refuses only that request
+(a smaller one may fit). When the counter is spent (``used >= limit``) its refusal also sets the
+plan's lockout until the counter's ``expires_at_ms`` (the period's end): the organisation stays
+refused, even if refunds later free room, until the period ends, an admin resets it, or its limits
+change (which clear the lockout).
 
 Reservations are leased. A plan's ``lease`` records what the admit reserved that a settle or refund
 would give back (every counter's amount, every token bucket's cost; a request bucket's 1 is never

@@ -137,7 +137,8 @@ class MemoryLimitStore:
         for j, counter in enumerate(plan.counters):
             used = self._used(counter.key, now)
             if used + counter.amount > counter.limit:
-                self._write(now, [(plan.lockout_key, _Lockout(counter.expires_at_ms, counter.period))])
+                if used >= counter.limit:  # spent: the organisation is out until the period ends
+                    self._write(now, [(plan.lockout_key, _Lockout(counter.expires_at_ms, counter.period))])
                 return CounterRefused(j, used)
             taken.append((counter.key, _Counter(used + counter.amount, counter.expires_at_ms)))
         held = _held(plan)

@@ -180,7 +180,7 @@ for j = 1, nc do
   local a = 8 + 3 * nb + 4 * (j - 1)
   local before = used_at(KEYS[1 + nb + j], now)
   if before + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
-    redis.call('SET', KEYS[1], ARGV[a + 4], 'PXAT', ARGV[a + 3])
+    if before >= tonumber(ARGV[a + 1]) then redis.call('SET', KEYS[1], ARGV[a + 4], 'PXAT', ARGV[a + 3]) end
     return {'counter', j, before}
   end
   used[j] = before + tonumber(ARGV[a + 2])

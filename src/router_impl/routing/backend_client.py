@@ -121,8 +121,10 @@ class BackendClient:
                 response = await pool.session.post(
                     pool.url(path), data=body, headers=headers, timeout=timeout, allow_redirects=False
                 )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise map_transport_error(exc, backend.id, deadline_bound=deadline_bound) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:  # session.post returns with the headers
+                raise map_transport_error(
+                    exc, backend.id, deadline_bound=deadline_bound, before_response=True
+                ) from None
             status = response.status
             failed = status < 200 or status >= 300
             try:

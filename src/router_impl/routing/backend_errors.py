@@ -17,7 +17,8 @@ from router_impl.errors import ApiError
 FailureReason = Literal[
     "connect",  # refused, unreachable, DNS, TLS: nothing was sent
     "connect_timeout",  # no connection (or no free pool slot) in time: nothing was sent
-    "disconnect",  # the connection broke after the request went out
+    "reset",  # the connection broke after the request went out, before any response byte
+    "disconnect",  # the connection broke while the answer was being read
     "timeout",  # no (complete) answer in time after the request went out
     "deadline",  # the caller's deadline had passed before anything was sent
     "status",  # the backend answered with an error status

@@ -81,13 +81,18 @@ class BackendStream:
             # aiohttp's own connect timeout fires first when it is shorter, so "nothing was sent"
             # stays distinguishable; this one bounds connect + send + headers by the caller's budget.
             async with asyncio.timeout_at(first_event_at):
-                response = await call.session.post(
-                    call.url,
-                    data=call.body,
-                    headers=call.headers,
-                    timeout=call.timeout,
-                    allow_redirects=False,
-                )
+                try:
+                    response = await call.session.post(
+                        call.url,
+                        data=call.body,
+                        headers=call.headers,
+                        timeout=call.timeout,
+                        allow_redirects=False,
+                    )
+                except aiohttp.ClientConnectionError as exc:  # no byte of the answer yet
+                    raise map_transport_error(
+                        exc, call.backend_id, deadline_bound=call.deadline_bound, before_response=True
+                    ) from None
                 try:
                     await self._check(response)
                 except BaseException:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import aiohttp
 
-from router_impl.routing.backend_errors import BackendCallError
+from router_impl.routing.backend_errors import BackendCallError, FailureReason
 
 
-def map_transport_error(exc: BaseException, backend_id: str, *, deadline_bound: bool) -> BackendCallError:
+def map_transport_error(
+    exc: BaseException, backend_id: str, *, deadline_bound: bool, before_response: bool = False
+) -> BackendCallError:
     """The catalog error for an aiohttp or timeout failure before a complete answer arrived.
 
     ``deadline_bound`` says the caller's deadline (not the backend's connect timeout) limited
     the connect phase: running out of it is then the request's timeout, not an unreachable backend.
+    ``before_response`` says no byte of the answer (not even its status line) had arrived: a
+    broken connection is then a ``reset``, which may fail over (Envoy's ``retry_on: reset``).
     """
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return BackendCallError(
@@ -29,8 +33,11 @@ def map_transport_error(exc: BaseException, backend_id: str, *, deadline_bound: 
             "BACKEND_TIMEOUT", reason="timeout", maybe_processed=True, backend_id=backend_id
         )
     if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        broke: FailureReason = (
+            "reset" if before_response and isinstance(exc, aiohttp.ClientConnectionError) else "disconnect"
+        )
         return BackendCallError(
-            "BACKEND_UNAVAILABLE", reason="disconnect", maybe_processed=True, backend_id=backend_id
+            "BACKEND_UNAVAILABLE", reason=broke, maybe_processed=True, backend_id=backend_id
         )
     # Unparseable status line or headers, and the like.
     return BackendCallError(

@@ -1,7 +1,10 @@
 """Tries a route's candidates in order until one answers: failover inside one request.
 
-Moves on after a connect error, a timeout before any response, or 502/503/504 from the backend
-(the issue's rule); any other error is the answer. Skips backends at their ``max_in_flight``
+Moves on after a connect error, a connection that broke before any byte of the answer arrived
+(reset, or closed before the status line: the request may have run there, as after a timeout, but
+nothing of it reached the client), a timeout before any response, a 429, or a status in the
+policy's ``retry_on`` (502/503/504 unless set); any other error is the answer. Only the attempt
+that answered is billed. Skips backends at their ``max_in_flight``
 (backpressure: when every candidate is saturated the answer is 503 with Retry-After, and no task
 waits for a slot) and half-open backends whose single trial is taken. Every outcome is recorded
 with the health registry, which opens and closes the breakers, and each call is one
@@ -12,7 +15,7 @@ traceparent sent to the backend names it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -26,7 +29,6 @@ from router_impl.routing.health import BackendHealth
 from router_impl.telemetry.tracing import Tracing, mark_failed
 
 T = TypeVar("T")
-_FAILOVER_STATUSES = frozenset({502, 503, 504})
 log = structlog.get_logger("router.routing")
 
 
@@ -38,8 +40,13 @@ class Attempted(Generic[T]):
     result: T
 
 
-def may_fail_over(error: BackendCallError) -> bool:
-    return error.retry_safe or error.code == "BACKEND_TIMEOUT" or error.upstream_status in _FAILOVER_STATUSES
+def may_fail_over(error: BackendCallError, retry_on: Collection[int]) -> bool:
+    return (
+        error.retry_safe
+        or error.code == "BACKEND_TIMEOUT"
+        or error.reason == "reset"
+        or error.upstream_status in retry_on
+    )
 
 
 class Dispatcher:
@@ -81,7 +88,7 @@ class Dispatcher:
                         span.set_attribute("http.response.status_code", exc.upstream_status)
                     self._observe(backend_id, outcome, started)
                     self.health.record_error(backend_id, exc, threshold)
-                    if not may_fail_over(exc):
+                    if not may_fail_over(exc, decision.policy.retry_on):
                         raise
                     mark_failed(span, exc)
                     self.health.record_failover(backend_id)

@@ -87,6 +87,7 @@ class _Entry:
     weight: int
     availability: Availability
     degraded: bool
+    upstream_model: str | None = None
 
     @property
     def effective(self) -> float:
@@ -127,7 +128,7 @@ def plan_route(
         if not availability.usable:
             unusable.append((backend.id, _why(availability)))
             continue
-        entries.append(_Entry(backend, weighted.weight, availability, degraded))
+        entries.append(_Entry(backend, weighted.weight, availability, degraded, weighted.upstream_model))
 
     if not entries:
         detail = ", ".join(f"{b}: {why}" for b, why in unusable) or "all disabled"
@@ -150,7 +151,8 @@ def plan_route(
     else:
         reason = "PRIMARY"
     candidates = tuple(
-        Candidate(e.backend, backend_model(policy, e.backend), e.effective, e.degraded) for e in ordered
+        Candidate(e.backend, e.upstream_model or backend_model(policy, e.backend), e.effective, e.degraded)
+        for e in ordered
     )
     return RouteDecision(policy, candidates, reason, _warning(skipped, candidates[0]), tuple(skipped))
 

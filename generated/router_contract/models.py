@@ -501,7 +501,7 @@ class AuditRecord(BaseModel):
             pattern="^([A-Za-z0-9][A-Za-z0-9._:-]{0,127})?$",
         ),
     ]
-    action: Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET"]
+    action: Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET", "KEY_CREATED", "KEY_REVOKED"]
     decision_reason: Annotated[
         str,
         Field(
@@ -519,7 +519,7 @@ class AuditRecord(BaseModel):
     actor: Annotated[
         str | MISSING,
         Field(
-            description="Key id of the administrator, for POLICY_UPDATE and LIMIT_RESET.",
+            description="Key id of the administrator, for POLICY_UPDATE, LIMIT_RESET, KEY_CREATED and KEY_REVOKED.",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",

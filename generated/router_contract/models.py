@@ -599,6 +599,21 @@ class Backend(BaseModel):
     ] = 256
     health_check: BackendHealthCheck | MISSING = MISSING
     labels: StringMap | MISSING = MISSING
+    api_key_env: Annotated[
+        str | MISSING,
+        Field(
+            description="Write-only, never returned. Name of an environment variable of every router holding the bearer token this backend expects (never the token). Kept when a later write omits both this and `api_key_file`.",
+            pattern="^[A-Z_][A-Z0-9_]{0,127}$",
+        ),
+    ] = MISSING
+    api_key_file: Annotated[
+        str | MISSING,
+        Field(
+            description="Write-only, never returned. Absolute path of a file mounted in every router (e.g. a Kubernetes Secret) holding the bearer token. Exclusive with `api_key_env`.",
+            max_length=1024,
+            pattern="^/[^\\n]*$",
+        ),
+    ] = MISSING
 
 
 class BackendStatus(BaseModel):

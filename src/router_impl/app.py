@@ -6,6 +6,7 @@ Each port gets its embedded adapter unless its shared service is configured
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import socket
@@ -70,7 +71,7 @@ from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import RoutingEngine
 from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
-from router_impl.routing.readiness import BackendReadiness, assess
+from router_impl.routing.readiness import BackendReadiness, assess, credentials_check
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
 from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
@@ -265,7 +266,13 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         key_admin=key_admin,
         identity=identity,
         health=_health(
-            settings, config_service, identity, limits, usage, lambda: assess(holder.current(), health)
+            settings,
+            config_service,
+            identity,
+            limits,
+            usage,
+            lambda: assess(holder.current(), health),
+            holder.current,
         ),
         pipeline=pipeline,
         config_service=config_service,
@@ -407,12 +414,16 @@ def _health(
     limits: LimitsService,
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
+    config: Callable[[], RuntimeConfig],
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def backend_check() -> tuple[CheckStatus, str]:
         return backends().check()
+
+    async def credentials() -> tuple[CheckStatus, str]:
+        return credentials_check(config(), os.environ)
 
     def backend_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
         found = backends()
@@ -424,6 +435,7 @@ def _health(
         HealthCheck("limits", limits.readiness),
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
+        HealthCheck("credentials", credentials),
     ]
     if identity is not None:
 

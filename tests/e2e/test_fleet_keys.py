@@ -184,3 +184,18 @@ def test_revoking_the_bootstrap_admin_key_holds_on_every_replica(fleet, fleet_en
     assert revoked.status_code == 200, revoked.text
     time_until(lambda: create_key(a, BOOTSTRAP_SECRET).status_code == 401, within=PROPAGATION_S * 3)
     assert create_key(b, BOOTSTRAP_SECRET).status_code == 401
+
+
+def test_keys_created_concurrently_on_two_replicas_all_succeed_and_both_list_them_all(fleet, fleet_env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = fleet.start(env=fleet_env), fleet.start(env=fleet_env)
+
+    def create(index: int) -> httpx.Response:
+        return create_key((a, b)[index % 2], BOOTSTRAP_SECRET, name=f"burst-{index}")
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(create, range(48)))
+    assert [r.status_code for r in answers] == [201] * 48, [r.text for r in answers if r.status_code != 201]
+    made = {r.json()["key"]["id"] for r in answers}
+    time_until(lambda: made <= cli_list(a, BOOTSTRAP_SECRET) and made <= cli_list(b, BOOTSTRAP_SECRET))

@@ -33,7 +33,11 @@ from router_impl.config.source import (
 DEFAULT_PREFIX = "/api-router/"
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 _PAGE = 1000  # keys per range request: a big prefix never meets gRPC's 4 MB message cap
-_WRITE_ATTEMPTS = 5
+# Concurrent writers (keys created on several replicas at once) each win one round; a short growing
+# pause between rounds lets 16 concurrent creates through (measured) within ~0.5 s.
+_WRITE_ATTEMPTS = 10
+_WRITE_PAUSE_S = 0.002
+_WRITE_PAUSE_MAX_S = 0.1
 _TXN_OPS = 100  # below etcd's default --max-txn-ops (128)
 _STEADY_WATCH_S = 1.0  # a watch that lived this long resets the reconnect backoff
 _LOST = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
@@ -152,7 +156,9 @@ class EtcdSource:
         listing, so two admins' individually valid changes can never combine into an invalid one."""
         key = object_key(kind, object_id)
         full_key = self._prefix + key.encode()
-        for _ in range(_WRITE_ATTEMPTS):
+        for attempt in range(_WRITE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(min(_WRITE_PAUSE_S * 2**attempt, _WRITE_PAUSE_MAX_S))
             try:
                 kv, _ = await self._connected()
                 objects, revision = await self._list(kv)

@@ -111,11 +111,17 @@ async def test_a_signing_key_is_refused_in_a_fleet_without_a_shared_secret_key(s
     await keys.create("acme", None, ["inference"], None, None, False, NOW)
 
 
-async def test_keys_an_older_router_kept_in_lmdb_are_written_to_the_source_once(service, tmp_path):
-    legacy = LmdbKeyStore(tmp_path / "keys")
-    old, _, _ = await legacy.create("acme", "old", ["inference"], None, None, False, NOW)
-    legacy.close()
+async def test_keys_and_revocations_an_older_router_kept_in_lmdb_are_written_to_the_source_once(
+    service, tmp_path
+):
     config_service, holder, _ = service
-    assert await import_legacy_keys(tmp_path / "keys", holder.current, config_service.put) == 1
-    assert holder.current().api_keys == (old,)
+    keys = store(service)
+    from_file, _, _ = await keys.create("acme", "in the config", ["inference"], None, None, False, NOW)
+    legacy = LmdbKeyStore(tmp_path / "keys", [from_file])
+    old, _, _ = await legacy.create("acme", "old", ["inference"], None, None, False, NOW)
+    await legacy.revoke(from_file.id, NOW, "revoked by the old router")  # a marker over a config key
+    legacy.close()
+    assert await import_legacy_keys(tmp_path / "keys", holder.current, config_service.put) == 2
+    imported = {r.id: r for r in holder.current().api_keys}
+    assert imported[old.id] == old and imported[from_file.id].revoked  # no revoked key comes back
     assert await import_legacy_keys(tmp_path / "keys", holder.current, config_service.put) == 0

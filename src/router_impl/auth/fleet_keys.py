@@ -11,6 +11,7 @@ import structlog
 
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.auth.store_config import KeyWriter
+from router_impl.auth.store_lmdb import LmdbKeyStore
 from router_impl.config.model import RuntimeConfig
 from router_impl.settings import Settings
 
@@ -56,14 +57,13 @@ def signing_refusal(settings: Settings) -> str | None:
 async def import_legacy_keys(
     path: Path, current: Callable[[], RuntimeConfig], put: KeyWriter, *, log: Any = None
 ) -> int:
-    """Keys an older router created in ``path`` (its LMDB key store) and the config source lacks are
-    written to the source once, so an upgrade loses none; returns how many were written."""
+    """Keys an older router created in ``path`` (its LMDB key store) and the config source lacks, and
+    its revocations of config keys, are written to the source, so an upgrade loses none and revives
+    no revoked key; returns how many objects were written."""
     log = log if log is not None else structlog.get_logger("router.auth")
     if not (path / "data.mdb").exists():
         return 0
-    from router_impl.auth.store_lmdb import LmdbKeyStore  # only for this one-time read
-
-    legacy = LmdbKeyStore(path)
+    legacy = LmdbKeyStore(path, current().api_keys)  # lists config keys with their stored revocations
     try:
         records: list[ApiKeyRecord] = []
         cursor: str | None = None
@@ -74,11 +74,14 @@ async def import_legacy_keys(
                 break
     finally:
         legacy.close()
-    known = {r.id for r in current().api_keys}
+    known = {r.id: r for r in current().api_keys}
     hashes = {r.key_hash for r in current().api_keys}
     written = 0
     for record in records:
-        if record.id in known or record.key_hash in hashes:
+        held = known.get(record.id)
+        if held is None and record.key_hash in hashes:
+            continue
+        if held is not None and (held.revoked or not record.revoked):
             continue
         try:
             await put("keys", record.id, record)

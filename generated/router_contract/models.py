@@ -515,7 +515,7 @@ class AuditRecord(BaseModel):
             pattern="^([A-Za-z0-9][A-Za-z0-9._:-]{0,127})?$",
         ),
     ]
-    action: Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET"]
+    action: Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET", "KEY_CREATED", "KEY_REVOKED"]
     decision_reason: Annotated[
         str,
         Field(
@@ -533,7 +533,7 @@ class AuditRecord(BaseModel):
     actor: Annotated[
         str | MISSING,
         Field(
-            description="Key id of the administrator, for POLICY_UPDATE and LIMIT_RESET.",
+            description="Key id of the administrator, for POLICY_UPDATE, LIMIT_RESET, KEY_CREATED and KEY_REVOKED.",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
@@ -613,6 +613,21 @@ class Backend(BaseModel):
     ] = 256
     health_check: BackendHealthCheck | MISSING = MISSING
     labels: StringMap | MISSING = MISSING
+    api_key_env: Annotated[
+        str | MISSING,
+        Field(
+            description="Write-only, never returned. Name of an environment variable of every router holding the bearer token this backend expects (never the token). Kept when a later write omits both this and `api_key_file`.",
+            pattern="^[A-Z_][A-Z0-9_]{0,127}$",
+        ),
+    ] = MISSING
+    api_key_file: Annotated[
+        str | MISSING,
+        Field(
+            description="Write-only, never returned. Absolute path of a file mounted in every router (e.g. a Kubernetes Secret) holding the bearer token. Exclusive with `api_key_env`.",
+            max_length=1024,
+            pattern="^/[^\\n]*$",
+        ),
+    ] = MISSING
 
 
 class BackendStatus(BaseModel):

@@ -43,11 +43,13 @@ def backend_config(
     backend_id: str, document: Mapping[str, Any], existing: BackendConfig | None
 ) -> BackendConfig:
     """The ``BackendConfig`` a ``Backend`` document describes; the path id wins, and config-only
-    fields the contract does not carry (``api_key_env``) are kept from the backend it replaces.
+    write-only credential references (``api_key_env``, ``api_key_file``) are kept from the backend it
+    replaces unless the document names one.
     Raises pydantic's ValidationError."""
     fields: dict[str, Any] = {k: v for k, v in document.items() if k != "id"}
-    if existing is not None and existing.api_key_env is not None:
+    if existing is not None and "api_key_env" not in fields and "api_key_file" not in fields:
         fields["api_key_env"] = existing.api_key_env
+        fields["api_key_file"] = existing.api_key_file
     return BackendConfig.model_validate({**fields, "id": backend_id})
 
 

@@ -6,6 +6,7 @@ Each port gets its embedded adapter unless its shared service is configured
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import socket
@@ -33,19 +34,21 @@ from router_contract.operations import OPERATIONS
 from starlette.types import ASGIApp
 
 from router_impl.auth.authenticator import Authenticator
+from router_impl.auth.fleet_keys import bootstrap_keys, import_legacy_keys, signing_refusal
 from router_impl.auth.identity import IdentityServiceKeyStore
 from router_impl.auth.keys import KeyStore
 from router_impl.auth.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from router_impl.auth.secret_box import SecretBox
 from router_impl.auth.signature_gate import SignatureGate
 from router_impl.auth.signing import SignatureVerifier
-from router_impl.auth.store_lmdb import LmdbKeyStore
+from router_impl.auth.store_config import ConfigKeyStore
 from router_impl.components import Components
 from router_impl.config.etcd_source import EtcdSource
-from router_impl.config.file_source import FileSource
+from router_impl.config.file_source import FileSource, load_file
 from router_impl.config.holder import ConfigHolder
 from router_impl.config.lkg_cache import LastKnownGood
 from router_impl.config.model import RuntimeConfig
+from router_impl.config.seed import seed_from_file
 from router_impl.config.service import ConfigService
 from router_impl.config.source import ConfigSource
 from router_impl.data_dir import private_data_dir
@@ -69,7 +72,7 @@ from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import RoutingEngine
 from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
-from router_impl.routing.readiness import BackendReadiness, assess
+from router_impl.routing.readiness import BackendReadiness, assess, credentials_check
 from router_impl.settings import Settings
 from router_impl.telemetry.logging import configure_logging
 from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
@@ -155,7 +158,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
 
     box = SecretBox.from_settings(_secret(settings.secret_key), settings.data_dir)
     identity: IdentityServiceKeyStore | None = None
-    key_admin: LmdbKeyStore | None = None
+    key_admin: ConfigKeyStore | None = None
     store: KeyStore
     if settings.identity_url:
         identity = IdentityServiceKeyStore(
@@ -172,13 +175,14 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         lifecycle.on_stop(identity.close)
         store = identity
     else:
-        key_admin = LmdbKeyStore(
-            settings.data_dir / "keys",
-            (),  # the config file's keys arrive with each applied snapshot (replace_static)
+        # Keys are config objects (keys/<id>): every replica follows the same source.
+        key_admin = ConfigKeyStore(
+            holder.current,
+            lambda kind, object_id, obj: config_service.put(kind, object_id, obj),  # built below
             secret_box=box,
-            map_size=settings.key_store_map_size_bytes,
+            local=bootstrap_keys(settings),
+            signing_refusal=signing_refusal(settings),
         )
-        lifecycle.on_stop(_sync(key_admin.close))
         store = key_admin
 
     nonces: NonceStore
@@ -233,18 +237,28 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
     async def follow_snapshot(snapshot: RuntimeConfig) -> None:
         await backends.update(snapshot.backends)
         health.forget_except(b.id for b in snapshot.backends)
-        if key_admin is not None:
-            key_admin.replace_static(snapshot.api_keys)
 
+    source = _config_source(settings)
     config_service = ConfigService(
-        _config_source(settings),
+        source,
         holder,
         LastKnownGood(settings.data_dir / "config-lkg"),
         clock=lambda: datetime.now(UTC),
         on_apply=[follow_snapshot],
         overlay=overlay,
     )
+    if isinstance(source, EtcdSource) and settings.config_path is not None:
+        seed_path = settings.config_path
+        seeding = load_file(seed_path)  # an unreadable or invalid file stops the start here
+        lifecycle.on_start(lambda: seed_from_file(source, seeding, seed_path, settings.etcd_prefix))
     lifecycle.on_start(lambda: config_service.start(within=settings.config_start_timeout_seconds))
+    if key_admin is not None:
+        legacy_keys = settings.data_dir / "keys"  # where routers before keys-in-config kept them
+
+        async def import_keys() -> None:
+            await import_legacy_keys(legacy_keys, holder.current, config_service.put)
+
+        lifecycle.on_start(import_keys)
     lifecycle.on_stop(config_service.stop)
     metrics.sample_from(lambda: _sample(holder.current(), health, usage, config_service, limits))
     lifecycle.background(every(5, _sync(metrics.refresh)))
@@ -256,7 +270,13 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         key_admin=key_admin,
         identity=identity,
         health=_health(
-            settings, config_service, identity, limits, usage, lambda: assess(holder.current(), health)
+            settings,
+            config_service,
+            identity,
+            limits,
+            usage,
+            lambda: assess(holder.current(), health),
+            holder.current,
         ),
         pipeline=pipeline,
         config_service=config_service,
@@ -399,12 +419,16 @@ def _health(
     limits: LimitsService,
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
+    config: Callable[[], RuntimeConfig],
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def backend_check() -> tuple[CheckStatus, str]:
         return backends().check()
+
+    async def credentials() -> tuple[CheckStatus, str]:
+        return credentials_check(config(), os.environ)
 
     def backend_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
         found = backends()
@@ -416,6 +440,7 @@ def _health(
         HealthCheck("limits", limits.readiness),
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
+        HealthCheck("credentials", credentials),
     ]
     if identity is not None:
 

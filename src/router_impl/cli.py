@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, limits_cli, usage_cli
+from router_impl import __version__, config_cli, limits_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -170,7 +170,9 @@ def _add_policy_commands(sub: Any) -> None:
     dump = actions.add_parser("dump", help="print the applied routing config as runtime-config YAML")
     dump.add_argument("--output", "-o", help="write to this file instead of stdout")
     dump.set_defaults(func=lambda args: policy_cli.run_dump(_admin(args), args))
-    apply = actions.add_parser("apply", help="apply a runtime-config YAML file (backends, models, states)")
+    apply = actions.add_parser(
+        "apply", help="apply a runtime-config YAML file (backends, models, states, org_limits)"
+    )
     apply.add_argument("file")
     apply.set_defaults(func=lambda args: policy_cli.run_apply(_admin(args), args))
 
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_commands(sub)
     _add_policy_commands(sub)
     limits_cli.add_commands(sub, _admin_parser, _admin)
+    config_cli.add_commands(sub)
     usage_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")

@@ -1,14 +1,17 @@
 """`router policy dump` and `router policy apply FILE`: the routing config, over the admin API.
 
-The file is the runtime-config YAML (backends, models, backend_states); keys are managed with
-`router keys`. Apply writes backends first, then model policies, then backend states, so every
-step leaves a valid config on every replica.
+The file is the runtime-config YAML (backends with their credential references, models,
+backend_states, org_limits). Apply writes backends first, then model policies, backend states and
+limits, so every step leaves a valid config on every replica. What the admin API cannot take (API
+keys given by their hashes, unknown sections) is refused, with the list, before anything is written:
+`router config apply` writes such a file to the config source directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ BACKEND_FIELDS = (
     "health_check",
     "labels",
 )
+WRITE_ONLY_FIELDS = ("api_key_env", "api_key_file")  # credential references: applied, never dumped
+SECTIONS = ("backends", "models", "backend_states", "org_limits")
 
 
 def dump(client: AdminClient) -> dict[str, Any]:
@@ -47,11 +52,25 @@ def dump(client: AdminClient) -> dict[str, Any]:
     return document
 
 
+def unappliable(document: dict[str, Any]) -> list[str]:
+    """What of ``document`` the admin API cannot apply (nothing may be dropped silently)."""
+    problems = [
+        f"{section}: not applied through the admin API (use `router config apply`)"
+        for section in document
+        if section not in SECTIONS
+    ]
+    for backend in document.get("backends") or []:
+        extra = sorted(set(backend) - {"id", *BACKEND_FIELDS, *WRITE_ONLY_FIELDS})
+        if extra:
+            problems.append(f"backends.{backend.get('id')}: unknown field(s) {', '.join(extra)}")
+    return problems
+
+
 def apply(client: AdminClient, document: dict[str, Any]) -> list[str]:
     """PUT every object of ``document``; returns one line per object written."""
     done: list[str] = []
     for backend in document.get("backends") or []:
-        body = {k: v for k, v in backend.items() if k in BACKEND_FIELDS}
+        body = {k: v for k, v in backend.items() if k in BACKEND_FIELDS or k in WRITE_ONLY_FIELDS}
         client.request("PUT", f"/v1/admin/backends/{_quote(backend['id'])}", body)
         done.append(f"backend {backend['id']}")
     for policy in document.get("models") or []:
@@ -61,6 +80,9 @@ def apply(client: AdminClient, document: dict[str, Any]) -> list[str]:
         body = {"state": state["state"], "reason": state.get("reason") or "set by router policy apply"}
         client.request("POST", f"/v1/admin/backends/{_quote(backend_id)}/state", body)
         done.append(f"backend state {backend_id}={state['state']}")
+    for org, limits in (document.get("org_limits") or {}).items():
+        client.request("PUT", f"/v1/admin/orgs/{_quote(org)}/limits", limits)
+        done.append(f"limits {org}")
     return done
 
 
@@ -81,8 +103,15 @@ def run_apply(client: AdminClient, args: argparse.Namespace) -> int:
     document = yaml.safe_load(Path(args.file).read_text(encoding="utf-8")) or {}
     if not isinstance(document, dict):
         raise SystemExit(f"router: {args.file} is not a runtime-config mapping")
-    if document.get("api_keys"):
-        print("router: api_keys in the file are ignored; manage keys with `router keys`")
+    problems = unappliable(document)
+    if problems:
+        print(
+            f"router: {args.file} cannot be applied through the admin API; nothing was written:",
+            file=sys.stderr,
+        )
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     for line in apply(client, document):
         print(f"applied {line}")
     print(json.dumps({"applied": True}))

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # Encrypts per-key signing secrets at rest; without it a key file is generated in data_dir.
     secret_key: SecretStr | None = None
     signature_window_seconds: int = Field(300, ge=1, le=3600)
+    # The first admin key of an empty fleet: the SHA-256 hex of its secret (never the secret), from
+    # the variable or a mounted file. Every replica serves it as key id `bootstrap-admin` (scope
+    # admin) until a record with that id in the config source (its revocation) overrides it.
+    bootstrap_admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    bootstrap_admin_key_sha256_file: Path | None = None
+    bootstrap_admin_org: str = Field("operators", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
     idempotency_store: Literal["lmdb", "memory"] = "lmdb"
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1)

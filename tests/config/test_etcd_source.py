@@ -335,3 +335,16 @@ async def test_every_object_lives_under_the_prefix(
         prefix + "backends/gpu-a",
         prefix + "models/a%2Fb",
     ]
+
+
+async def test_seeding_writes_only_an_empty_prefix_in_chunks_below_the_transaction_cap(etcd_server, prefix):
+    many = RuntimeConfig(backends=tuple(backend(f"b{i}") for i in range(150)), models=(model("m", "b0"),))
+    source = _source(etcd_server, prefix)
+    try:
+        assert await source.seed(explode(many)) is True
+        assert await source.objects() == explode(many)
+        assert explode((await source.snapshot()).config) == explode(many)  # valid, in key order
+        assert await source.seed(explode(sample_config())) is False  # taken: nothing written
+        assert await source.objects() == explode(many)
+    finally:
+        await source.close()

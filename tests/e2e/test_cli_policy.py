@@ -95,3 +95,60 @@ def test_writing_demo_modes_own_names_is_refused_and_the_replica_keeps_applying_
     assert later.status_code in (200, 201), later.text
     listed = httpx.get(demo.base_url + "/v1/admin/backends/after-clash", headers=headers, timeout=10)
     assert listed.status_code == 200
+
+
+def test_a_file_with_parts_the_admin_api_cannot_take_is_refused_whole_with_the_list(demo, upstream, tmp_path):
+    document = {
+        "backends": [
+            {"id": "never-written", "base_url": upstream.openai_base_url, "models": ["policy-model"]}
+        ],
+        "api_keys": [{"id": "k", "organization_id": "acme", "key_hash": "0" * 64, "scopes": ["inference"]}],
+        "routes": [],
+    }
+    refused = policy(demo, "apply", str(write(tmp_path / "keys.yaml", document)))
+    assert refused.returncode == 2
+    assert "api_keys: not applied" in refused.stderr and "routes: not applied" in refused.stderr
+    assert "router config apply" in refused.stderr
+    listed = httpx.get(
+        demo.base_url + "/v1/admin/backends/never-written", headers={"X-API-Key": ADMIN}, timeout=10
+    )
+    assert listed.status_code == 404  # nothing was written
+
+
+def test_org_limits_and_write_only_credentials_are_applied_and_never_shown(demo, upstream, tmp_path):
+    document = {
+        "backends": [
+            {
+                "id": "cred-backend",
+                "base_url": upstream.openai_base_url,
+                "models": ["policy-model"],
+                "api_key_env": "POLICY_CLI_UPSTREAM_TOKEN",
+            }
+        ],
+        "org_limits": {"policy-org": {"rate_limits": {"requests_per_minute": 77}}},
+    }
+    applied = policy(demo, "apply", str(write(tmp_path / "full.yaml", document)))
+    assert applied.returncode == 0, applied.stderr
+    assert "applied limits policy-org" in applied.stdout
+    headers = {"X-API-Key": ADMIN}
+    limits = httpx.get(demo.base_url + "/v1/admin/orgs/policy-org/limits", headers=headers, timeout=10).json()
+    assert limits["limits"]["rate_limits"]["requests_per_minute"] == 77
+    shown = httpx.get(demo.base_url + "/v1/admin/backends/cred-backend", headers=headers, timeout=10).text
+    assert "POLICY_CLI_UPSTREAM_TOKEN" not in shown and "api_key_env" not in shown
+    assert "POLICY_CLI_UPSTREAM_TOKEN" not in policy(demo, "dump").stdout
+    # A later write without credential fields keeps the reference: readiness still names it as missing.
+    replaced = httpx.put(
+        demo.base_url + "/v1/admin/backends/cred-backend",
+        headers=headers,
+        json={"base_url": upstream.openai_base_url, "models": ["policy-model"], "timeout_ms": 5000},
+        timeout=10,
+    )
+    assert replaced.status_code == 200
+    ready = httpx.get(demo.base_url + "/v1/status/readyz", timeout=10).json()
+    check = next(c for c in ready["checks"] if c["name"] == "credentials")
+    assert "cred-backend (environment variable POLICY_CLI_UPSTREAM_TOKEN)" in check["details"]
+
+
+def write(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document))
+    return path

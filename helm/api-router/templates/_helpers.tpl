@@ -107,7 +107,7 @@ Combinations values.schema.json cannot express; rendering fails with the reason.
 {{- fail "set either runtimeConfig.existingConfigMap or runtimeConfig.content, not both" }}
 {{- end }}
 {{- if and $v.router.etcdEndpoints $v.runtimeConfig.content }}
-{{- fail "runtimeConfig.content is ignored when router.etcdEndpoints is set: load it into etcd (router policy apply) instead" }}
+{{- fail "runtimeConfig.content is ignored when router.etcdEndpoints is set: load it into etcd (router config apply FILE) instead" }}
 {{- end }}
 {{- if $v.autoscaling.enabled }}
 {{- if gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas) }}

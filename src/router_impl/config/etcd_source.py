@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # no stubs; only its error class is used
@@ -33,7 +33,12 @@ from router_impl.config.source import (
 DEFAULT_PREFIX = "/api-router/"
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 _PAGE = 1000  # keys per range request: a big prefix never meets gRPC's 4 MB message cap
-_WRITE_ATTEMPTS = 5
+# Concurrent writers (keys created on several replicas at once) each win one round; a short growing
+# pause between rounds lets 16 concurrent creates through (measured) within ~0.5 s.
+_WRITE_ATTEMPTS = 10
+_WRITE_PAUSE_S = 0.002
+_WRITE_PAUSE_MAX_S = 0.1
+_TXN_OPS = 100  # below etcd's default --max-txn-ops (128)
 _STEADY_WATCH_S = 1.0  # a watch that lived this long resets the reconnect backoff
 _LOST = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 
@@ -109,6 +114,32 @@ class EtcdSource:
     async def delete(self, kind: Kind, object_id: str) -> int:
         return await self._write(kind, object_id, None, ())
 
+    async def objects(self) -> dict[str, bytes]:
+        """Every object under the prefix now, valid or not (raises SourceUnavailable)."""
+        try:
+            kv, _ = await self._connected()
+            return (await self._list(kv))[0]
+        except _LOST as exc:
+            raise SourceUnavailable(f"etcd unreachable ({type(exc).__name__})") from exc
+
+    async def seed(self, objects: Mapping[str, bytes]) -> bool:
+        """Write ``objects`` (in order, each prefix a valid config) only if the prefix is empty;
+        False when it is not. The first transaction claims the prefix, so of several replicas seeding
+        at once exactly one writes; etcd caps a transaction's operations, hence the chunks."""
+        items = [(self._prefix + key.encode(), value) for key, value in objects.items()]
+        empty = KVService.txn_compare_version(self._prefix, 0, range_end=self._range_end)
+        try:
+            kv, _ = await self._connected()
+            for start in range(0, max(len(items), 1), _TXN_OPS):
+                puts = [KVService.txn_op_put(k, v) for k, v in items[start : start + _TXN_OPS]]
+                response = await kv.txn([empty] if start == 0 else [], puts, timeout=self._timeout)
+                if start == 0 and not response.succeeded:
+                    return False
+        except _LOST as exc:
+            raise SourceUnavailable(f"etcd unreachable ({type(exc).__name__})") from exc
+        self._log.info("config_seeded", source="etcd", objects=len(items))
+        return True
+
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
@@ -125,7 +156,9 @@ class EtcdSource:
         listing, so two admins' individually valid changes can never combine into an invalid one."""
         key = object_key(kind, object_id)
         full_key = self._prefix + key.encode()
-        for _ in range(_WRITE_ATTEMPTS):
+        for attempt in range(_WRITE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(min(_WRITE_PAUSE_S * 2**attempt, _WRITE_PAUSE_MAX_S))
             try:
                 kv, _ = await self._connected()
                 objects, revision = await self._list(kv)

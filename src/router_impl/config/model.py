@@ -46,7 +46,25 @@ class BackendConfig(BaseModel):
     health_check: HealthCheckConfig = HealthCheckConfig()
     # Name of an environment variable holding the bearer token the backend expects (never the token).
     api_key_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    # Or the path of a mounted file holding it (e.g. a Kubernetes Secret); read when the backend's
+    # connection pool is built. At most one of the two.
+    api_key_file: str | None = Field(None, pattern=r"^/[^\x00\n]{0,1023}$")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> BackendConfig:
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError("api_key_env and api_key_file are exclusive: name one credential")
+        return self
+
+    @property
+    def credential(self) -> str | None:
+        """Where the bearer token comes from, for logs and readiness (a name, never the token)."""
+        if self.api_key_env is not None:
+            return f"environment variable {self.api_key_env}"
+        if self.api_key_file is not None:
+            return f"file {self.api_key_file}"
+        return None
 
     @field_validator("base_url")
     @classmethod

@@ -68,7 +68,7 @@ def demo_config(
             input_usd_per_1m_tokens=Decimal("0.50"), output_usd_per_1m_tokens=Decimal("1.50")
         ),
     )
-    keys = (
+    keys: tuple[ApiKeyRecord, ...] = (
         ApiKeyRecord(
             id="key_demo",
             organization_id=DEMO_ORG,
@@ -84,6 +84,9 @@ def demo_config(
             name="demo admin key",
         ),
     )
+    # A demo key revoked through the admin API is a record in the source: that one wins.
+    stored = {k.id for k in base.api_keys}
+    keys = tuple(k for k in keys if k.id not in stored)
     # Every field of the base carries over (limits, states, ...); only the three lists grow.
     fields = {name: getattr(base, name) for name in RuntimeConfig.model_fields}
     fields.update(

@@ -23,7 +23,7 @@ from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, O
 from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable
 from router_impl.errors import ApiError
 from router_impl.limits.service import ResetScope
-from router_impl.usage.audit import AuditEvent
+from router_impl.usage.audit import AuditAction, AuditEvent
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response, timestamp
 
@@ -72,7 +72,35 @@ def _parse_time(value: str | None) -> datetime | None:
         raise ApiError("VALIDATION_ERROR", "expires_at is outside the supported date range.") from None
 
 
-async def create_api_key(components: Components) -> Response:
+async def _audit_key_change(
+    components: Components, token_info: dict[str, Any], action: AuditAction, record: ApiKeyRecord
+) -> None:
+    """Who changed which key (ids only: never a secret, hash or sealed signing secret)."""
+    actor = _actor(token_info)
+    state = current_state()
+    log.info(
+        "api_key_change",
+        actor_key_id=actor,
+        key_id=record.id,
+        organization_id=record.organization_id,
+        action=action,
+    )
+    await components.pipeline.record_audit(
+        AuditEvent(
+            request_id=state.request_id,
+            organization_id=record.organization_id,
+            api_key_id=actor or "",
+            action=action,
+            decision_reason=f"{action.lower()} {record.id}"[:500],
+            timestamp=datetime.now(UTC),
+            actor=actor,
+            trace_id=state.trace_id,
+            metadata={"key_id": record.id, "scopes": ",".join(sorted(record.scopes))},
+        )
+    )
+
+
+async def create_api_key(components: Components, token_info: dict[str, Any]) -> Response:
     body = current_document()
     record, secret, signing_secret = await _key_admin(components).create(
         organization_id=body["organization_id"],
@@ -83,6 +111,7 @@ async def create_api_key(components: Components) -> Response:
         signature_required=bool(body.get("signature_required", False)),
         now=datetime.now(UTC),
     )
+    await _audit_key_change(components, token_info, "KEY_CREATED", record)
     created: dict[str, Any] = {"key": key_info(record), "secret": secret}
     if signing_secret is not None:
         created["signing_secret"] = signing_secret
@@ -106,10 +135,11 @@ async def list_api_keys(
     return json_response(page)
 
 
-async def revoke_api_key(components: Components, key_id: str) -> Response:
+async def revoke_api_key(components: Components, key_id: str, token_info: dict[str, Any]) -> Response:
     document = current_state().document
     reason = document.get("reason") if isinstance(document, dict) else None
     record = await _key_admin(components).revoke(key_id, datetime.now(UTC), reason)
+    await _audit_key_change(components, token_info, "KEY_REVOKED", record)
     return json_response(key_info(record))
 
 

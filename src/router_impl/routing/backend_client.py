@@ -196,7 +196,11 @@ class BackendClient:
             pool = self._replace(backend)
         if pool.missing_secret:
             raise BackendCallError(
-                "BACKEND_UNAVAILABLE", reason="config", maybe_processed=False, backend_id=backend.id
+                "BACKEND_UNAVAILABLE",
+                reason="config",
+                maybe_processed=False,
+                backend_id=backend.id,
+                message="The backend's credential is not set on this router (see /v1/status/readyz).",
             )
         return pool
 

@@ -108,6 +108,16 @@ def error_for_status(
             message="The backend is overloaded; try again later.",
             headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
         )
+    if status in (401, 403):
+        return BackendCallError(
+            "BACKEND_ERROR",
+            reason="status",
+            maybe_processed=False,
+            backend_id=backend_id,
+            upstream_status=status,
+            message=f"The backend refused the router's credentials (HTTP {status}); an operator must "
+            "check the backend's api_key_env or api_key_file.",
+        )
     if status in _INVALID_STATUSES:
         detail = backend_message(body)
         message = "The backend rejected the request" + (f": {detail}" if detail else ".")

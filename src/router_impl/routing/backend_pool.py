@@ -38,7 +38,21 @@ def pool_key(config: BackendConfig) -> tuple[object, ...]:
         config.connect_timeout_ms,
         config.max_in_flight,
         config.api_key_env,
+        config.api_key_file,
     )
+
+
+def bearer_token(config: BackendConfig, environ: Mapping[str, str]) -> str | None:
+    """The backend's bearer token from its variable or mounted file; None when unset or unreadable."""
+    if config.api_key_env is not None:
+        return environ.get(config.api_key_env) or None
+    if config.api_key_file is not None:
+        try:
+            with open(config.api_key_file, encoding="utf-8") as file:  # a few bytes from a local mount
+                return file.read(16 * 1024).strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+    return None
 
 
 class BackendPool:
@@ -64,13 +78,11 @@ class BackendPool:
             "User-Agent": "api-router",
             "Content-Type": "application/json",
         }
-        self.missing_secret = False
-        if config.api_key_env is not None:
-            token = secrets.get(config.api_key_env)
-            if token:
-                fixed["Authorization"] = f"Bearer {token}"
-            else:
-                self.missing_secret = True
+        token = bearer_token(config, secrets)
+        # Which credential is missing (a name, never a value); None when none is or none is needed.
+        self.missing_secret = config.credential if config.credential is not None and not token else None
+        if token:
+            fixed["Authorization"] = f"Bearer {token}"
         self.json_headers = {**fixed, "Accept": "application/json"}
         self.stream_headers = {**fixed, "Accept": "text/event-stream"}
         self._base = config.base_url.rstrip("/")

@@ -88,6 +88,15 @@ class Dispatcher:
                         span.set_attribute("http.response.status_code", exc.upstream_status)
                     self._observe(backend_id, outcome, started)
                     self.health.record_error(backend_id, exc, threshold)
+                    if exc.upstream_status in (401, 403) or exc.reason == "config":
+                        log.error(
+                            "backend_credentials_refused"
+                            if exc.reason == "status"
+                            else "backend_credential_missing",
+                            backend=backend_id,
+                            upstream_status=exc.upstream_status,
+                            credential=candidate.backend.credential,  # a variable or file name, never a token
+                        )
                     if not may_fail_over(exc, decision.policy.retry_on):
                         raise
                     mark_failed(span, exc)

@@ -7,10 +7,12 @@ and failing probes are in neither list. Pure: the health registry and the snapsh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router_impl.config.model import RuntimeConfig
 from router_impl.health import CheckStatus
+from router_impl.routing.backend_pool import bearer_token
 from router_impl.routing.health import BackendHealth
 
 _DEGRADED_REASONS = frozenset({"warming_up", "half_open", "trial_in_flight"})
@@ -63,3 +65,14 @@ def assess(config: RuntimeConfig, health: BackendHealth) -> BackendReadiness:
         )
     ]
     return BackendReadiness(tuple(ready), tuple(degraded), tuple(unserved), len(enabled))
+
+
+def credentials_check(config: RuntimeConfig, environ: Mapping[str, str]) -> tuple[CheckStatus, str]:
+    """Backends whose bearer token is configured but not there, by name of its variable or file:
+    fail when no backend at all can be called, warn when only some lack it."""
+    needing = [b for b in config.backends if b.credential is not None]
+    missing = [f"{b.id} ({b.credential})" for b in needing if bearer_token(b, environ) is None]
+    if not missing:
+        return "pass", f"{len(needing)} backend credential(s) present"
+    status: CheckStatus = "fail" if len(missing) == len(config.backends) else "warn"
+    return status, "credential not set for backend(s): " + ", ".join(missing[:20])

@@ -25,7 +25,9 @@ from router_contract.models import AuditRecord
 
 from router_impl.ids import random_uuid4
 
-AuditAction = Literal["REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET"]
+AuditAction = Literal[
+    "REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET", "KEY_CREATED", "KEY_REVOKED"
+]
 AuditLimitState = Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
 
 DEFAULT_RETENTION_SECONDS = 30 * 86_400

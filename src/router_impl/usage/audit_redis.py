@@ -48,7 +48,7 @@ from router_impl.usage.audit import (
 
 _MS_DIGITS = 15
 _MAX_MS = 10**_MS_DIGITS - 1
-_ACTIONS = ("REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET")
+_ACTIONS = ("REQUEST_ALLOWED", "REQUEST_DENIED", "POLICY_UPDATE", "LIMIT_RESET", "KEY_CREATED", "KEY_REVOKED")
 
 # One write, one script (a MULTI of 22 commands cost ~0.5 ms of client CPU per event).
 # KEYS: event, orgs, then the index sets (request in org, request, all, all+action, org, org+action).

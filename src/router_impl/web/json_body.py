@@ -20,3 +20,10 @@ def parse_json(raw: bytes) -> Any:
     if _LONG_DIGITS.search(raw):
         return json.loads(raw)
     return orjson.loads(raw)
+
+
+def exact_integers(raw: bytes, document: Any) -> Any:
+    """``document`` as orjson parsed it, or parsed again exactly when it may hold long integers."""
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
+    return document

@@ -9,6 +9,7 @@ absent (Connexion would reject it as empty). Bodies without a model fall back to
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -26,8 +27,20 @@ BODY_MODEL_KEY = "x-router-model"
 _MAX_DETAILS = 10
 
 
+# pydantic names a union's branch in an error's location: a generated class (``ChatMessageContent1``)
+# or a type tag (``str``, ``list[...]``, ``function-after[...]``). Clients know the contract's field
+# names only, so the location keeps those.
+_MODEL_NAMES = frozenset(name for name, value in vars(contract_models).items() if isinstance(value, type))
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|constrained-[a-z]+|[a-z][a-z-]*\[.*\])$")
+
+
 def _field(location: tuple[int | str, ...]) -> str:
-    return ".".join(["body", *(str(part) for part in location)])
+    parts = (
+        str(part)
+        for part in location
+        if not isinstance(part, str) or (part not in _MODEL_NAMES and not _TYPE_TAG.match(part))
+    )
+    return ".".join(["body", *parts])
 
 
 def validation_error(exc: ValidationError) -> ApiError:
@@ -55,8 +68,10 @@ class ModelBodyValidator(JSONRequestBodyValidator):  # type: ignore[misc]
             self._model.model_validate_json(raw, strict=True)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        document = parse_json(raw)  # BodyGuardMiddleware has already proven it parses
         state = state_of(scope)
+        if state is not None and state.document is not None and (state.body is raw or state.body == raw):
+            return state.document  # parsed once, by BodyGuardMiddleware
+        document = parse_json(raw)
         if state is not None:
             state.document = document
         return document

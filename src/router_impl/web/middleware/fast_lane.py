@@ -153,7 +153,8 @@ class FastLaneMiddleware:
             route.model.model_validate_json(state.body, strict=True)
         except ValidationError:
             return None
-        state.document = parse_json(state.body)
+        if state.document is None:  # BodyGuardMiddleware keeps the document it parsed
+            state.document = parse_json(state.body)
         state.organization_id, state.api_key_id = principal.organization_id, principal.key_id
         if self.tracing.enabled:
             # Recorded only once the lane takes the request: on a hand-over Connexion authenticates

@@ -400,6 +400,75 @@ class OpenAIModelList(BaseModel):
     data: Annotated[list[OpenAIModel], Field(max_length=10000)]
 
 
+class EmbeddingInput1(RootModel[list[str]]):
+    root: Annotated[
+        list[str],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=2048,
+            min_length=1,
+        ),
+    ]
+
+
+class EmbeddingInput2Item(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=4294967295)]
+
+
+class EmbeddingInput2(RootModel[list[EmbeddingInput2Item]]):
+    root: Annotated[
+        list[EmbeddingInput2Item],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=1000000,
+            min_length=1,
+        ),
+    ]
+
+
+class EmbeddingInput3ItemItem(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=4294967295)]
+
+
+class EmbeddingInput3Item(RootModel[list[EmbeddingInput3ItemItem]]):
+    root: Annotated[
+        list[EmbeddingInput3ItemItem], Field(max_length=1000000, min_length=1)
+    ]
+
+
+class EmbeddingInput3(RootModel[list[EmbeddingInput3Item]]):
+    root: Annotated[
+        list[EmbeddingInput3Item],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=2048,
+            min_length=1,
+        ),
+    ]
+
+
+class Embedding(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    object: Literal["embedding"]
+    embedding: Annotated[
+        list[float] | str,
+        Field(
+            description="The vector (`encoding_format` float), or its little-endian float32 bytes in base64."
+        ),
+    ]
+    index: Annotated[int, Field(ge=0)]
+
+
+class EmbeddingUsage(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    total_tokens: Annotated[int, Field(ge=0)]
+
+
 class HealthCheck(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -1373,6 +1442,37 @@ class Completion(BaseModel):
     choices: Annotated[list[CompletionChoice], Field(max_length=1024)]
     usage: CompletionUsage | MISSING = MISSING
     system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
+
+
+class CreateEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    model: Annotated[
+        str,
+        Field(
+            max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+        ),
+    ]
+    input: Annotated[
+        str | EmbeddingInput1 | EmbeddingInput2 | EmbeddingInput3,
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays."
+        ),
+    ]
+    encoding_format: Literal["float", "base64"] | MISSING = MISSING
+    dimensions: Annotated[int | MISSING, Field(ge=1, le=65536)] = MISSING
+    user: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+
+
+class CreateEmbeddingResponse(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    object: Literal["list"]
+    data: list[Embedding]
+    model: Annotated[str, Field(max_length=256)]
+    usage: EmbeddingUsage
 
 
 class InferenceRequest(BaseModel):

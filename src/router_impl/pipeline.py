@@ -49,8 +49,12 @@ from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
 from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
 
-Kind = Literal["chat", "completion"]
-BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
+Kind = Literal["chat", "completion", "embedding"]
+BACKEND_PATHS: dict[Kind, str] = {
+    "chat": "/chat/completions",
+    "completion": "/completions",
+    "embedding": "/embeddings",
+}
 _RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
 _COMPLETED_RECORD_IDS = uuid.UUID("5c1e8f3a-7d7b-4c55-9a8e-2f0b7f6d4e21")  # uuid5 namespace
 
@@ -75,7 +79,7 @@ class Call:
 
     @property
     def stream(self) -> bool:
-        return bool(self.body.get("stream"))
+        return self.kind != "embedding" and bool(self.body.get("stream"))
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ class Pipeline:
             if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0
             else 1,
             stream=call.stream,
+            completes=call.kind != "embedding",
         )
         try:
             ticket = await self.limits.admit(demand)

@@ -1,5 +1,6 @@
 """Every bad input gets the contract's error shape, with a code, before any handler runs."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -102,9 +103,28 @@ async def test_client_request_id_is_echoed_only_when_well_formed(client):
 
 
 async def test_unknown_path_is_404_in_contract_shape(client):
-    response = await client.get("/v1/nope")
+    response = await client.get("/nope")
     assert (response.status_code, response.json()["code"]) == (404, "NOT_FOUND")
     assert len(response.json()["trace_id"]) == 32
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/v1/files", "/v1/models/x/y"])
+async def test_unknown_path_under_v1_is_404_in_openai_shape_before_authentication(client, path):
+    response = await client.post(path, json={})
+    error = response.json()["error"]
+    assert response.status_code == 404
+    assert (error["code"], error["type"]) == ("NOT_FOUND", "invalid_request_error")
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+async def test_validation_errors_name_contract_fields_never_generated_classes(client):
+    headers = {"X-API-Key": SECRETS["inference"]}
+    bad = {"model": "m", "messages": [{"role": "user", "content": 5}], "temperature": "hot"}
+    response = await client.post("/v1/chat/completions", json=bad, headers=headers)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "body.messages.0.content" in message
+    assert not re.search(r"[A-Z][a-z]+[A-Z][A-Za-z]*\d|list\[|ChatMessage", message), message
 
 
 async def test_wrong_method_is_405_with_allow_header(client):

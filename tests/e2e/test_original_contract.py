@@ -192,6 +192,12 @@ def test_every_usage_record_kind_validates_against_both_schemas(client, compat_r
     post("completions stream", "/v1/completions", plain, {"model": MODEL, "prompt": "a b", "stream": True})
     post("token and USD budgets", "/v1/chat/completions", SECRETS["both"], chat())
     post("token budget", "/v1/chat/completions", SECRETS["tokens"], chat())
+    post(
+        "embeddings, token budget",
+        "/v1/embeddings",
+        SECRETS["tokens"],
+        {"model": MODEL, "input": ["a b", "c"]},
+    )
     post("USD budget", "/v1/inference", SECRETS["usd"], envelope())
     post("within the rate limit", "/v1/chat/completions", SECRETS["rate"], chat())
     post("429", "/v1/chat/completions", SECRETS["rate"], chat(), status=429)
@@ -227,6 +233,15 @@ def test_every_usage_record_kind_validates_against_both_schemas(client, compat_r
     assert tokens_only["metadata"]["budget_period"] == "DAILY"
     assert int(tokens_only["metadata"]["budget_tokens_remaining"]) > 0
     assert records["USD budget"]["metadata"]["budget_period"] == "MONTHLY"
+    embedded = records["embeddings, token budget"]
+    assert (embedded["endpoint"], embedded["tokens_input"], embedded["tokens_output"]) == (
+        "/v1/embeddings",
+        3,
+        0,
+    )
+    assert int(embedded["metadata"]["budget_tokens_remaining"]) < int(
+        tokens_only["metadata"]["budget_tokens_remaining"]
+    )
     denied_rate, denied_budget = records["429"], records["402"]
     assert (denied_rate["decision_reason"], denied_rate["limit_state"]) == ("RATE_LIMIT", "RATE_LIMITED")
     assert denied_rate["metadata"]["denial_code"] == "RATE_LIMIT_EXCEEDED"

@@ -166,9 +166,9 @@ class Smoke:
             f"readyz: expected HTTP 200, got {reply.status}; not passing: {failing or reply.body[:300]!r}",
         )
         document = reply.json()
-        expect(isinstance(document.get("ready_backends"), list), "readyz: no ready_backends list")
+        expect(isinstance(document.get("ready_backends"), int), "readyz: no ready_backends count")
         warned = f"; warn: {'; '.join(failing)}" if failing else ""
-        return f"{document['status']}, ready backends {document['ready_backends']}{warned}"
+        return f"{document['status']}, ready backends {document.get('ready_backend_ids')}{warned}"
 
     def auth_failure(self) -> str:
         bogus = self.client.request("GET", "/v1/models", key="rk-smoke-not-a-key-" + uuid.uuid4().hex)

@@ -197,21 +197,12 @@ class InferenceUsage(BaseModel):
     limit_state: Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
 
 
-class ChatMessageContent1(RootModel[str | None]):
-    root: Annotated[
-        str | None,
-        Field(
-            description="Text, an array of content parts, or null.", max_length=60000
-        ),
-    ] = None
-
-
 class ChatContentPart(BaseModel):
     model_config = ConfigDict(
         extra="allow",
     )
     type: Annotated[str, Field(max_length=64, min_length=1)]
-    text: Annotated[str | MISSING, Field(max_length=60000)] = MISSING
+    text: str | MISSING = MISSING
 
 
 class ChatToolCallFunction(BaseModel):
@@ -220,11 +211,7 @@ class ChatToolCallFunction(BaseModel):
     )
     name: Annotated[str, Field(max_length=256)]
     arguments: Annotated[
-        str,
-        Field(
-            description="JSON-encoded arguments, as produced by the model.",
-            max_length=60000,
-        ),
+        str, Field(description="JSON-encoded arguments, as produced by the model.")
     ]
 
 
@@ -368,23 +355,9 @@ class ServerSentEvent(BaseModel):
     retry: Annotated[int | MISSING, Field(ge=0, le=3600000)] = MISSING
 
 
-class CompletionPrompt1(RootModel[str]):
+class CompletionPrompt1(RootModel[list[str]]):
     root: Annotated[
-        str,
-        Field(
-            description="A prompt, a batch of prompts, or one prompt as token ids.",
-            max_length=60000,
-        ),
-    ]
-
-
-class CompletionPrompt2Item(RootModel[str]):
-    root: Annotated[str, Field(max_length=60000)]
-
-
-class CompletionPrompt2(RootModel[list[CompletionPrompt2Item]]):
-    root: Annotated[
-        list[CompletionPrompt2Item],
+        list[str],
         Field(
             description="A prompt, a batch of prompts, or one prompt as token ids.",
             max_length=128,
@@ -393,13 +366,13 @@ class CompletionPrompt2(RootModel[list[CompletionPrompt2Item]]):
     ]
 
 
-class CompletionPrompt3Item(RootModel[int]):
+class CompletionPrompt2Item(RootModel[int]):
     root: Annotated[int, Field(ge=0, le=4294967295)]
 
 
-class CompletionPrompt3(RootModel[list[CompletionPrompt3Item]]):
+class CompletionPrompt2(RootModel[list[CompletionPrompt2Item]]):
     root: Annotated[
-        list[CompletionPrompt3Item],
+        list[CompletionPrompt2Item],
         Field(
             description="A prompt, a batch of prompts, or one prompt as token ids.",
             max_length=16384,
@@ -441,6 +414,75 @@ class OpenAIModelList(BaseModel):
     data: Annotated[list[OpenAIModel], Field(max_length=10000)]
 
 
+class EmbeddingInput1(RootModel[list[str]]):
+    root: Annotated[
+        list[str],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=2048,
+            min_length=1,
+        ),
+    ]
+
+
+class EmbeddingInput2Item(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=4294967295)]
+
+
+class EmbeddingInput2(RootModel[list[EmbeddingInput2Item]]):
+    root: Annotated[
+        list[EmbeddingInput2Item],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=1000000,
+            min_length=1,
+        ),
+    ]
+
+
+class EmbeddingInput3ItemItem(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=4294967295)]
+
+
+class EmbeddingInput3Item(RootModel[list[EmbeddingInput3ItemItem]]):
+    root: Annotated[
+        list[EmbeddingInput3ItemItem], Field(max_length=1000000, min_length=1)
+    ]
+
+
+class EmbeddingInput3(RootModel[list[EmbeddingInput3Item]]):
+    root: Annotated[
+        list[EmbeddingInput3Item],
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays.",
+            max_length=2048,
+            min_length=1,
+        ),
+    ]
+
+
+class Embedding(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    object: Literal["embedding"]
+    embedding: Annotated[
+        list[float] | str,
+        Field(
+            description="The vector (`encoding_format` float), or its little-endian float32 bytes in base64."
+        ),
+    ]
+    index: Annotated[int, Field(ge=0)]
+
+
+class EmbeddingUsage(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    total_tokens: Annotated[int, Field(ge=0)]
+
+
 class HealthCheck(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -479,8 +521,28 @@ class ReadinessStatus(BaseModel):
     commit: Annotated[str | MISSING, Field(max_length=64)] = MISSING
     build_time: Annotated[str | MISSING, Field(max_length=64)] = MISSING
     checks: Annotated[list[HealthCheck], Field(max_length=256)]
-    ready_backends: Annotated[list[Identifier], Field(max_length=1000)]
-    degraded_backends: Annotated[list[Identifier], Field(max_length=1000)]
+    ready_backends: Annotated[
+        int,
+        Field(
+            description="How many backends are ready (healthy, breaker closed, probe passing); the original contract's count.",
+            ge=0,
+        ),
+    ]
+    degraded_backends: Annotated[
+        int,
+        Field(
+            description="How many backends serve degraded (marked degraded, or ramping up after recovery).",
+            ge=0,
+        ),
+    ]
+    ready_backend_ids: Annotated[
+        list[Identifier],
+        Field(description="The ids counted in `ready_backends`.", max_length=1000),
+    ]
+    degraded_backend_ids: Annotated[
+        list[Identifier],
+        Field(description="The ids counted in `degraded_backends`.", max_length=1000),
+    ]
 
 
 class AuditRecord(BaseModel):
@@ -1183,8 +1245,8 @@ class BudgetSnapshot(BaseModel):
         extra="forbid",
     )
     period: Literal["DAILY", "MONTHLY"]
-    tokens_remaining: Annotated[int | MISSING, Field(ge=0)] = MISSING
-    currency_remaining: Annotated[float | MISSING, Field(ge=0.0)] = MISSING
+    tokens_remaining: Annotated[int, Field(ge=0)]
+    currency_remaining: Annotated[float, Field(ge=0.0)]
 
 
 MetadataAdditionalProperty = TypeAliasType(
@@ -1206,7 +1268,7 @@ class UsageRecord(BaseModel):
     request_id: Annotated[
         str,
         Field(
-            description="The request's id (InferenceRequest.request_id, or the id the router assigned to an OpenAI-compatible request).",
+            description="The request's id (InferenceRequest.request_id, or the id the router assigned to an OpenAI-compatible request). Always a UUID: a client's X-Request-ID that is not one is written as its UUIDv5 and kept in metadata.request_ref.",
             max_length=128,
             min_length=1,
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
@@ -1221,7 +1283,10 @@ class UsageRecord(BaseModel):
     api_key_id: Annotated[
         str,
         Field(
-            max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+            description="The key's id, a UUID: a key id that is not one (declared in the config, or minted before key ids were UUIDs) is written as its UUIDv5 and kept in metadata.api_key_ref.",
+            max_length=128,
+            min_length=1,
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         ),
     ]
     model: Annotated[
@@ -1255,9 +1320,9 @@ class UsageRecord(BaseModel):
     ] = MISSING
     limit_state: Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
     decision_reason: Annotated[
-        Literal["PRIMARY", "FAILOVER", "OVERRIDE", "RATE_LIMIT", "BUDGET", "DENIED"],
+        Literal["PRIMARY", "FAILOVER", "OVERRIDE", "RATE_LIMIT"],
         Field(
-            description="PRIMARY / FAILOVER / OVERRIDE: routed (see RoutingDecisionType); RATE_LIMIT, BUDGET: denied by a limit; DENIED: denied otherwise (policy, model not allowed)."
+            description="PRIMARY / FAILOVER / OVERRIDE: routed (see RoutingDecisionType); RATE_LIMIT: denied by a limit, a rate limit or a budget (limit_state says which; metadata.denial_code holds the error code, metadata.limit_scope org or key). The platform's original enum."
         ),
     ]
     timestamp: Annotated[
@@ -1266,7 +1331,7 @@ class UsageRecord(BaseModel):
     budget_snapshot: Annotated[
         BudgetSnapshot | MISSING,
         Field(
-            description="Budget remaining after this request, for the period that is closest to exhaustion."
+            description="Budget remaining after this request, for the period that is closest to exhaustion. Present when that period budgets both tokens and USD; otherwise its one figure is in metadata (budget_period, budget_tokens_remaining or budget_currency_remaining)."
         ),
     ] = MISSING
     retry_count: Annotated[
@@ -1286,7 +1351,7 @@ class UsageRecord(BaseModel):
     metadata: Annotated[
         dict[str, MetadataAdditionalProperty] | MISSING,
         Field(
-            description="The request's metadata (at most 32 entries, values up to 512 characters).",
+            description="Router-written labels (at most 32 entries, values up to 512 characters): usage_estimated, api_key_ref, request_ref, denial_code, limit_scope, budget_*.",
             max_length=32,
         ),
     ] = MISSING
@@ -1310,7 +1375,7 @@ class UsageRecord(BaseModel):
 
 class InferenceParameters(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="allow",
     )
     max_tokens: Annotated[int | MISSING, Field(ge=1, le=1000000)] = MISSING
     temperature: Annotated[float | MISSING, Field(ge=0.0, le=2.0)] = MISSING
@@ -1354,7 +1419,7 @@ class InferenceResponse(BaseModel):
     ]
 
 
-class ChatMessageContent2(RootModel[list[ChatContentPart]]):
+class ChatMessageContent1(RootModel[list[ChatContentPart]]):
     root: Annotated[
         list[ChatContentPart],
         Field(description="Text, an array of content parts, or null.", max_length=256),
@@ -1416,10 +1481,10 @@ class CreateCompletionRequest(BaseModel):
         ),
     ]
     prompt: Annotated[
-        CompletionPrompt1 | CompletionPrompt2 | CompletionPrompt3,
+        str | CompletionPrompt1 | CompletionPrompt2,
         Field(description="A prompt, a batch of prompts, or one prompt as token ids."),
     ]
-    suffix: Annotated[str | None | MISSING, Field(max_length=60000)] = MISSING
+    suffix: str | None | MISSING = MISSING
     max_tokens: Annotated[int | None | MISSING, Field(ge=1, le=1000000)] = MISSING
     temperature: Annotated[float | None | MISSING, Field(ge=0.0, le=2.0)] = MISSING
     top_p: Annotated[float | None | MISSING, Field(ge=0.0, le=1.0)] = MISSING
@@ -1459,6 +1524,37 @@ class Completion(BaseModel):
     system_fingerprint: Annotated[str | None | MISSING, Field(max_length=256)] = MISSING
 
 
+class CreateEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    model: Annotated[
+        str,
+        Field(
+            max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+        ),
+    ]
+    input: Annotated[
+        str | EmbeddingInput1 | EmbeddingInput2 | EmbeddingInput3,
+        Field(
+            description="A text, a batch of texts, one text as token ids, or a batch of token-id arrays."
+        ),
+    ]
+    encoding_format: Literal["float", "base64"] | MISSING = MISSING
+    dimensions: Annotated[int | MISSING, Field(ge=1, le=65536)] = MISSING
+    user: Annotated[str | MISSING, Field(max_length=256)] = MISSING
+
+
+class CreateEmbeddingResponse(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    object: Literal["list"]
+    data: list[Embedding]
+    model: Annotated[str, Field(max_length=256)]
+    usage: EmbeddingUsage
+
+
 class OrgLimitsPatch(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -1472,7 +1568,7 @@ class OrgLimitsPatch(BaseModel):
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="allow",
     )
     request_id: Annotated[
         UUID, Field(description="Client-generated idempotency token.")
@@ -1480,14 +1576,14 @@ class InferenceRequest(BaseModel):
     model: Annotated[
         str,
         Field(
-            max_length=128, min_length=1, pattern="^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+            description="A model or alias of the routing policies. Any string, as in the original contract: a name\nno policy serves (however it is spelt) is 404 MODEL_NOT_FOUND, not a validation error.\n",
+            max_length=1024,
         ),
     ]
     payload: Annotated[
         str,
         Field(
-            description="Prompt text, or a JSON document when `content_type` is `application/json`.\nThe router does not parse the payload; it forwards it to the backend.\n",
-            max_length=60000,
+            description="Prompt text, or a JSON document when `content_type` is `application/json`.\nThe router does not parse the payload; it forwards it to the backend. Bounded by the\nroute's body cap (`ROUTER_MAX_BODY_BYTES`, 64 KiB by default; 413 beyond).\n"
         ),
     ]
     parameters: InferenceParameters | MISSING = MISSING
@@ -1518,7 +1614,7 @@ class ChatMessage(BaseModel):
     )
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: Annotated[
-        ChatMessageContent1 | ChatMessageContent2 | None | MISSING,
+        str | ChatMessageContent1 | None | MISSING,
         Field(description="Text, an array of content parts, or null."),
     ] = MISSING
     name: Annotated[str | MISSING, Field(max_length=256)] = MISSING

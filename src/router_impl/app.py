@@ -495,7 +495,10 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
             app, routes=routes, authenticator=components.authenticator, tracing=components.tracing
         )
     guarded = BodyGuardMiddleware(
-        inner, max_body_bytes=settings.max_body_bytes, body_timeout_seconds=settings.body_timeout_seconds
+        inner,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        route_caps=dict.fromkeys(openai_paths, settings.openai_max_body_bytes),
     )
     return RequestContextMiddleware(
         PathGuardMiddleware(guarded),

@@ -49,8 +49,12 @@ from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
 from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
 
-Kind = Literal["chat", "completion"]
-BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
+Kind = Literal["chat", "completion", "embedding"]
+BACKEND_PATHS: dict[Kind, str] = {
+    "chat": "/chat/completions",
+    "completion": "/completions",
+    "embedding": "/embeddings",
+}
 _RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
 _COMPLETED_RECORD_IDS = uuid.UUID("5c1e8f3a-7d7b-4c55-9a8e-2f0b7f6d4e21")  # uuid5 namespace
 
@@ -75,7 +79,7 @@ class Call:
 
     @property
     def stream(self) -> bool:
-        return bool(self.body.get("stream"))
+        return self.kind != "embedding" and bool(self.body.get("stream"))
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ class Pipeline:
             if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0
             else 1,
             stream=call.stream,
+            completes=call.kind != "embedding",
         )
         try:
             ticket = await self.limits.admit(demand)
@@ -295,7 +300,7 @@ class Pipeline:
             usage=Usage(0, 0),
             latency_ms=0,
             cost_micro_usd=0,
-            decision_reason="RATE_LIMIT" if denied.limit_state == "RATE_LIMITED" else "BUDGET",
+            decision_reason="RATE_LIMIT",  # rate limit or budget: limit_state and denial_code tell which
             endpoint=call.endpoint,
             status_code=denied.status_code,
             stream=call.stream,
@@ -303,6 +308,7 @@ class Pipeline:
             span_id=call.span_id,
             timestamp=now,
             limit_state=denied.limit_state,
+            metadata={"denial_code": denied.code, "limit_scope": denied.scope},
         )
         await self._emit(
             build_record(facts),
@@ -426,6 +432,7 @@ class Pipeline:
         if ticket is not None and self.limits is not None:
             tokens = completed.usage.tokens_input + completed.usage.tokens_output
             await self.limits.settle(ticket, tokens, completed.cost_micro_usd)
+        snapshot, budget_metadata = _budget_after(ticket, completed)
         facts = UsageFacts(
             request_id=call.request_id,
             organization_id=call.principal.organization_id,
@@ -443,7 +450,8 @@ class Pipeline:
             trace_id=call.trace_id,
             span_id=call.span_id,
             timestamp=self.now(),
-            budget_snapshot=_budget_after(ticket, completed),
+            budget_snapshot=snapshot,
+            metadata=budget_metadata,
             record_id=record_id,
         )
         routed = completed.routed
@@ -633,10 +641,16 @@ def routing_headers(routed: Routed) -> dict[str, str]:
     return headers
 
 
-def _budget_after(ticket: Ticket | None, completed: Completed) -> dict[str, Any] | None:
-    """The usage record's budget snapshot: the tightest period's room once the reservation settled."""
+def _budget_after(
+    ticket: Ticket | None, completed: Completed
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The usage record's budget snapshot: the tightest period's room once the reservation settled.
+
+    The schema's snapshot needs both figures; a period that budgets only one of tokens and USD has
+    no snapshot, and its one figure goes into metadata (budget_period, budget_*_remaining).
+    """
     if ticket is None or ticket.budget is None:
-        return None
+        return None, {}
     view = ticket.budget
     snapshot: dict[str, Any] = {"period": view.period}
     if view.tokens_remaining is not None:
@@ -645,7 +659,9 @@ def _budget_after(ticket: Ticket | None, completed: Completed) -> dict[str, Any]
     if view.micro_usd_remaining is not None:
         left = view.micro_usd_remaining + ticket.reserved_micro_usd - completed.cost_micro_usd
         snapshot["currency_remaining"] = micro_to_usd(max(0, left))
-    return snapshot
+    if len(snapshot) == 3:
+        return snapshot, {}
+    return None, {f"budget_{name}": str(value) for name, value in snapshot.items()}
 
 
 def _completed_record_id(call: Call) -> uuid.UUID | None:

@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     config_path: Path | None = None
     data_dir: Path = Path(".router-data")
 
+    # Body cap of /v1/inference (the envelope's payload), the admin API and every other route.
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Body cap of the OpenAI-compatible routes: long-context prompts and images as data URLs.
+    openai_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     # A request body not fully received within this is refused (400): slow uploads hold no task.
     body_timeout_seconds: float = Field(30.0, gt=0, le=600)
     # Serve the hot operations' certain happy path without Connexion's per-request plumbing

@@ -1,5 +1,6 @@
 """Every bad input gets the contract's error shape, with a code, before any handler runs."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -89,7 +90,8 @@ async def test_readiness_lists_checks_and_backends(client):
     assert response.status_code == 200
     body = response.json()
     assert {c["name"] for c in body["checks"]} >= {"config"}
-    assert body["ready_backends"] == [] and body["degraded_backends"] == []
+    assert body["ready_backends"] == 0 and body["degraded_backends"] == 0
+    assert body["ready_backend_ids"] == [] and body["degraded_backend_ids"] == []
     assert_conforms(response)
 
 
@@ -101,9 +103,28 @@ async def test_client_request_id_is_echoed_only_when_well_formed(client):
 
 
 async def test_unknown_path_is_404_in_contract_shape(client):
-    response = await client.get("/v1/nope")
+    response = await client.get("/nope")
     assert (response.status_code, response.json()["code"]) == (404, "NOT_FOUND")
     assert len(response.json()["trace_id"]) == 32
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/v1/files", "/v1/models/x/y"])
+async def test_unknown_path_under_v1_is_404_in_openai_shape_before_authentication(client, path):
+    response = await client.post(path, json={})
+    error = response.json()["error"]
+    assert response.status_code == 404
+    assert (error["code"], error["type"]) == ("NOT_FOUND", "invalid_request_error")
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+async def test_validation_errors_name_contract_fields_never_generated_classes(client):
+    headers = {"X-API-Key": SECRETS["inference"]}
+    bad = {"model": "m", "messages": [{"role": "user", "content": 5}], "temperature": "hot"}
+    response = await client.post("/v1/chat/completions", json=bad, headers=headers)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "body.messages.0.content" in message
+    assert not re.search(r"[A-Z][a-z]+[A-Z][A-Za-z]*\d|list\[|ChatMessage", message), message
 
 
 async def test_wrong_method_is_405_with_allow_header(client):
@@ -154,9 +175,11 @@ async def test_openai_routes_answer_errors_in_openai_shape(client):
     assert set(error) >= {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize("path", ["/v1/inference", "/v1/chat/completions"])
-async def test_body_over_64kb_is_413_by_length_and_by_chunks(client, path):
-    big = b'{"payload": "' + b"a" * 70_000 + b'"}'
+@pytest.mark.parametrize(
+    ("path", "cap"), [("/v1/inference", 64 * 1024), ("/v1/chat/completions", 10 * 1024 * 1024)]
+)
+async def test_body_over_the_routes_cap_is_413_by_length_and_by_chunks(client, path, cap):
+    big = b'{"payload": "' + b"a" * cap + b'"}'
     headers = {"Content-Type": "application/json", "X-API-Key": SECRETS["inference"]}
     response = await client.post(path, content=big, headers=headers)
     assert (response.status_code, error_of(response)["code"]) == (413, "PAYLOAD_TOO_LARGE")

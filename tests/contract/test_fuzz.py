@@ -93,6 +93,7 @@ STATEFUL_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "createChatCompletion",
             "createCompletion",
+            "createEmbedding",
             "getAuditByRequest",
             "listBackends",
             "getBackend",
@@ -319,7 +320,7 @@ def test_the_stateful_runs_name_only_contract_operations_each_on_its_router():
     named = {op for _, ops in STATEFUL_RUNS.values() for op in ops}
     assert named <= {op.operation_id for op in OPERATIONS.values()}
     writers = {op for ops in CONFIG_WRITERS.values() for op in ops}
-    inference = {"routeInference", "createChatCompletion", "createCompletion"}
+    inference = {"routeInference", "createChatCompletion", "createCompletion", "createEmbedding"}
     for router, ops in STATEFUL_RUNS.values():
         assert router in ROUTERS
         assert not (writers & set(ops) and inference & set(ops)), "config writes next to inference: 503s"

@@ -388,7 +388,12 @@ def usage_records(router: RouterProcess) -> list[dict[str, Any]]:
 
 
 def records_for(router: RouterProcess, request_id: str) -> list[dict[str, Any]]:
-    return [r for r in usage_records(router) if r.get("request_id") == request_id]
+    """A request id that is not a UUID is in the record as its UUIDv5, and itself in metadata.request_ref."""
+    return [
+        r
+        for r in usage_records(router)
+        if request_id in (r.get("request_id"), (r.get("metadata") or {}).get("request_ref"))
+    ]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, interval: float = 0.02) -> Any:

@@ -160,8 +160,8 @@ def test_killing_the_primary_loses_no_request_and_failover_is_visible(http, rout
     assert metric(metrics, "router_breaker_state", backend="primary") == 2
     assert metric(metrics, "router_backend_requests_total", backend="primary", outcome="connect_error") >= 1
     ready = wait_until(lambda: http.get("/v1/status/readyz").json(), timeout=2)
-    assert "primary" not in ready["ready_backends"] + ready["degraded_backends"]
-    assert "standby" in ready["ready_backends"]
+    assert "primary" not in ready["ready_backend_ids"] + ready["degraded_backend_ids"]
+    assert "standby" in ready["ready_backend_ids"]
 
 
 def test_a_primary_answering_503_fails_over_within_the_request(http, pair):

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from router_impl.ids import uuid_for
 from tests.e2e.conftest import (
     BACKEND_ID,
     KEYS,
@@ -84,7 +85,9 @@ def test_the_usage_record_matches_the_response(http, router, mock):
     record = records[0]
     words = count_tokens(PAYLOAD)
     assert record["organization_id"] == ORG
-    assert record["api_key_id"] == KEYS["user"].id
+    # A config-declared key id that is not a UUID: its UUIDv5 in the record, itself in metadata.
+    assert record["api_key_id"] == uuid_for(KEYS["user"].id) != KEYS["user"].id
+    assert record["metadata"]["api_key_ref"] == KEYS["user"].id
     assert (record["model"], record["backend_id"]) == (MODEL, BACKEND_ID)
     assert (record["tokens_input"], record["tokens_output"]) == (words, words)
     assert record["cost_micro_usd"] == int(expected_cost_usd(words, words) * 1_000_000)

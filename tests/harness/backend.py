@@ -30,7 +30,8 @@ from tests.harness.threaded_server import ThreadedServer
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
-INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
+EMBEDDINGS_PATH = "/v1/embeddings"
+INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH)
 GARBAGE_BODY = b'{"id": "chatcmpl-garbage", "choices": [ <<not json'
 
 
@@ -213,6 +214,7 @@ class MockBackend(ThreadedServer):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._inference(CHAT_ENDPOINT))
         app.router.add_post(COMPLETIONS_PATH, self._inference(COMPLETIONS_ENDPOINT))
+        app.router.add_post(EMBEDDINGS_PATH, self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -268,6 +270,32 @@ class MockBackend(ThreadedServer):
             )
 
         return handle
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """Deterministic vectors (``dimensions``, default 8) and usage; the faults apply as to inference."""
+        body = await self._record(request)
+        controls = self.controls
+        fault = await self._fault(request, controls)
+        if fault is not None:
+            return fault
+        if not isinstance(body, dict):
+            return self._error(400, "request body must be a JSON object")
+        given = body.get("input")
+        inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
+        if not isinstance(inputs, list) or not inputs:
+            return self._error(400, "input must be a string, strings or token ids")
+        dimensions = int(body.get("dimensions") or 8)
+        data, tokens = [], 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += responses.count_tokens(text) if isinstance(item, str) else len(item)
+            data.append(
+                {"object": "embedding", "index": index, "embedding": responses.vector_of(text, dimensions)}
+            )
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": str(body.get("model"))}
+        if not controls.omit_usage:
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response(answer)
 
     async def _fault(self, request: web.Request, controls: BackendControls) -> web.StreamResponse | None:
         """The injected failure for this request, if any; None means answer normally."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -208,3 +209,13 @@ def models_body(models: tuple[str, ...], created: int) -> JsonObject:
             {"id": model, "object": "model", "created": created, "owned_by": "mock"} for model in models
         ],
     }
+
+
+def vector_of(text: str, dimensions: int) -> list[float]:
+    """A deterministic embedding: ``dimensions`` values in [-1, 1) from the SHA-256 of ``text``."""
+    digest = b""
+    counter = 0
+    while len(digest) < dimensions:
+        digest += hashlib.sha256(f"{counter}:{text}".encode("utf-8", "surrogatepass")).digest()
+        counter += 1
+    return [round(byte / 128 - 1, 4) for byte in digest[:dimensions]]

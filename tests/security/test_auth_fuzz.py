@@ -182,7 +182,8 @@ async def test_minted_key_splits_into_id_prefix_and_secret_that_round_trip(rando
     assert new.record.key_hash == hashlib.sha256(secret.encode()).hexdigest()
     principal = await Authenticator(InMemoryKeyStore([new.record]), clock=lambda: NOW).authenticate(secret)
     assert principal.key_id == key_id == new.record.id
-    assert _from_base62(secret[len(SECRET_PREFIX) :]) == int.from_bytes(random[8:40], "big")
+    # The secret comes after the 16 random bytes of the key id (a UUIDv4).
+    assert _from_base62(secret[len(SECRET_PREFIX) :]) == int.from_bytes(random[16:48], "big")
     if signature_required:
         assert new.signing_secret is not None and new.record.signing_secret_enc is not None
         assert BOX.decrypt(new.record.signing_secret_enc, context=key_id) == new.signing_secret

@@ -51,10 +51,19 @@ CASES: list[tuple[str, str, dict[str, str], bytes, set[int]]] = [
     ("multipart", CHAT, {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--", {415}),
     ("empty body", CHAT, {}, b"", {400}),
     (
-        "a 70 KB body",
+        "a body over the OpenAI routes' 10 MiB cap",
         CHAT,
         {},
-        b'{"model":"m","messages":[{"role":"user","content":"' + b"a" * 70_000 + b'"}]}',
+        b'{"model":"m","messages":[{"role":"user","content":"' + b"a" * (10 << 20) + b'"}]}',
+        {413},
+    ),
+    (
+        "a 70 KB envelope (64 KiB cap)",
+        INFERENCE,
+        {},
+        b'{"request_id":"6f1b3f52-94c4-4a0e-9a7d-2b8e61c4d0a3","model":"m","payload":"'
+        + b"a" * 70_000
+        + b'"}',
         {413},
     ),
 ]

@@ -44,8 +44,9 @@ def test_minted_key_stores_only_the_hash_and_a_sealed_signing_secret():
     assert new.secret not in repr(new)
 
 
-def test_key_ids_are_key_and_sixteen_hex_digits():
-    assert re.fullmatch(r"key_[0-9a-f]{16}", KeyMinter(BOX).new_id())
+def test_new_key_ids_are_random_uuids():
+    uuid4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    assert re.fullmatch(uuid4, KeyMinter(BOX).new_id())
 
 
 def test_key_without_signature_gets_no_signing_secret():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +13,6 @@ from router_impl.auth.keys import ApiKeyRecord, RandomBytes, Scope, base62, hash
 from router_impl.auth.secret_box import SecretBox
 from router_impl.errors import ApiError
 
-KEY_ID_PREFIX = "key_"
 SIGNING_SECRET_PREFIX = "rs_"  # noqa: S105 -- a public marker, not a secret
 PREFIX_LENGTH = 12
 MAX_PAGE = 1000
@@ -63,7 +63,9 @@ class KeyMinter:
         self._random_bytes = random_bytes
 
     def new_id(self) -> str:
-        return KEY_ID_PREFIX + self._random_bytes(8).hex()
+        """A random UUID (v4), as the platform's usage records require; ids minted before
+        (``key_`` + 16 hex digits) stay valid wherever a key id is looked up."""
+        return str(uuid.UUID(bytes=self._random_bytes(16), version=4))
 
     def mint(
         self,

@@ -23,6 +23,7 @@ from router_impl.demo.answers import (
     stream_events,
     whole_body,
 )
+from router_impl.demo.embeddings import embeddings_body
 
 _JSON = "application/json"
 _MODELS = orjson.dumps(
@@ -43,9 +44,11 @@ class DemoModel:
         self._ids = itertools.count(1)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # Long-context prompts: the router's OpenAI routes accept up to 10 MiB by default.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._inference("chat"))
         app.router.add_post("/v1/completions", self._inference("completion"))
+        app.router.add_post("/v1/embeddings", _embeddings)
         app.router.add_get("/v1/models", _fixed(_MODELS))
         app.router.add_get("/health", _fixed(_HEALTHY))
         return app
@@ -72,6 +75,14 @@ class DemoModel:
             return response
 
         return handle
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    try:
+        body = embeddings_body(await request.read())
+    except BadRequest as error:
+        return web.Response(status=error.status, body=error_body(error), content_type=_JSON)
+    return web.Response(body=body, content_type=_JSON)
 
 
 def _fixed(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:

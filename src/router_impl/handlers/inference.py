@@ -15,16 +15,19 @@ from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routi
 from router_impl.usage.cost import micro_to_usd
 from router_impl.web.current import current_document, current_method_and_path, current_state
 
-_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop")
+# Parameters are model-specific and passed on (top_k, min_p, ...), except those the envelope owns:
+# the router builds the chat call's model and messages, and an envelope answer is never a stream.
+_ENVELOPE_OWNED = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Unknown top-level envelope properties are ignored (the original contract allows them)."""
     chat: dict[str, Any] = {
         "model": body["model"],
         "messages": [{"role": "user", "content": body["payload"]}],
     }
     parameters = body.get("parameters") or {}
-    chat.update({name: parameters[name] for name in _PARAMETERS if name in parameters})
+    chat.update({name: value for name, value in parameters.items() if name not in _ENVELOPE_OWNED})
     return chat
 
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible operations: createChatCompletion, createCompletion, listModels."""
+"""OpenAI-compatible operations: chat and text completions, embeddings, the model list and lookup."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from router_impl.auth.authenticator import Principal
 from router_impl.components import Components
+from router_impl.errors import ApiError
 from router_impl.pipeline import (
     Call,
     Completed,
@@ -66,6 +67,14 @@ async def create_completion(components: Components, token_info: dict[str, Any]) 
     return await _complete(components, "completion", current_document(), token_info)
 
 
+async def create_embedding(components: Components, token_info: dict[str, Any]) -> Response:
+    call = _call("embedding", current_document(), token_info["principal"])
+    reply = await components.pipeline.complete(call, _passthrough)
+    return Response(
+        reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
+    )
+
+
 async def list_models(components: Components, token_info: dict[str, Any]) -> Response:
     created = components.started_at
     data = [
@@ -73,3 +82,17 @@ async def list_models(components: Components, token_info: dict[str, Any]) -> Res
         for name, policy in components.pipeline.available_models(token_info["principal"])
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+
+
+async def retrieve_model(components: Components, token_info: dict[str, Any], model: str) -> Response:
+    """A name the key may not use is as unknown as one that does not exist (OpenAI does the same)."""
+    for name, policy in components.pipeline.available_models(token_info["principal"]):
+        if name == model:
+            found = {
+                "id": name,
+                "object": "model",
+                "created": components.started_at,
+                "owned_by": policy.owned_by,
+            }
+            return Response(orjson.dumps(found), media_type=JSON)
+    raise ApiError("MODEL_NOT_FOUND", "The model does not exist or this key may not use it.")

@@ -32,8 +32,10 @@ def _body(report: Report, *, readiness: bool) -> dict[str, Any]:
         ],
     }
     if readiness:
-        body["ready_backends"] = list(report.ready_backends)
-        body["degraded_backends"] = list(report.degraded_backends)
+        body["ready_backends"] = len(report.ready_backends)
+        body["degraded_backends"] = len(report.degraded_backends)
+        body["ready_backend_ids"] = list(report.ready_backends)
+        body["degraded_backend_ids"] = list(report.degraded_backends)
     return body
 
 

@@ -120,6 +120,7 @@ class Demand:
     pricing: ModelPricing
     choices: int = 1  # n: each choice may use max_tokens
     stream: bool = False  # streamed: held under the longer stream lease
+    completes: bool = True  # False (embeddings): no completion tokens, none reserved, no max_tokens
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,8 @@ class LimitsService:
         # reservation is a true worst case; an explicit cap applies with or without budgets.
         cap = limits.max_tokens_cap or (self.default_max_tokens_cap if budgets is not None else None)
         sent_max = demand.max_tokens if cap is None else min(demand.max_tokens or cap, cap)
+        if not demand.completes:
+            sent_max = None
         reserve_completion = (sent_max or 0) * demand.choices
         estimate = demand.prompt_tokens + reserve_completion
         worst_micro = cost_micro_usd(demand.pricing, demand.prompt_tokens, reserve_completion)

@@ -1,4 +1,11 @@
-"""Builds the Kafka usage event exactly as openapi/usage-record.schema.json defines it."""
+"""Builds the Kafka usage event exactly as openapi/usage-record.schema.json defines it.
+
+Every record also validates against the platform's original usage-record schema
+(../shared/seed/usage-record.schema.yaml): ``request_id`` and ``api_key_id`` are UUIDs there, so an
+id that is not one (a config-declared key id, a client's X-Request-ID) is written as its
+deterministic UUIDv5 (``ids.uuid_for``) and the id itself goes into ``metadata``
+(``api_key_ref`` / ``request_ref``).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,13 @@ from typing import Any, Literal
 
 from router_contract.models import UsageRecord
 
-from router_impl.ids import random_uuid4
+from router_impl.ids import as_uuid, random_uuid4, uuid_for
 from router_impl.usage.cost import micro_to_usd
 
 LimitState = Literal["WITHIN_LIMIT", "RATE_LIMITED", "BUDGET_EXCEEDED"]
-DecisionReason = Literal["PRIMARY", "FAILOVER", "OVERRIDE", "RATE_LIMIT", "BUDGET", "DENIED"]
+# RATE_LIMIT: denied by a limit, a rate limit or a budget (limit_state tells which; the error code
+# is in metadata.denial_code), as in the platform's original schema.
+DecisionReason = Literal["PRIMARY", "FAILOVER", "OVERRIDE", "RATE_LIMIT"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class UsageFacts:
     limit_state: LimitState = "WITHIN_LIMIT"
     retry_count: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
-    budget_snapshot: dict[str, Any] | None = None  # {period, tokens_remaining?, currency_remaining?}
+    budget_snapshot: dict[str, Any] | None = None  # {period, tokens_remaining, currency_remaining}
     record_id: uuid.UUID | None = None  # None: a new random id
 
 
@@ -54,13 +63,21 @@ def build_record(facts: UsageFacts) -> UsageRecord:
     metadata = dict(facts.metadata)
     if facts.usage.estimated:
         metadata["usage_estimated"] = "true"
+    api_key_id = as_uuid(facts.api_key_id)
+    if api_key_id is None:
+        api_key_id = uuid_for(facts.api_key_id)
+        metadata["api_key_ref"] = facts.api_key_id
+    request_id = as_uuid(facts.request_id)
+    if request_id is None:
+        request_id = uuid_for(facts.request_id)
+        metadata["request_ref"] = facts.request_id
     return UsageRecord.model_validate(
         {
             "schema_version": 1,
             "record_id": str(facts.record_id or random_uuid4()),
-            "request_id": facts.request_id,
+            "request_id": request_id,
             "organization_id": facts.organization_id,
-            "api_key_id": facts.api_key_id,
+            "api_key_id": api_key_id,
             "model": facts.model,
             "backend_id": facts.backend_id,
             "tokens_input": facts.usage.tokens_input,

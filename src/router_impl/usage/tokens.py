@@ -17,6 +17,8 @@ def usage_of(payload: dict[str, Any]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if completion is None and isinstance(prompt, int) and usage.get("total_tokens") == prompt:
+        completion = 0  # an embeddings usage block: prompt and total tokens only
     if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
     return Usage(tokens_input=prompt, tokens_output=completion)
@@ -37,7 +39,24 @@ def prompt_text(kind: str, body: dict[str, Any]) -> str:
 
 
 def prompt_estimate(kind: str, body: dict[str, Any]) -> int:
+    if kind == "embedding":
+        return _embedding_input_tokens(body.get("input"))
     return estimate_tokens(prompt_text(kind, body))
+
+
+def _embedding_input_tokens(given: object) -> int:
+    """Texts are estimated; token ids count one each."""
+    if isinstance(given, str):
+        return estimate_tokens(given)
+    total = 0
+    for item in given if isinstance(given, list) else ():
+        if isinstance(item, str):
+            total += estimate_tokens(item)
+        elif isinstance(item, list):
+            total += len(item)
+        elif isinstance(item, int):
+            total += 1
+    return total
 
 
 def estimate(kind: str, body: dict[str, Any], payload: dict[str, Any]) -> Usage:

@@ -9,6 +9,7 @@ absent (Connexion would reject it as empty). Bodies without a model fall back to
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -29,16 +30,20 @@ _MAX_DETAILS = 10
 _FORMATS = jsonschema.Draft4Validator.FORMAT_CHECKER
 
 
-def _generated_name(part: int | str) -> bool:
-    """A union member's tag in pydantic's error location: a generated class name (``InferenceStop1``)
-    or a type tag (``list[str]``), which name our code rather than the client's field."""
-    if not isinstance(part, str):
-        return False
-    return "[" in part or isinstance(getattr(contract_models, part, None), type)
+# pydantic names a union's branch in an error's location: a generated class (``ChatMessageContent1``)
+# or a type tag (``str``, ``list[...]``, ``function-after[...]``). Clients know the contract's field
+# names only, so the location keeps those.
+_MODEL_NAMES = frozenset(name for name, value in vars(contract_models).items() if isinstance(value, type))
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|constrained-[a-z]+|[a-z][a-z-]*\[.*\])$")
 
 
 def _field(location: tuple[int | str, ...]) -> str:
-    return ".".join(["body", *(str(part) for part in location if not _generated_name(part))])
+    parts = (
+        str(part)
+        for part in location
+        if not isinstance(part, str) or (part not in _MODEL_NAMES and not _TYPE_TAG.match(part))
+    )
+    return ".".join(["body", *parts])
 
 
 def _message(error: Any) -> str:
@@ -73,8 +78,10 @@ class ModelBodyValidator(JSONRequestBodyValidator):  # type: ignore[misc]
             self._model.model_validate_json(raw, strict=True)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        document = parse_json(raw)  # BodyGuardMiddleware has already proven it parses
         state = state_of(scope)
+        if state is not None and state.document is not None and (state.body is raw or state.body == raw):
+            return state.document  # parsed once, by BodyGuardMiddleware
+        document = parse_json(raw)
         if state is not None:
             state.document = document
         return document

@@ -4,7 +4,9 @@ body that does not arrive within ``body_timeout_seconds`` (400): uvicorn has no 
 slow upload would hold its connection and task for ever.
 
 The body is replayed downstream as a single message with an exact Content-Length, so
-chunked uploads work and nothing after this layer sees an oversized or malformed body. Its
+chunked uploads work and nothing after this layer sees an oversized or malformed body. The cap is
+per route (``route_caps`` by exact path: the OpenAI-compatible routes carry long prompts), and
+the JSON document parsed here is kept in the request state, so the body is parsed only once. Its
 Content-Type reaches downstream with the media type in lower case; on methods without a body
 (GET, HEAD, DELETE) a Content-Type is dropped.
 """
@@ -12,11 +14,14 @@ Content-Type reaches downstream with the media type in lower case; on methods wi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_impl.errors import ApiError
+from router_impl.web.json_body import exact_integers
 from router_impl.web.request_state import state_of
 from router_impl.web.responses import send_error
 
@@ -51,10 +56,18 @@ def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 class BodyGuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_seconds: float = 30.0,
+        route_caps: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_seconds = body_timeout_seconds
+        self.route_caps = dict(route_caps or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,8 +93,9 @@ class BodyGuardMiddleware:
         if declared == -1:
             await send_error(scope, send, ApiError("INVALID_REQUEST", "Invalid Content-Length header."))
             return
-        if declared is not None and declared > self.max_body_bytes:
-            await send_error(scope, send, self._too_large(), close=True)
+        cap = self.route_caps.get(scope["path"], self.max_body_bytes)
+        if declared is not None and declared > cap:
+            await send_error(scope, send, _too_large(cap), close=True)
             return
 
         chunks: list[bytes] = []
@@ -95,9 +109,9 @@ class BodyGuardMiddleware:
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > self.max_body_bytes:
+                    if size > cap:
                         unread = bool(message.get("more_body", False))
-                        await send_error(scope, send, self._too_large(), close=unread)
+                        await send_error(scope, send, _too_large(cap), close=unread)
                         return
                     chunks.append(chunk)
                     more = message.get("more_body", False)
@@ -106,10 +120,12 @@ class BodyGuardMiddleware:
             late = ApiError("INVALID_REQUEST", f"The request body did not arrive within {seconds} s.")
             await send_error(scope, send, late, close=True)
             return
-        body = b"".join(chunks)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        del chunks
 
+        document: Any = None
         if body and _is_json(content_type):
-            error = self._json_error(body)
+            error, document = self._parse(body)
             if error is not None:
                 await send_error(scope, send, error)
                 return
@@ -117,6 +133,7 @@ class BodyGuardMiddleware:
         state = state_of(scope)
         if state is not None:
             state.body = body
+            state.document = document
         scope["headers"] = [
             *(
                 (k, _normal_media_type(v) if k == b"content-type" else v)
@@ -136,17 +153,25 @@ class BodyGuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> ApiError:
-        return ApiError("PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes.")
-
     @staticmethod
-    def _json_error(body: bytes) -> ApiError | None:
+    def _parse(body: bytes) -> tuple[ApiError | None, Any]:
+        """orjson checks syntax and UTF-8 (without decoding the body to a str first)."""
         try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            return ApiError("INVALID_REQUEST", "The request body is not valid UTF-8.")
-        try:
-            orjson.loads(body)
+            document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return ApiError("INVALID_REQUEST", f"The request body is not valid JSON: {exc.msg}.")
-        return None
+            if _invalid_utf8(body):
+                return ApiError("INVALID_REQUEST", "The request body is not valid UTF-8."), None
+            return ApiError("INVALID_REQUEST", f"The request body is not valid JSON: {exc.msg}."), None
+        return None, exact_integers(body, document)
+
+
+def _too_large(cap: int) -> ApiError:
+    return ApiError("PAYLOAD_TOO_LARGE", f"The request body exceeds {cap} bytes.")
+
+
+def _invalid_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False

@@ -154,12 +154,12 @@ class FastLaneMiddleware:
             route.model.model_validate_json(state.body, strict=True)
         except ValidationError:
             return None
-        document = parse_json(state.body)
+        document = state.document if state.document is not None else parse_json(state.body)
         if isinstance(document, dict) and _PAYLOAD_SIGNATURE in document:
             # Decided on the parsed body, as Connexion's security check reads it: an escaped key
             # ("hmac\u005fsignature") is the same field and must not skip its verification.
             return None
-        state.document = document
+        state.document = document  # BodyGuardMiddleware usually parsed it already
         state.organization_id, state.api_key_id = principal.organization_id, principal.key_id
         if self.tracing.enabled:
             # Recorded only once the lane takes the request: on a hand-over Connexion authenticates

@@ -40,14 +40,22 @@ class RequestContextMiddleware:
         self.routes = routes or RouteNames(())
         self.tracing = tracing or Tracing()
 
+    def _openai(self, path: str) -> bool:
+        """OpenAI's error shape on its operations (``openai_paths`` holds their templates) and on
+        every path under /v1 that no operation serves: an SDK's NotFoundError then says why."""
+        if path in self.openai_paths:
+            return True
+        if not path.startswith("/v1/"):
+            return False
+        template = self.routes(path)
+        return template == "unmatched" or template in self.openai_paths
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state = new_state(
-            scope["headers"], openai=scope["path"] in self.openai_paths, random_hex=self.random_hex
-        )
+        state = new_state(scope["headers"], openai=self._openai(scope["path"]), random_hex=self.random_hex)
         ingress = (
             self.tracing.ingress(
                 state.trace_id,

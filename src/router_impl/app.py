@@ -57,6 +57,7 @@ from router_impl.limits.idempotency import IdempotencyStore
 from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore
 from router_impl.limits.idempotency_memory import MemoryIdempotencyStore
 from router_impl.limits.idempotency_redis import RedisIdempotencyStore
+from router_impl.limits.owners import OwnerRegistry
 from router_impl.limits.service import LimitsService
 from router_impl.limits.store_memory import MemoryLimitStore
 from router_impl.limits.store_redis import RedisLimitStore
@@ -350,7 +351,13 @@ def _limits(
 def _idempotency(settings: Settings, redis: _SharedRedis | None, lifecycle: Lifecycle) -> IdempotencyStore:
     ttl, lease = settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds
     if redis is not None:
-        return RedisIdempotencyStore(redis.client, ttl, lease, scripts=redis.scripts)
+        shared = RedisIdempotencyStore(redis.client, ttl, lease, scripts=redis.scripts)
+        owners = OwnerRegistry(settings.data_dir / "owners", shared.owner)  # who ran here before us
+        lifecycle.on_start(lambda: shared.claim(owners.register()))
+        lifecycle.background(shared.keep_alive)
+        lifecycle.on_stop(shared.retire)
+        lifecycle.on_stop(_sync(owners.unregister))
+        return shared
     if settings.idempotency_store == "memory":
         return MemoryIdempotencyStore(settings.idempotency_max_entries, ttl, lease)
     store = LmdbIdempotencyStore(

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -53,6 +53,9 @@ Kind = Literal["chat", "completion"]
 BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
 _RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
 _COMPLETED_RECORD_IDS = uuid.UUID("5c1e8f3a-7d7b-4c55-9a8e-2f0b7f6d4e21")  # uuid5 namespace
+# A non-streamed request holds its idempotency key until its backend deadline plus this (the usage
+# record and the stored reply are written after the call); a retry may take the key over afterwards.
+_SETTLE_MARGIN_SECONDS = 5.0
 
 log = structlog.get_logger("router.pipeline")
 
@@ -213,7 +216,7 @@ class Pipeline:
     async def complete(self, call: Call, render: Callable[[Call, Completed], FinalReply]) -> FinalReply:
         """One completion; a retried idempotency key replays the stored reply and is not billed."""
         decision = self.route(call)
-        began = await self._begin(call)
+        began = await self._begin(call, self.request_timeout_seconds + _SETTLE_MARGIN_SECONDS)
         if isinstance(began, FinalReply):
             return began
         try:
@@ -349,13 +352,16 @@ class Pipeline:
                 "audit_write_failed", action=event.action, request_id=event.request_id, error=str(exc)[:200]
             )
 
-    async def _begin(self, call: Call) -> FinalReply | str | None:
-        """The stored reply for a retry, else the token that holds the key (None without a key)."""
+    async def _begin(self, call: Call, within_seconds: float | None = None) -> FinalReply | str | None:
+        """The stored reply for a retry, else the token that holds the key (None without a key).
+        ``within_seconds``: the request ends by then, so a retry may take the key over afterwards."""
         if call.idempotency_key is None:
             return None
+        now = self.now()
+        deadline = None if within_seconds is None else now + timedelta(seconds=within_seconds)
         try:
             began = await self.idempotency.begin(
-                call.principal.organization_id, call.idempotency_key, call.fingerprint, self.now()
+                call.principal.organization_id, call.idempotency_key, call.fingerprint, now, deadline
             )
         except IdempotencyUnavailable as exc:
             log.error("idempotency_unavailable", error=str(exc)[:200])

@@ -71,6 +71,7 @@ from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
 from router_impl.routing.readiness import BackendReadiness, assess
 from router_impl.settings import Settings
+from router_impl.shared_readiness import shared_store_checks
 from router_impl.telemetry.logging import configure_logging
 from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
 from router_impl.telemetry.tracing import Tracing
@@ -253,7 +254,16 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         key_admin=key_admin,
         identity=identity,
         health=_health(
-            settings, config_service, identity, limits, usage, lambda: assess(holder.current(), health)
+            settings,
+            config_service,
+            identity,
+            shared_store_checks(
+                ping=redis.client.ping if redis is not None else None,
+                limits=limits.readiness,
+                idempotency_store=settings.idempotency_store,
+            ),
+            usage,
+            lambda: assess(holder.current(), health),
         ),
         pipeline=pipeline,
         config_service=config_service,
@@ -398,7 +408,7 @@ def _health(
     settings: Settings,
     service: ConfigService,
     identity: IdentityServiceKeyStore | None,
-    limits: LimitsService,
+    shared_stores: list[HealthCheck],
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
 ) -> HealthService:
@@ -415,7 +425,7 @@ def _health(
     checks = [
         HealthCheck("process", process),
         HealthCheck("config", service.readiness),
-        HealthCheck("limits", limits.readiness),
+        *shared_stores,
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
     ]

@@ -35,9 +35,18 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["ROUTER_DEMO"] = "true"
     os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
 
+    from pydantic import ValidationError
+
     from router_impl.settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # e.g. --workers N without a shared store: say why, no traceback
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"router serve: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
     if settings.demo:
         _print_demo_banner(settings)
     if settings.workers > 1:

@@ -714,6 +714,14 @@ class ModelPricing(BaseModel):
     output_usd_per_1m_tokens: Annotated[float, Field(ge=0.0, le=1000000.0)]
 
 
+class PromptTemplateTokens(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    per_message: Annotated[int, Field(ge=0, le=10000)] = 8
+    per_request: Annotated[int, Field(ge=0, le=100000)] = 16
+
+
 class ModelPolicy(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -763,6 +771,7 @@ class ModelPolicy(BaseModel):
         Field(description="Organisation id → backends override.", max_length=256),
     ] = MISSING
     pricing: ModelPricing | MISSING = MISSING
+    prompt_template_tokens: PromptTemplateTokens | MISSING = MISSING
     aliases: Annotated[
         list[ModelName] | MISSING,
         Field(description="Other names clients may use for this model.", max_length=32),

@@ -47,7 +47,7 @@ from router_impl.usage.cost import cost_micro_usd, micro_to_usd
 from router_impl.usage.outbox import OutboxError
 from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
-from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
+from router_impl.usage.tokens import estimate, estimate_tokens, prompt_bound, prompt_estimate, usage_of
 
 Kind = Literal["chat", "completion"]
 BACKEND_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
@@ -262,10 +262,12 @@ class Pipeline:
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         asked = body.get(name)
         choices = body.get("n")
+        template = policy.prompt_template_tokens
         demand = Demand(
             organization_id=call.principal.organization_id,
             key_id=call.principal.key_id,
             prompt_tokens=prompt_estimate(call.kind, body),
+            prompt_bound=prompt_bound(body, template.per_message, template.per_request),
             max_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
             pricing=policy.pricing,
             choices=choices

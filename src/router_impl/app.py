@@ -349,7 +349,7 @@ def _limits(
     return LimitsService(
         config=config.current,
         local=local,
-        shared=RedisLimitStore(redis.client, scripts=redis.scripts) if redis is not None else None,
+        shared=RedisLimitStore(redis.client, scripts=redis.scripts, redis_clock=True) if redis else None,
         budget_service=budget_service,
         default_max_tokens_cap=settings.limits_default_max_tokens_cap,
         lease_seconds=settings.request_timeout_seconds + settings.limits_lease_margin_seconds,

@@ -9,6 +9,7 @@ words, so a request with n >= max_tokens costs exactly n + max_tokens tokens.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
 import uuid
@@ -25,6 +26,7 @@ from router_impl.usage.tokens import prompt_bound
 from tests.e2e.conftest import (
     KEYS,
     MODEL,
+    SECRET_KEY,
     ObservedBackend,
     auth,
     error_code,
@@ -95,6 +97,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     },
     "org-reset": {"rate_limits": {"requests_per_minute": 1, "burst": 2}},
     "org-workers": {"rate_limits": {"requests_per_minute": 4}},
+    "org-skew": {"rate_limits": {"requests_per_minute": 300, "burst": 10}, "failure_mode": "fail_closed"},
     "org-template": {"budgets": {"daily_tokens": TEMPLATE_BUDGET}, "failure_mode": "fail_closed"},
     "org-open": {"rate_limits": {"requests_per_minute": 1, "burst": 3}, "failure_mode": "fail_open"},
     "org-closed": {"rate_limits": {"requests_per_minute": 600}, "failure_mode": "fail_closed"},
@@ -486,3 +489,39 @@ async def test_300_concurrent_non_english_requests_with_template_tokens_never_ov
     print(f"BUDGET template+non-English: served={len(served)} billed={billed} budget={TEMPLATE_BUDGET}")
     assert daily["tokens_used"] == billed  # every reservation settled to what the backend counted
     assert billed <= TEMPLATE_BUDGET, f"overspent by {billed - TEMPLATE_BUDGET} tokens"
+
+
+class RouterTwoSecondsAhead(RouterProcess):
+    """A router whose wall clock runs 2 s ahead of the others' (libfaketime)."""
+
+    def command(self) -> list[str]:
+        return [shutil.which("faketime") or "faketime", "-f", "+2s", *super().command()]
+
+
+def test_two_routers_whose_clocks_differ_by_2_s_admit_at_most_the_configured_rate(
+    pair, redis_server: RedisServer, limits_config: Path, tmp_path: Path
+) -> None:
+    """One clock: buckets are refilled on Redis's clock. Before, the router 2 s ahead found the
+    shared bucket 2 s fuller (5/s: +10 tokens) than the configured rate allows."""
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime (libfaketime) is not installed: apt-get install -y faketime")
+    env = {
+        "ROUTER_REDIS_URL": redis_server.url,
+        "ROUTER_CONFIG_PATH": str(limits_config),
+        "ROUTER_SECRET_KEY": SECRET_KEY,
+    }
+    with RouterTwoSecondsAhead(env=env, workdir=tmp_path / "ahead") as ahead:
+        on_time = httpx.Client(base_url=pair[0].base_url, trust_env=False, timeout=30)
+        skewed = httpx.Client(base_url=ahead.base_url, trust_env=False, timeout=30)
+        began = time.monotonic()
+        statuses = [
+            client.post(CHAT, json=chat(), headers=headers("org-skew")).status_code
+            for client in (on_time, skewed)
+            for _ in range(20)
+        ]
+        elapsed = time.monotonic() - began
+        on_time.close()
+        skewed.close()
+    allowed = 10 + elapsed * 5  # the burst, and 300/min for the time the requests took
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) <= allowed + 1, (statuses.count(200), allowed)

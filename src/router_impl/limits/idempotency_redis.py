@@ -90,7 +90,8 @@ _OUTCOMES: dict[bytes, Begin] = {
 }
 
 
-def _decodes_responses(client: Redis | RedisCluster) -> bool:
+def decodes_responses(client: Redis | RedisCluster) -> bool:
+    """Whether ``client`` decodes replies to str (the Redis stores need bytes); Redis or Redis Cluster."""
     if isinstance(client, RedisCluster):
         return bool(client.get_encoder().decode_responses)
     return bool(client.connection_pool.connection_kwargs.get("decode_responses"))
@@ -109,7 +110,7 @@ class RedisIdempotencyStore:
         owner: str | None = None,
         owner_ttl: float = DEFAULT_OWNER_TTL_SECONDS,
     ) -> None:
-        if _decodes_responses(client):
+        if decodes_responses(client):
             raise ValueError("RedisIdempotencyStore needs a client with decode_responses=False")
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain '{' or '}': the scope is the hash tag")

@@ -35,9 +35,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from router_impl.limits.idempotency_redis import decodes_responses
 from router_impl.limits.store import (
     REAP_BATCH,
     AdmitPlan,
@@ -291,7 +292,7 @@ _GLOB_SPECIAL = frozenset("\\*?[]")
 class RedisLimitStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         scripts: RedisMux | None = None,
         expiry_margin_ms: int = DEFAULT_EXPIRY_MARGIN_MS,
@@ -299,7 +300,7 @@ class RedisLimitStore:
     ) -> None:
         """``redis_clock``: decide on Redis's clock (TIME inside each script) instead of the caller's
         ``now_ms``, so that replicas whose clocks differ share one bucket exactly (the router's setting)."""
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if decodes_responses(redis):
             raise ValueError("RedisLimitStore needs a client with decode_responses=False")
         if expiry_margin_ms < 0:
             raise ValueError("expiry_margin_ms must not be negative")

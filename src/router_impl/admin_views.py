@@ -143,6 +143,7 @@ def policy_document(policy: ModelPolicy) -> dict[str, Any]:
             "output_usd_per_1m_tokens": _number(policy.pricing.output_usd_per_1m_tokens),
         },
         "aliases": list(policy.aliases),
+        "prompt_template_tokens": policy.prompt_template_tokens.model_dump(),
     }
     if policy.allow_keys is not None:
         document["allow_keys"] = list(policy.allow_keys)

@@ -61,6 +61,7 @@ from router_impl.limits.idempotency import IdempotencyStore
 from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore
 from router_impl.limits.idempotency_memory import MemoryIdempotencyStore
 from router_impl.limits.idempotency_redis import RedisIdempotencyStore
+from router_impl.limits.owners import OwnerRegistry
 from router_impl.limits.service import LimitsService
 from router_impl.limits.store_memory import MemoryLimitStore
 from router_impl.limits.store_redis import RedisLimitStore
@@ -74,6 +75,7 @@ from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
 from router_impl.routing.readiness import BackendReadiness, assess, credentials_check
 from router_impl.settings import Settings
+from router_impl.shared_readiness import shared_store_checks
 from router_impl.telemetry.logging import configure_logging
 from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
 from router_impl.telemetry.tracing import Tracing
@@ -273,7 +275,11 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             settings,
             config_service,
             identity,
-            limits,
+            shared_store_checks(
+                ping=redis.client.ping if redis is not None else None,
+                limits=limits.readiness,
+                idempotency_store=settings.idempotency_store,
+            ),
             usage,
             lambda: assess(holder.current(), health),
             holder.current,
@@ -362,7 +368,7 @@ def _limits(
     return LimitsService(
         config=config.current,
         local=local,
-        shared=RedisLimitStore(redis.client, scripts=redis.scripts) if redis is not None else None,
+        shared=RedisLimitStore(redis.client, scripts=redis.scripts, redis_clock=True) if redis else None,
         budget_service=budget_service,
         default_max_tokens_cap=settings.limits_default_max_tokens_cap,
         lease_seconds=settings.request_timeout_seconds + settings.limits_lease_margin_seconds,
@@ -374,7 +380,13 @@ def _limits(
 def _idempotency(settings: Settings, redis: _SharedRedis | None, lifecycle: Lifecycle) -> IdempotencyStore:
     ttl, lease = settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds
     if redis is not None:
-        return RedisIdempotencyStore(redis.client, ttl, lease, scripts=redis.scripts)
+        shared = RedisIdempotencyStore(redis.client, ttl, lease, scripts=redis.scripts)
+        owners = OwnerRegistry(settings.data_dir / "owners", shared.owner)  # who ran here before us
+        lifecycle.on_start(lambda: shared.claim(owners.register()))
+        lifecycle.background(shared.keep_alive)
+        lifecycle.on_stop(shared.retire)
+        lifecycle.on_stop(_sync(owners.unregister))
+        return shared
     if settings.idempotency_store == "memory":
         return MemoryIdempotencyStore(settings.idempotency_max_entries, ttl, lease)
     store = LmdbIdempotencyStore(
@@ -416,7 +428,7 @@ def _health(
     settings: Settings,
     service: ConfigService,
     identity: IdentityServiceKeyStore | None,
-    limits: LimitsService,
+    shared_stores: list[HealthCheck],
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
     config: Callable[[], RuntimeConfig],
@@ -437,7 +449,7 @@ def _health(
     checks = [
         HealthCheck("process", process),
         HealthCheck("config", service.readiness),
-        HealthCheck("limits", limits.readiness),
+        *shared_stores,
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
         HealthCheck("credentials", credentials),

@@ -40,10 +40,19 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["ROUTER_DEMO_ALLOW_PUBLIC"] = "true"
     os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
 
+    from pydantic import ValidationError
+
     from router_impl.demo.config import demo_bind_refusal
     from router_impl.settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # e.g. --workers N without a shared store: say why, no traceback
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"router serve: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
     if (refusal := demo_bind_refusal(settings)) is not None:
         print(f"router: {refusal}", file=sys.stderr)
         return 2

@@ -60,6 +60,9 @@ CATALOG: dict[str, ErrorKind] = {
     "INTERNAL_ERROR": ErrorKind(500, "Internal error.", "api_error"),
     "NOT_IMPLEMENTED": ErrorKind(501, "This operation is not implemented yet.", "api_error"),
     "SERVICE_UNAVAILABLE": ErrorKind(503, "The service is temporarily unavailable.", "api_error"),
+    "IDENTITY_UNAVAILABLE": ErrorKind(
+        503, "The identity service cannot check this API key now; retry later.", "api_error"
+    ),
 }
 
 STATUS_FALLBACK: dict[int, str] = {

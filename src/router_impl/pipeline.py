@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -47,7 +47,7 @@ from router_impl.usage.cost import cost_micro_usd, micro_to_usd
 from router_impl.usage.outbox import OutboxError
 from router_impl.usage.record import Usage, UsageFacts, build_record
 from router_impl.usage.sink import UsageSink
-from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, usage_of
+from router_impl.usage.tokens import estimate, estimate_tokens, prompt_bound, prompt_estimate, usage_of
 
 Kind = Literal["chat", "completion", "embedding"]
 BACKEND_PATHS: dict[Kind, str] = {
@@ -57,6 +57,9 @@ BACKEND_PATHS: dict[Kind, str] = {
 }
 _RETRY_REPLAY_HEADER = ("Idempotent-Replayed", "true")
 _COMPLETED_RECORD_IDS = uuid.UUID("5c1e8f3a-7d7b-4c55-9a8e-2f0b7f6d4e21")  # uuid5 namespace
+# A non-streamed request holds its idempotency key until its backend deadline plus this (the usage
+# record and the stored reply are written after the call); a retry may take the key over afterwards.
+_SETTLE_MARGIN_SECONDS = 5.0
 
 log = structlog.get_logger("router.pipeline")
 
@@ -217,7 +220,7 @@ class Pipeline:
     async def complete(self, call: Call, render: Callable[[Call, Completed], FinalReply]) -> FinalReply:
         """One completion; a retried idempotency key replays the stored reply and is not billed."""
         decision = self.route(call)
-        began = await self._begin(call)
+        began = await self._begin(call, self.request_timeout_seconds + _SETTLE_MARGIN_SECONDS)
         if isinstance(began, FinalReply):
             return began
         try:
@@ -263,10 +266,12 @@ class Pipeline:
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         asked = body.get(name)
         choices = body.get("n")
+        template = policy.prompt_template_tokens
         demand = Demand(
             organization_id=call.principal.organization_id,
             key_id=call.principal.key_id,
             prompt_tokens=prompt_estimate(call.kind, body),
+            prompt_bound=prompt_bound(body, template.per_message, template.per_request),
             max_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
             pricing=policy.pricing,
             choices=choices
@@ -355,13 +360,16 @@ class Pipeline:
                 "audit_write_failed", action=event.action, request_id=event.request_id, error=str(exc)[:200]
             )
 
-    async def _begin(self, call: Call) -> FinalReply | str | None:
-        """The stored reply for a retry, else the token that holds the key (None without a key)."""
+    async def _begin(self, call: Call, within_seconds: float | None = None) -> FinalReply | str | None:
+        """The stored reply for a retry, else the token that holds the key (None without a key).
+        ``within_seconds``: the request ends by then, so a retry may take the key over afterwards."""
         if call.idempotency_key is None:
             return None
+        now = self.now()
+        deadline = None if within_seconds is None else now + timedelta(seconds=within_seconds)
         try:
             began = await self.idempotency.begin(
-                call.principal.organization_id, call.idempotency_key, call.fingerprint, self.now()
+                call.principal.organization_id, call.idempotency_key, call.fingerprint, now, deadline
             )
         except IdempotencyUnavailable as exc:
             log.error("idempotency_unavailable", error=str(exc)[:200])

@@ -149,14 +149,16 @@ async def test_outage_keeps_recently_valid_keys_working_and_refuses_unknown_ones
     assert principal.key_id == "key_1"
     assert store.degraded and store.stale_served == 1
     with pytest.raises(ApiError) as err:
-        await auth.authenticate(new_secret())  # never seen: fail closed
-    assert err.value.code == "INVALID_API_KEY"
+        await auth.authenticate(new_secret())  # never seen: refused, but as retryable, not as a bad key
+    assert (err.value.code, err.value.status_code) == ("IDENTITY_UNAVAILABLE", 503)
+    assert int(err.value.headers["Retry-After"]) >= 1
 
     clock.advance(900 - 61 - 1)  # just inside the stale window
     await auth.authenticate(secret)
-    clock.advance(1)  # 900 s after the service last vouched for it
-    with pytest.raises(ApiError):
+    clock.advance(1)  # 900 s after the service last vouched for it: cannot be checked, so 503
+    with pytest.raises(ApiError) as err:
         await auth.authenticate(secret)
+    assert err.value.code == "IDENTITY_UNAVAILABLE"
 
 
 async def test_service_recovery_clears_degraded_and_refreshes(identity_service, make_store, clock):
@@ -177,11 +179,37 @@ async def test_a_failing_service_is_not_hammered(identity_service, make_store, c
     identity_service.configure(fixed_status=503)
     store = make_store(retry_after_failure=1.0)
     for _ in range(20):
-        assert await store.by_hash(hash_secret(new_secret())) is None
-    assert identity_service.calls() == 1  # later lookups fail closed without a call
+        with pytest.raises(ApiError) as err:
+            await store.by_hash(hash_secret(new_secret()))
+        assert err.value.code == "IDENTITY_UNAVAILABLE" and err.value.headers["Retry-After"] == "1"
+    assert identity_service.calls() == 1  # later lookups are answered 503 without a call
     clock.advance(1)
-    await store.by_hash(hash_secret(new_secret()))
+    with pytest.raises(ApiError):
+        await store.by_hash(hash_secret(new_secret()))
     assert identity_service.calls() == 2
+
+
+async def test_a_failed_lookup_is_never_remembered_as_an_invalid_key(identity_service, make_store, clock):
+    """Before: one failed lookup made every uncached key 401 (a client throws such a key away)."""
+    secret = add_key(identity_service)
+    store = make_store(retry_after_failure=1.0)
+    auth = Authenticator(store, clock=lambda: NOW)
+    identity_service.configure(fixed_status=500)
+    for attempt in (secret, new_secret(), secret):
+        with pytest.raises(ApiError) as err:
+            await auth.authenticate(attempt)
+        assert (err.value.code, err.value.status_code) == ("IDENTITY_UNAVAILABLE", 503)
+    identity_service.configure(fixed_status=None)
+    clock.advance(1)  # the hold-off is over: the very same key is asked about again, and is valid
+    assert (await auth.authenticate(secret)).key_id == "key_1"
+    unknown = new_secret()
+    with pytest.raises(ApiError) as err:  # the service itself says "no such key": now it is a 401
+        await auth.authenticate(unknown)
+    assert err.value.code == "INVALID_API_KEY"
+    identity_service.down()
+    with pytest.raises(ApiError) as err:  # its "no" is remembered for the negative TTL, outage or not
+        await auth.authenticate(unknown)
+    assert err.value.code == "INVALID_API_KEY"
 
 
 async def test_fifty_concurrent_lookups_of_one_key_make_one_call(identity_service, make_store):
@@ -241,7 +269,9 @@ async def test_router_sends_only_the_hash_and_its_service_token(identity_service
     store = make_store()
     assert await store.by_hash(hash_secret(secret)) is not None  # the mock checks body and bearer token
     misconfigured = make_store(token="not-the-service-token")
-    assert await misconfigured.by_hash(hash_secret(secret)) is None  # 401 is an outage, never a "yes"
+    with pytest.raises(ApiError) as err:  # the service's 401 is an outage, never a "yes" nor a "no"
+        await misconfigured.by_hash(hash_secret(secret))
+    assert err.value.code == "IDENTITY_UNAVAILABLE"
     assert misconfigured.degraded
 
 

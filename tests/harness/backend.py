@@ -55,6 +55,10 @@ class BackendControls:
     stream_chunks: int = 4
     chunk_interval_ms: int = 0
     healthy: bool = True  # GET /health answers 503 when False
+    # Prompt counting of a real model's tokenizer, worse than the router estimates: every UTF-8 byte a
+    # token (the byte-level BPE worst case), plus chat-template tokens per message.
+    prompt_tokens_per_byte: bool = False
+    template_tokens_per_message: int = 0
 
 
 class _WholeBody(Protocol):
@@ -258,7 +262,12 @@ class MockBackend(ThreadedServer):
                 model=str(body.get("model") or self.models[0]),
                 created=int(time.time()),
             )
-            completion = endpoint.completion_of(body)
+            completion = responses.recount_prompt(
+                endpoint.completion_of(body),
+                body,
+                per_byte=controls.prompt_tokens_per_byte,
+                template_per_message=controls.template_tokens_per_message,
+            )
             if responses.wants_stream(body):
                 with_usage = responses.wants_stream_usage(body) and not controls.omit_usage
                 chunks = endpoint.stream_chunks(

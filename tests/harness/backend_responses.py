@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -72,6 +73,25 @@ def chat_completion_of(body: JsonObject) -> Completion:
     user_texts = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return _echo(user_texts[-1] if user_texts else "", prompt_tokens, max_tokens)
+
+
+def recount_prompt(
+    completion: Completion, body: JsonObject, *, per_byte: bool, template_per_message: int
+) -> Completion:
+    """``completion`` with its prompt counted another way: a token per UTF-8 byte of the prompt text
+    (``per_byte``), plus ``template_per_message`` tokens per chat message (or per prompt)."""
+    if not per_byte and not template_per_message:
+        return completion
+    messages = _messages(body)
+    if messages:
+        texts = [content_text(m.get("content")) for m in messages]
+    else:
+        prompt = body.get("prompt")
+        texts = [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else [str(prompt or "")]
+    counted = sum(len(t.encode()) if per_byte else count_tokens(t) for t in texts)
+    return dataclasses.replace(
+        completion, prompt_tokens=counted + template_per_message * max(1, len(messages))
+    )
 
 
 def text_completion_of(body: JsonObject) -> Completion:

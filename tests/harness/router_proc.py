@@ -43,6 +43,8 @@ class RouterProcess(ManagedProcess):
         self._port_pinned = port is not None
         self.port = port if port is not None else free_port()
         self.data_dir = self.workdir / "data"
+        if "--workers" in self.args:  # each worker is a fresh interpreter importing the whole app
+            self.start_timeout_s = 60.0
 
     @property
     def base_url(self) -> str:

@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import orjson
 import pytest
 
-from router_impl.limits.idempotency import IdempotencyUnavailable, Proceed, Replay, StoredReply
-from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore
+from router_impl.limits.idempotency import (
+    Conflict,
+    IdempotencyUnavailable,
+    InFlight,
+    Proceed,
+    Replay,
+    StoredReply,
+)
+from router_impl.limits.idempotency_lmdb import LmdbIdempotencyStore, decode_entry
 
 T0 = 1_800_000_000.0
 FP = "fp"
@@ -168,3 +176,40 @@ def test_a_second_open_of_one_data_dir_in_a_process_is_refused(tmp_path: Path) -
             LmdbIdempotencyStore(tmp_path)
     finally:
         first.close()
+
+
+def hold_until_killed(path: str, held: Any, never: Any) -> None:
+    """A router worker: takes a key, then hangs mid-request until it is SIGKILLed."""
+    store = LmdbIdempotencyStore(path, ttl=3600, lease=120)
+    began = asyncio.run(store.begin("org", "crashed", FP, T0))
+    if isinstance(began, Proceed):
+        held.set()
+    never.wait(60)
+
+
+def test_a_killed_processs_in_flight_entry_is_free_at_once_not_after_the_lease(tmp_path: Path) -> None:
+    """15.3: before, a restarted router answered 409 to the retry until the 120 s lease lapsed."""
+    context = multiprocessing.get_context("spawn")
+    held, never = context.Event(), context.Event()
+    worker = context.Process(target=hold_until_killed, args=(str(tmp_path), held, never))
+    worker.start()
+    try:
+        assert held.wait(30), "the worker did not take the key"
+        store = LmdbIdempotencyStore(tmp_path, ttl=3600, lease=120)
+        try:
+            in_progress = asyncio.run(store.begin("org", "crashed", FP, T0 + 1))
+            assert in_progress == Conflict("REQUEST_IN_PROGRESS")  # its owner is alive: wait
+            assert in_progress.retry_after is not None and 1 <= in_progress.retry_after <= 2
+            worker.kill()
+            worker.join(10)
+            assert isinstance(asyncio.run(store.begin("org", "crashed", FP, T0 + 2)), Proceed)
+        finally:
+            store.close()
+    finally:
+        worker.kill()
+        worker.join(10)
+
+
+def test_entries_written_before_owners_were_recorded_still_read(tmp_path: Path) -> None:
+    old = orjson.dumps(["p", "fp", "tok", int(T0 * 1000) + 120_000])
+    assert decode_entry(old) == InFlight("fp", "tok", int(T0 * 1000) + 120_000, "")

@@ -214,3 +214,29 @@ async def test_clear_prefix_matches_glob_characters_literally(client: Redis) -> 
     )
     assert await store.clear_prefix(f"rl:{{{tag}}}:key:a*[b]?") == (literal,)
     assert await client.exists(lookalike) == 1
+
+
+@pytest.mark.parametrize("redis_clock", [True, False])
+async def test_two_routers_whose_clocks_differ_by_2_s_admit_at_most_the_configured_rate(
+    client: Redis, redis_clock: bool
+) -> None:
+    """One clock: a router 2 s ahead refilled the shared bucket by 2 s worth of tokens (10/s: +20,
+    capped at the burst), so the pair admitted up to twice what the rate pays for."""
+    burst, per_ms = 10.0, 10 / 1000  # 10 tokens, refilled at 10 per second
+    tag = org_tag()
+    spec = BucketSpec(f"rl:{{{tag}}}:org:requests", burst, per_ms, 1.0, "org", "requests")
+    on_time = RedisLimitStore(client, redis_clock=redis_clock)
+    ahead = RedisLimitStore(client, redis_clock=redis_clock)
+    began = time.monotonic()
+    admitted = 0
+    for store, skew_ms in ((on_time, 0), (ahead, 2_000), (on_time, 0), (ahead, 2_000)):
+        for _ in range(15):
+            now = int(time.time() * 1000) + skew_ms  # each router's own wall clock
+            admitted += isinstance(
+                await store.admit(AdmitPlan(f"lockout:{{{tag}}}", (spec,), (), now)), Admitted
+            )
+    allowed = burst + (time.monotonic() - began) * 1000 * per_ms  # what the configured rate pays for
+    if redis_clock:
+        assert admitted <= allowed + 1, (admitted, allowed)
+    else:  # on each router's own clock (before): the skewed one refills the bucket ahead of time
+        assert admitted > allowed + 5, (admitted, allowed)

@@ -79,9 +79,11 @@ def _chat(router: RouterProcess, count: int, headers: dict[str, str] | None = No
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_live_router_counts_requests_backend_calls_decisions_and_auth_failures(
-    router_factory: Callable[..., RouterProcess], workers: int
+    router_factory: Callable[..., RouterProcess], workers: int, request: pytest.FixtureRequest
 ) -> None:
-    router = router_factory(args=("--demo", "--workers", str(workers)))
+    # Several workers need a shared limit store (they refuse to start without one).
+    env = {"ROUTER_REDIS_URL": request.getfixturevalue("redis_server").url} if workers > 1 else {}
+    router = router_factory(env=env, args=("--demo", "--workers", str(workers)))
     assert _chat(router, 40) == [200] * 40
     assert _chat(router, 3, {"Authorization": "Bearer wrong"}) == [401] * 3
     scrapes = [httpx.get(f"{router.base_url}/metrics", trust_env=False) for _ in range(4)]

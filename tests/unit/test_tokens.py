@@ -1,5 +1,8 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from router_impl.usage.record import Usage
-from router_impl.usage.tokens import estimate, estimate_tokens, usage_of
+from router_impl.usage.tokens import estimate, estimate_tokens, prompt_bound, prompt_estimate, usage_of
 
 
 def test_the_backend_usage_block_is_taken_as_reported():
@@ -35,3 +38,23 @@ def test_without_usage_tokens_are_estimated_and_marked_as_such():
 
 def test_estimates_are_about_four_characters_per_token():
     assert [estimate_tokens(t) for t in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+
+
+@given(
+    texts=st.lists(st.text(max_size=200), min_size=1, max_size=8),
+    tools=st.none() | st.dictionaries(st.text(max_size=20), st.text(max_size=50), max_size=4),
+)
+def test_prompt_bound_covers_every_byte_and_the_template_allowance(texts, tools) -> None:
+    """A byte-level BPE tokenizer makes at most one token per UTF-8 byte; the template adds its own."""
+    body = {"messages": [{"role": "user", "content": t} for t in texts]}
+    if tools is not None:
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": tools}}]
+    worst = sum(len(t.encode()) for t in texts) + 8 * len(texts) + 16
+    worst += sum(len(k.encode()) + len(v.encode()) for k, v in (tools or {}).items())
+    assert prompt_bound(body, 8, 16) >= worst
+
+
+def test_prompt_bound_of_a_non_english_prompt_is_far_above_the_estimate() -> None:
+    body = {"messages": [{"role": "user", "content": "東京の天気はどうですか"}]}
+    assert prompt_estimate("chat", body) == 3
+    assert prompt_bound(body, 8, 16) >= len("東京の天気はどうですか".encode()) + 8 + 16 == 57

@@ -2,7 +2,9 @@
 
 Answers are cached (positives for the service's ``cache_ttl_seconds`` capped by ours, negatives
 briefly). When the service is unreachable, slow or failing, a key it vouched for within
-``stale_window`` keeps working; unknown keys are refused. Concurrent lookups of one hash share
+``stale_window`` keeps working and a key it refused stays refused; any other key gets a retryable
+503 ``IDENTITY_UNAVAILABLE`` with ``Retry-After`` (never a 401: only the service says a key is
+invalid, and a failed lookup is never remembered as a "no"). Concurrent lookups of one hash share
 one request. ``poll_revocations`` follows the revocation feed so revocations bite before TTLs end.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from router_impl.auth.identity_wire import Answer, KeyValidation, RevocationList
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.auth.lru import LruCache
 from router_impl.auth.secret_box import SecretBox
+from router_impl.errors import ApiError
 from router_impl.singleflight import SingleFlight
 
 VALIDATE_PATH = "/v1/keys/validate"
@@ -80,6 +84,7 @@ class IdentityServiceKeyStore:
         self.cache_hits = 0
         self.calls = 0
         self.failures = 0
+        self.unavailable_answers = 0  # lookups answered 503 because the service could not be asked
 
     @property
     def degraded(self) -> bool:
@@ -108,6 +113,12 @@ class IdentityServiceKeyStore:
         except IdentityUnavailableError:
             return self._fallback(key_hash, self._clock())
         return answer.record
+
+    def unavailable(self) -> ApiError:
+        """The answer for a key the service could not check: retry once the hold-off is over."""
+        wait = max(1, math.ceil(self._down_until - self._clock()))
+        self.unavailable_answers += 1
+        return ApiError("IDENTITY_UNAVAILABLE", headers={"Retry-After": str(wait)})
 
     # -------------------------------------------------------- revocation feed
 
@@ -146,14 +157,15 @@ class IdentityServiceKeyStore:
         return self._known.get(key_hash) or self._unknown.get(key_hash)
 
     def _fallback(self, key_hash: str, now: float) -> ApiKeyRecord | None:
-        """During an outage: a recently vouched-for key still works; anything else is refused."""
+        """During an outage: a recently vouched-for key still works, a revoked one stays revoked;
+        any other key cannot be checked now (ApiError IDENTITY_UNAVAILABLE, 503)."""
         cached = self._known.peek(key_hash)
-        if cached is None:
-            return None
-        if cached.servable_when_down(now):
+        if cached is not None and cached.servable_when_down(now):
             self.stale_served += 1
             return cached.record
-        return cached.record if cached.record is not None and cached.record.revoked else None
+        if cached is not None and cached.record is not None and cached.record.revoked:
+            return cached.record
+        raise self.unavailable()
 
     async def _refresh(self, key_hash: str) -> Answer:
         try:

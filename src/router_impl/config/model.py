@@ -117,6 +117,16 @@ class ModelPricing(BaseModel):
     output_usd_per_1m_tokens: Decimal = Field(Decimal(0), ge=0)
 
 
+class PromptTemplateTokens(BaseModel):
+    """Tokens a backend's chat template may add to a prompt (role markers, separators): part of the
+    budget reservation's upper bound (usage/tokens.py ``prompt_bound``)."""
+
+    model_config = _FROZEN
+
+    per_message: int = Field(8, ge=0, le=10_000)
+    per_request: int = Field(16, ge=0, le=100_000)
+
+
 class ModelPolicy(BaseModel):
     model_config = _FROZEN
 
@@ -135,6 +145,7 @@ class ModelPolicy(BaseModel):
     allow_keys: tuple[str, ...] | None = None  # key ids; None = every key
     deny_keys: tuple[str, ...] = ()
     org_overrides: dict[str, OrgOverride] = Field(default_factory=dict)
+    prompt_template_tokens: PromptTemplateTokens = PromptTemplateTokens()
 
     @field_validator("retry_on")
     @classmethod

@@ -8,11 +8,18 @@ routes); keys are scoped per organisation. ``begin`` decides, atomically per key
 - a completed entry with the same fingerprint: the stored reply is **replayed**: not forwarded, not billed;
 - any live entry with a different fingerprint: ``Conflict("IDEMPOTENCY_CONFLICT")`` (409), whether the
   first request is finished or not: the key was reused for another request, which no wait can fix;
-- an in-flight entry with the same fingerprint: ``Conflict("REQUEST_IN_PROGRESS")`` (409) at once.
+- an in-flight entry with the same fingerprint: ``Conflict("REQUEST_IN_PROGRESS")`` (409) at once, with a
+  ``Retry-After`` hint (clients such as the ``openai`` SDK retry a 409 after it).
   We answer rather than wait for the first attempt: waiting would hold a connection and a worker for up
   to the backend deadline, on a reply that may never come (the first attempt can fail and release the
   key), and across replicas it would need polling or pub/sub. Clients already retry 409s with backoff;
   this is also what draft-ietf-httpapi-idempotency-key-header prescribes for concurrent duplicates.
+
+Crash recovery: an in-flight entry records its *owner* (the process, ``owners.owner_id``) and lasts
+until the request's deadline (``begin(deadline=...)``, at most the lease). A retry proceeds once the
+deadline has passed, or at once when the store knows the owner is dead (a SIGKILLed router: on one host
+``/proc`` says so; in Redis its owner key is gone, cleared by its successor on the same data dir or
+lapsed), so clients are not locked out for the whole lease.
 
 The holder then either ``complete``\\ s (successes *and* client errors, 4xx, are stored for the TTL,
 24 h by default) or ``release``\\ s after a retryable failure (backend unavailable, timeout, 5xx: the
@@ -38,7 +45,8 @@ import hashlib
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, TypeAlias
 
@@ -51,6 +59,7 @@ ConflictCode = Literal["IDEMPOTENCY_CONFLICT", "REQUEST_IN_PROGRESS"]
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 DEFAULT_LEASE_SECONDS = 120.0
+IN_PROGRESS_RETRY_CAP_SECONDS = 2
 
 # Names matching this are kept as they are (readable in redis-cli); others become '#' + SHA-256 hex. '#',
 # '{', '}' and '/' never match, so a kept name cannot collide with a hashed one nor break a Redis hash tag.
@@ -88,19 +97,24 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """Refuse with 409 and this catalog code."""
+    """Refuse with 409 and this catalog code; ``retry_after`` (seconds) hints when a retry may succeed."""
 
     code: ConflictCode
+    retry_after: int | None = field(default=None, compare=False)  # a hint, not part of the outcome
 
     def error(self) -> ApiError:
-        return ApiError(self.code)
+        if self.retry_after is None:
+            return ApiError(self.code)
+        return ApiError(self.code, headers={"Retry-After": str(self.retry_after)})
 
 
 Begin: TypeAlias = Proceed | Replay | Conflict
 
 
 class IdempotencyStore(Protocol):
-    async def begin(self, scope: str, key: str, fingerprint: str, now: Instant) -> Begin: ...
+    async def begin(
+        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+    ) -> Begin: ...
 
     async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool: ...
 
@@ -109,11 +123,13 @@ class IdempotencyStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """A held key. ``until_ms`` is the end of the lease."""
+    """A held key. ``until_ms`` is the end of the lease (the request's deadline); ``owner`` the holding
+    process ("" when unknown)."""
 
     fingerprint: str
     token: str
     until_ms: int
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +144,32 @@ class Completed:
 Entry: TypeAlias = InFlight | Completed
 
 
-def judge(entry: Entry | None, fingerprint: str, now_ms: int) -> Replay | Conflict | None:
-    """The answer an existing entry gives a new ``begin``; None means the key is free to take."""
+def judge(
+    entry: Entry | None, fingerprint: str, now_ms: int, owner_dead: Callable[[str], bool] | None = None
+) -> Replay | Conflict | None:
+    """The answer an existing entry gives a new ``begin``; None means the key is free to take (also an
+    in-flight entry whose owner ``owner_dead`` says died: its request can never finish)."""
     if entry is None or entry.until_ms <= now_ms:
+        return None
+    if isinstance(entry, InFlight) and entry.owner and owner_dead is not None and owner_dead(entry.owner):
         return None
     if entry.fingerprint != fingerprint:
         return Conflict("IDEMPOTENCY_CONFLICT")
     if isinstance(entry, Completed):
         return Replay(entry.reply)
-    return Conflict("REQUEST_IN_PROGRESS")
+    return Conflict("REQUEST_IN_PROGRESS", in_progress_retry_after(entry.until_ms - now_ms))
+
+
+def in_progress_retry_after(remaining_ms: int, cap_s: int = IN_PROGRESS_RETRY_CAP_SECONDS) -> int:
+    """Whole seconds until a retry of an in-flight request is worth sending: the rest of its lease,
+    capped (the first attempt usually ends long before), at least 1."""
+    return max(1, min(cap_s, math.ceil(remaining_ms / 1000)))
+
+
+def lease_until_ms(now_ms: int, lease_ms: int, deadline: Instant | None) -> int:
+    """The end of an in-flight entry: the request's deadline, never beyond the lease."""
+    until = now_ms + lease_ms
+    return until if deadline is None else max(now_ms + 1, min(until, to_ms(deadline)))
 
 
 def held_by(entry: Entry | None, token: str) -> bool:

@@ -41,9 +41,11 @@ from router_impl.limits.idempotency import (
     entry_name,
     held_by,
     judge,
+    lease_until_ms,
     new_token,
     to_ms,
 )
+from router_impl.limits.owners import owner_alive, owner_id
 
 DEFAULT_MAP_SIZE = 1024 * 1024 * 1024
 _IN_FLIGHT = "p"
@@ -53,7 +55,7 @@ _COMPLETED = "d"
 def encode_entry(entry: Entry) -> bytes:
     """A JSON head line whose last item is ``until_ms``; a completed entry appends its encoded reply."""
     if isinstance(entry, InFlight):
-        return orjson.dumps([_IN_FLIGHT, entry.fingerprint, entry.token, entry.until_ms])
+        return orjson.dumps([_IN_FLIGHT, entry.fingerprint, entry.token, entry.owner, entry.until_ms])
     head = orjson.dumps([_COMPLETED, entry.fingerprint, entry.until_ms])
     return head + b"\n" + encode_reply(entry.reply)
 
@@ -63,8 +65,9 @@ def decode_entry(data: bytes) -> Entry:
     head, _, rest = data.partition(b"\n")
     try:
         fields = orjson.loads(head)
-        if fields[0] == _IN_FLIGHT:
-            return InFlight(fingerprint=str(fields[1]), token=str(fields[2]), until_ms=int(fields[3]))
+        if fields[0] == _IN_FLIGHT:  # [p, fingerprint, token, (owner,) until_ms]: older entries lack owner
+            owner = str(fields[3]) if len(fields) == 5 else ""
+            return InFlight(str(fields[1]), str(fields[2]), until_ms=int(fields[-1]), owner=owner)
         if fields[0] == _COMPLETED:
             return Completed(fingerprint=str(fields[1]), reply=decode_reply(rest), until_ms=int(fields[2]))
     except (IndexError, KeyError, TypeError) as exc:
@@ -90,7 +93,13 @@ class LmdbIdempotencyStore:
         *,
         sync: bool = False,
         token_factory: Callable[[], str] = new_token,
+        owner: str | None = None,
+        owner_alive: Callable[[str], bool] = owner_alive,
     ) -> None:
+        """``owner`` is this process (``owners.owner_id()``); an in-flight entry of an owner that
+        ``owner_alive`` says is dead is free to take at once."""
+        self.owner = owner_id() if owner is None else owner
+        self._owner_alive = owner_alive
         self._ttl_ms = duration_ms(ttl, "ttl")
         self._lease_ms = duration_ms(lease, "lease")
         self._new_token = token_factory
@@ -112,19 +121,25 @@ class LmdbIdempotencyStore:
         with self._env.begin() as txn:
             return txn.stat(self._records)["entries"]
 
-    async def begin(self, scope: str, key: str, fingerprint: str, now: Instant) -> Begin:
+    async def begin(
+        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+    ) -> Begin:
         name = entry_name(scope, key).encode()
         now_ms = to_ms(now)
         fingerprint = compact(fingerprint)
         with self._writing() as txn:
             raw = txn.get(name, db=self._records)
             entry = None if raw is None else decode_entry(raw)
-            verdict = judge(entry, fingerprint, now_ms)
+            verdict = judge(entry, fingerprint, now_ms, self._owner_dead)
             if verdict is not None:
                 return verdict
             token = self._new_token()
-            self._replace(txn, name, entry, InFlight(fingerprint, token, now_ms + self._lease_ms))
+            until_ms = lease_until_ms(now_ms, self._lease_ms, deadline)
+            self._replace(txn, name, entry, InFlight(fingerprint, token, until_ms, self.owner))
         return Proceed(token)
+
+    def _owner_dead(self, owner: str) -> bool:
+        return owner != self.owner and not self._owner_alive(owner)
 
     async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
         name = entry_name(scope, key).encode()

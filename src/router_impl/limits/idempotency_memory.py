@@ -27,6 +27,7 @@ from router_impl.limits.idempotency import (
     entry_name,
     held_by,
     judge,
+    lease_until_ms,
     new_token,
     to_ms,
 )
@@ -67,7 +68,9 @@ class MemoryIdempotencyStore:
     def stored_bytes(self) -> int:
         return self._completed_bytes
 
-    async def begin(self, scope: str, key: str, fingerprint: str, now: Instant) -> Begin:
+    async def begin(
+        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+    ) -> Begin:
         name = entry_name(scope, key)
         now_ms = to_ms(now)
         fingerprint = compact(fingerprint)
@@ -80,7 +83,7 @@ class MemoryIdempotencyStore:
         self._forget(name)
         self._make_room(now_ms)
         token = self._new_token()
-        self._in_flight[name] = InFlight(fingerprint, token, now_ms + self._lease_ms)
+        self._in_flight[name] = InFlight(fingerprint, token, lease_until_ms(now_ms, self._lease_ms, deadline))
         return Proceed(token)
 
     async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:

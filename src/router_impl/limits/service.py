@@ -9,7 +9,7 @@ the limit store in one atomic step (one Redis round trip when shared):
   estimate + completion reserve, at most the bucket's capacity, so a large request is slowed, never
   refused for ever); ``settle`` corrects the charge with the actual tokens;
 - budget counters of the current UTC day and month, in tokens and in integer micro-dollars: each
-  request reserves its worst case (prompt estimate + ``max_tokens``, capped); ``settle`` moves the
+  request reserves its worst case (prompt upper bound + ``max_tokens``, capped); ``settle`` moves the
   reservation to the actual figures, ``refund`` gives it back after a failure.
 
 Each admitted reservation is leased (``store.Lease``) for ``lease_seconds`` (the request timeout plus a
@@ -115,12 +115,15 @@ class BudgetSource(Protocol):
 class Demand:
     organization_id: str
     key_id: str
-    prompt_tokens: int
+    prompt_tokens: int  # estimate: what token buckets take
     max_tokens: int | None  # as the client asked (None: not set)
     pricing: ModelPricing
     choices: int = 1  # n: each choice may use max_tokens
     stream: bool = False  # streamed: held under the longer stream lease
     completes: bool = True  # False (embeddings): no completion tokens, none reserved, no max_tokens
+    # An upper bound of the prompt tokens the backend can count (usage/tokens.py prompt_bound): what
+    # budgets reserve, so that concurrent requests cannot overshoot them. None: prompt_tokens.
+    prompt_bound: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Ticket:
     shared: bool  # admitted by the shared store (settle there too)
     token_buckets: tuple[BucketSpec, ...]
     counters: tuple[CounterSpec, ...]
-    reserved_tokens: int  # prompt estimate + completion reserve, as the budget counters took it
+    reserved_tokens: int  # prompt bound + completion reserve, as the budget counters took it
     reserved_micro_usd: int
     max_tokens: int | None  # send this max_tokens to the backend (clamped); None: leave the body alone
     headers: dict[str, str] = field(default_factory=dict)
@@ -219,11 +222,13 @@ class LimitsService:
             sent_max = None
         reserve_completion = (sent_max or 0) * demand.choices
         estimate = demand.prompt_tokens + reserve_completion
-        worst_micro = cost_micro_usd(demand.pricing, demand.prompt_tokens, reserve_completion)
+        prompt_worst = max(demand.prompt_tokens, demand.prompt_bound or 0)
+        worst = prompt_worst + reserve_completion
+        worst_micro = cost_micro_usd(demand.pricing, prompt_worst, reserve_completion)
 
         buckets = _buckets(demand.organization_id, demand.key_id, limits, estimate)
         windows = {p: window(p, moment) for p in _PERIODS}
-        counters = _counters(demand.organization_id, budgets, windows, estimate, worst_micro)
+        counters = _counters(demand.organization_id, budgets, windows, worst, worst_micro)
         lease = Lease(
             _lease_key(demand.organization_id),
             _lease_held_key(demand.organization_id),
@@ -239,7 +244,7 @@ class LimitsService:
                 shared=shared,
                 token_buckets=tuple(b for b in buckets if b.kind == "tokens"),
                 counters=counters,
-                reserved_tokens=estimate,
+                reserved_tokens=worst,
                 reserved_micro_usd=worst_micro,
                 max_tokens=sent_max if sent_max != demand.max_tokens else None,
                 headers=_rate_headers(buckets, decision.levels),

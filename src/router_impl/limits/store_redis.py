@@ -17,7 +17,10 @@ touches one Redis Cluster slot); the scripts use only ``KEYS[]``. Layout:
 
 Expiry is judged against the caller's ``now_ms`` exactly as the embedded store does it: a counter or
 lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Redis has not dropped it
-yet. A script reads every key before it writes any, so a refusal or an error (a key of the wrong type)
+yet. With ``redis_clock`` (what the router runs) ``now`` is Redis's own TIME instead, so every replica
+refills a shared bucket on one clock whatever its own says; budget periods (which counter key, when it
+expires) are still chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
+A script reads every key before it writes any, so a refusal or an error (a key of the wrong type)
 changes nothing. Counters stay exact below 2**53 (Lua numbers are doubles).
 
 The scripts run on ``scripts`` (the request path's pipelined connection, ``redis_mux``) when given,
@@ -32,9 +35,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from router_impl.limits.idempotency_redis import decodes_responses
 from router_impl.limits.store import (
     REAP_BATCH,
     AdmitPlan,
@@ -58,8 +62,15 @@ DEFAULT_EXPIRY_MARGIN_MS = 60_000
 # (a month), so every counter a forgotten lease names has expired and reaping it would change nothing.
 LEASE_KEEP_MS = 35 * 86_400_000
 
-# The bucket math of store.refilled, in Lua: returns the level at now and the stamp to store.
+# The bucket math of store.refilled, in Lua: returns the level at now and the stamp to store. ``clock``
+# is the script's now: the caller's ``now_ms``, or '' for Redis's own clock (TIME, whole ms).
 _BUCKET_LUA = """
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local function bucket_at(key, cap, per, now)
   local state = redis.call('HMGET', key, 'level', 'ts_ms')
   if not state[1] then return cap, now end
@@ -158,7 +169,7 @@ ADMIT_SCRIPT = (
     _BUCKET_LUA
     + _REAP_LUA
     + """
-local now, margin, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, margin, nb = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_id, held = ARGV[4], ARGV[6]
 local nl = 0
 if lease_id ~= '' then nl = 2 end
@@ -213,7 +224,7 @@ return out
 ADJUST_SCRIPT = (
     _BUCKET_LUA
     + """
-local now, margin, nb, lease_id = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local now, margin, nb, lease_id = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local nl, late = 0, false
 if lease_id ~= '' then
   nl = 2
@@ -260,7 +271,7 @@ return 1
 SNAPSHOT_SCRIPT = (
     _BUCKET_LUA
     + """
-local now, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, nb = clock(ARGV[1]), tonumber(ARGV[2])
 local lock_until, period = lockout_at(KEYS[1], now)
 local out = {lock_until or 0, period or ''}
 for i = 1, nb do
@@ -281,17 +292,21 @@ _GLOB_SPECIAL = frozenset("\\*?[]")
 class RedisLimitStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         scripts: RedisMux | None = None,
         expiry_margin_ms: int = DEFAULT_EXPIRY_MARGIN_MS,
+        redis_clock: bool = False,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        """``redis_clock``: decide on Redis's clock (TIME inside each script) instead of the caller's
+        ``now_ms``, so that replicas whose clocks differ share one bucket exactly (the router's setting)."""
+        if decodes_responses(redis):
             raise ValueError("RedisLimitStore needs a client with decode_responses=False")
         if expiry_margin_ms < 0:
             raise ValueError("expiry_margin_ms must not be negative")
         self._redis = redis
         self._margin_ms = expiry_margin_ms
+        self._redis_clock = redis_clock
         host = scripts or redis
         self._admit = host.register_script(ADMIT_SCRIPT)
         self._adjust = host.register_script(ADJUST_SCRIPT)
@@ -300,7 +315,7 @@ class RedisLimitStore:
     async def admit(self, plan: AdmitPlan) -> Decision:
         lease = plan.lease
         figures = [(_num(b.capacity), _num(b.per_ms), _num(b.cost)) for b in plan.buckets]
-        args: list[str | int] = [plan.now_ms, self._margin_ms, len(plan.buckets)]
+        args: list[str | int] = [self._now(plan.now_ms), self._margin_ms, len(plan.buckets)]
         args += (lease.id, lease.until_ms, _held(plan, figures)) if lease is not None else ("", 0, "")
         args += (REAP_BATCH, LEASE_KEEP_MS)
         for three in figures:
@@ -330,7 +345,8 @@ class RedisLimitStore:
     ) -> None:
         if not buckets and not counters:
             return
-        args: list[str | int] = [now_ms, self._margin_ms, len(buckets), "" if lease is None else lease.id]
+        lease_id = "" if lease is None else lease.id
+        args: list[str | int] = [self._now(now_ms), self._margin_ms, len(buckets), lease_id]
         for b in buckets:
             args += (_num(b.capacity), _num(b.per_ms), _num(b.delta), _num(b.reserved))
         for c in counters:
@@ -342,7 +358,7 @@ class RedisLimitStore:
     async def snapshot(
         self, buckets: tuple[BucketProbe, ...], counter_keys: tuple[str, ...], lockout_key: str, now_ms: int
     ) -> Snapshot:
-        args: list[str | int] = [now_ms, len(buckets)]
+        args: list[str | int] = [self._now(now_ms), len(buckets)]
         for b in buckets:
             args += (_num(b.capacity), _num(b.per_ms))
         reply = await self._run(self._snapshot, [lockout_key, *(b.key for b in buckets), *counter_keys], args)
@@ -352,6 +368,9 @@ class RedisLimitStore:
             used=tuple(reply[2 + nb :]),
             lockout=LockedOut(reply[0], _period(reply[1])) if reply[0] else None,
         )
+
+    def _now(self, now_ms: int) -> str | int:
+        return "" if self._redis_clock else now_ms
 
     async def clear(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         """Keys Redis still holds count as existing, even when past their expiry by the caller's clock."""

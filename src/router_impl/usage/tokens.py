@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from router_impl.usage.record import Usage
+
+# Request fields a backend renders into the prompt: the text, and tool or output schemas.
+_PROMPT_FIELDS = ("messages", "prompt", "input", "tools", "functions", "tool_choice", "response_format")
 
 
 def estimate_tokens(text: str) -> int:
@@ -57,6 +62,20 @@ def _embedding_input_tokens(given: object) -> int:
         elif isinstance(item, int):
             total += 1
     return total
+
+
+def prompt_bound(body: dict[str, Any], per_message: int, per_request: int) -> int:
+    """An upper bound of the prompt tokens a backend can count for ``body`` (the budget reserves it).
+
+    A byte-level BPE tokenizer (GPT-2/GPT-4 family, Llama 3, Qwen, Mistral's Tekken) never makes more
+    tokens of a text than its UTF-8 bytes; the prompt-bearing fields' compact JSON has at least those
+    bytes (names, arguments and schemas included). The chat template adds ``per_message`` tokens per
+    message plus ``per_request``. Not covered: images or audio parts, counted by the model's own rule.
+    """
+    size = sum(len(orjson.dumps(body[name])) for name in _PROMPT_FIELDS if body.get(name) is not None)
+    messages = body.get("messages")
+    count = len(messages) if isinstance(messages, list) else 1
+    return size + per_message * count + per_request
 
 
 def estimate(kind: str, body: dict[str, Any], payload: dict[str, Any]) -> Usage:

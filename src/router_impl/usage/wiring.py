@@ -38,7 +38,8 @@ class UsageParts:
         status = self.outbox.status()
         if status == "full":
             return "fail", details + "; outbox full: billable requests refused until it drains"
-        return ("warn" if status == "warn" else "pass"), details
+        # A failing publisher (usage bus unreachable) still serves, through the outbox: degraded.
+        return ("warn" if status == "warn" or self.publisher.failing else "pass"), details
 
 
 def build_usage(

@@ -1,0 +1,92 @@
+"""The shared stores on a real Redis Cluster (three masters): limits, budgets, idempotency and nonces
+run unchanged, every multi-key script keeping its keys in one hash slot (the organisation's ``{org}``).
+
+Not covered: the audit index (its keys span slots: usage/audit_redis.py), and a master failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from router_impl.auth.nonces import RedisNonceStore
+from router_impl.limits.idempotency import Conflict, Proceed, Replay, StoredReply
+from router_impl.limits.idempotency_redis import RedisIdempotencyStore
+from router_impl.limits.store import (
+    AdmitPlan,
+    Admitted,
+    BucketAdjust,
+    BucketSpec,
+    CounterAdjust,
+    CounterSpec,
+    Lease,
+)
+from router_impl.limits.store_redis import RedisLimitStore
+from tests.conftest import _started
+from tests.harness.redis_cluster import RedisClusterServer
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    server = _started(lambda: RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def client(cluster: RedisClusterServer) -> AsyncIterator[RedisCluster]:
+    redis = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes])
+    await redis.initialize()
+    yield redis
+    await redis.aclose()
+
+
+def orgs_on_every_master(count: int = 30) -> list[str]:
+    return [f"org-{i}-{uuid.uuid4().hex[:8]}" for i in range(count)]
+
+
+async def test_limits_and_budgets_run_on_the_cluster_exactly(client: RedisCluster) -> None:
+    store = RedisLimitStore(client, redis_clock=True)
+    now = int(time.time() * 1000)
+    day_end = now + 86_400_000
+    orgs = orgs_on_every_master()
+    masters = {client.get_node_from_key(f"rl:{{{org}}}:org:requests").name for org in orgs}
+    assert len(masters) == 3, masters  # the organisations' slots are spread over every master
+    for org in orgs:
+        bucket = BucketSpec(f"rl:{{{org}}}:org:requests", 5.0, 1e-9, 1.0, "org", "requests")
+        budget = CounterSpec(f"budget:{{{org}}}:DAILY:tokens", 30, 10, day_end, "DAILY", "tokens")
+        lease = Lease(f"lease:{{{org}}}", f"lease:{{{org}}}:held", uuid.uuid4().hex, now + 60_000)
+        plan = AdmitPlan(f"lockout:{{{org}}}", (bucket,), (budget,), now, lease)
+        decisions = await asyncio.gather(*(store.admit(plan) for _ in range(8)))
+        assert sum(isinstance(d, Admitted) for d in decisions) == 3  # 30 tokens, 10 each
+        assert await client.get(budget.key) == b"30"
+        settle = CounterAdjust(budget.key, -4, day_end, 10)  # one request used 6 of its 10
+        await store.adjust((BucketAdjust(bucket.key, 5.0, 1e-9, 0.0, 1.0),), (settle,), now, lease)
+        assert await client.get(budget.key) == b"26"
+
+
+async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster) -> None:
+    store = RedisIdempotencyStore(client, owner="host.1.1")
+    other = RedisIdempotencyStore(client, owner="host.2.2")
+    await store.claim([])
+    nonces = RedisNonceStore(client)  # type: ignore[arg-type]
+    now = time.time()
+    for org in orgs_on_every_master():
+        began = await store.begin(org, "req-1", "fp", now)
+        assert isinstance(began, Proceed)
+        assert await other.begin(org, "req-1", "fp", now) == Conflict("REQUEST_IN_PROGRESS")
+        assert await store.complete(org, "req-1", began.token, StoredReply(200, b"ok", "text/plain"), now)
+        assert await other.begin(org, "req-1", "fp", now) == Replay(StoredReply(200, b"ok", "text/plain"))
+        assert await nonces.first_use(f"nonce:{org}", 60)
+        assert not await nonces.first_use(f"nonce:{org}", 60)
+    # A dead owner's entry is taken over on the cluster too (the owner key lives in another slot).
+    held = await other.begin("org-crash", "req", "fp", now)
+    assert isinstance(held, Proceed)
+    assert isinstance(await store.begin("org-crash", "req", "fp", now), Proceed)  # host.2.2 never beat

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router_impl import cli
-from router_impl.auth.store_lmdb import LmdbKeyStore
+from router_impl.auth.store_config import ConfigKeyStore
 from router_impl.pipeline import Call, Completed, FinalReply, Pipeline
 
 FAULT_ORG = "org-fault-injected"
@@ -31,10 +31,10 @@ class InjectedFault(RuntimeError):
 
 
 def install() -> None:
-    create = LmdbKeyStore.create
+    create = ConfigKeyStore.create
     complete = Pipeline.complete
 
-    async def faulty_create(self: LmdbKeyStore, **kwargs: Any) -> Any:
+    async def faulty_create(self: ConfigKeyStore, **kwargs: Any) -> Any:
         minted = await create(self, **kwargs)
         if kwargs.get("organization_id") == FAULT_ORG:
             raise InjectedFault(f"fault injected after minting {minted[0].id}")
@@ -47,7 +47,7 @@ def install() -> None:
             raise InjectedFault("fault injected into the pipeline")
         return await complete(self, call, render)
 
-    LmdbKeyStore.create = faulty_create  # type: ignore[assignment,method-assign]
+    ConfigKeyStore.create = faulty_create  # type: ignore[assignment,method-assign]
     Pipeline.complete = faulty_complete  # type: ignore[method-assign]
 
 

@@ -41,6 +41,7 @@ SAMPLES: dict[str, Any] = {
     "putBackend": {"base_url": "http://127.0.0.1:9/v1", "models": ["matrix-model"]},
     "putModelPolicy": {"backends": [{"backend_id": "matrix-backend", "weight": 1}]},
     "putOrgLimits": {},
+    "patchOrgLimits": {"failure_mode": "fail_open"},
     "resetOrgLimits": {"reason": "matrix"},
     "revokeApiKey": {"reason": "matrix"},
     "setBackendState": {"state": "healthy", "reason": "matrix"},

@@ -193,8 +193,9 @@ def render(config: RuntimeConfig) -> str:
 
 
 def _replace_atomically(path: Path, data: bytes) -> Stamp:
-    """Readers see the old file or the new one, never a torn write; the mode is kept."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
+    """Readers see the old file or the new one, never a torn write; the mode is kept. A file the
+    router creates is private (0600): it holds key hashes and sealed signing secrets."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:

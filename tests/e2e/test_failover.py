@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from router_impl.auth.keys import hash_secret
-from tests.e2e.conftest import records_for, wait_until
+from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
 
 MODEL = "fo-model"

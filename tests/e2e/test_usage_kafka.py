@@ -16,11 +16,12 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.e2e.conftest import KEYS, MODEL, auth, wait_until
+from tests.e2e.conftest import KEYS, MODEL, auth
 from tests.harness.kafka import create_topic
 from tests.harness.ports import free_port
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import KafkaBroker
+from tests.harness.wait import wait_until
 from tests.usage.outbox_support import consume
 
 CHAT = "/v1/chat/completions"

@@ -24,7 +24,8 @@ from router_impl.settings import Settings
 from router_impl.usage.audit import AuditEvent
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
-from tests.e2e.conftest import KEYS, ORG, Clients, auth, error_code
+from tests.e2e.conftest import KEYS, ORG, Clients, auth
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
 
 OTHER_ORG = "org-audit-other"

@@ -25,15 +25,15 @@ from tests.e2e.conftest import (
     MODEL,
     ObservedBackend,
     auth,
-    error_code,
     records_for,
     runtime_config,
-    wait_until,
 )
 from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
+from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
 
 CHAT = "/v1/chat/completions"

@@ -37,6 +37,7 @@ from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import Kind
 from tests.conftest import _started
 from tests.harness.backend import MockBackend
+from tests.harness.errors import error_code
 from tests.harness.kafka import create_topic
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer
@@ -347,15 +348,6 @@ class Outcome:
     backend: str | None  # X-Routing-Backend
     replayed: bool  # Idempotent-Replayed
     first_failure: str | None  # why the first attempt failed, when it was retried
-
-
-def error_code(document: Any) -> str | None:
-    """The machine-readable code of an error body, in the OpenAI shape or the contract's."""
-    if not isinstance(document, dict):
-        return None
-    error = document.get("error")
-    code = error.get("code") if isinstance(error, dict) else document.get("code")
-    return None if code is None else str(code)
 
 
 class BoundedLoad:

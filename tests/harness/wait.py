@@ -24,15 +24,17 @@ class WaitTimeout(AssertionError):
     """The predicate did not hold by the deadline (an AssertionError: the test fails, never skips)."""
 
 
-def _timed_out(what: str, timeout: float, last: object) -> WaitTimeout:
-    return WaitTimeout(f"timed out after {timeout} s waiting for {what} (last value: {last!r:.300})")
+def _timed_out(what: str | Callable[[], str], timeout: float, last: object) -> WaitTimeout:
+    """``what`` may be a function, to describe the state at the deadline."""
+    said = what() if callable(what) else what
+    return WaitTimeout(f"timed out after {timeout} s waiting for {said} (last value: {last!r:.300})")
 
 
 def wait_until(
     predicate: Callable[[], T],
     timeout: float = DEFAULT_TIMEOUT_S,
     interval: float = DEFAULT_INTERVAL_S,
-    what: str = "the condition",
+    what: str | Callable[[], str] = "the condition",
 ) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; raise on timeout."""
     deadline = time.monotonic() + timeout
@@ -49,7 +51,7 @@ async def eventually(
     predicate: Callable[[], T] | Callable[[], Awaitable[T]],
     timeout: float = DEFAULT_TIMEOUT_S,
     interval: float = DEFAULT_INTERVAL_S,
-    what: str = "the condition",
+    what: str | Callable[[], str] = "the condition",
 ) -> T:
     """``wait_until`` for the event loop: awaits between polls so other tasks keep running."""
     deadline = time.monotonic() + timeout

@@ -36,6 +36,7 @@ from router_impl.config.layout import explode, object_key
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import Kind
 from tests.conftest import _started
+from tests.harness import bodies
 from tests.harness.backend import MockBackend
 from tests.harness.errors import error_code
 from tests.harness.kafka import create_topic
@@ -218,11 +219,7 @@ def pipeline_config(
 
 def chat_body() -> dict[str, Any]:
     """A request that reserves and bills exactly PER_REQUEST_TOKENS."""
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": " ".join(["tok"] * PROMPT_WORDS)}],
-        "max_tokens": MAX_TOKENS,
-    }
+    return bodies.chat_body(MODEL, bodies.words(PROMPT_WORDS), max_tokens=MAX_TOKENS)
 
 
 # ---------------------------------------------------------------- routers

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 ADMIN = {"X-API-Key": "rk-demo-admin-key"}
@@ -43,7 +44,7 @@ def chat(router: RouterProcess) -> httpx.Response:
     return httpx.post(
         router.base_url + "/v1/chat/completions",
         headers=USER,
-        json={"model": "etcd-model", "messages": [{"role": "user", "content": "through etcd"}]},
+        json=chat_body("etcd-model", "through etcd"),
         timeout=10,
     )
 

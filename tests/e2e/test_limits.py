@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     records_for,
     runtime_config,
 )
+from tests.harness import bodies
 from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
 from tests.harness.errors import error_code
@@ -70,11 +71,7 @@ def _key_record(org: str) -> dict[str, Any]:
 
 
 def chat(words: int = PROMPT_WORDS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": " ".join(["tok"] * words)}],
-        "max_tokens": max_tokens,
-    }
+    return bodies.chat_body(MODEL, bodies.words(words), max_tokens=max_tokens)
 
 
 def headers(org: str, request_id: str | None = None) -> dict[str, str]:

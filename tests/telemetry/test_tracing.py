@@ -36,6 +36,7 @@ from router_impl.settings import Settings
 from router_impl.telemetry.tracing import Tracing
 from router_impl.web.request_state import new_state
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.wait import eventually
 
 MODEL = "trace-model"
@@ -43,7 +44,7 @@ ORG = "org-trace"
 KEY_ID = "key-trace"
 KEY = "rk_trace_secret_key_0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "a prompt nobody may trace"}]}
+CHAT = chat_body(MODEL, "a prompt nobody may trace")
 STAGES = {"authenticate", "route", "limits", "backend.attempt", "usage.write"}
 
 

@@ -7,9 +7,10 @@ import random
 
 import pytest
 
+from router_impl.errors import ApiError
 from router_impl.routing.engine import MAX_WARNING_CHARS, weighted_order
 from router_impl.routing.health import Availability
-from tests.routing.test_engine import HALF_OPEN, OPEN, FakeHealth, ids, route, snapshot
+from tests.routing.test_engine import HALF_OPEN, OPEN, PROBE_FAILED, FakeHealth, ids, route, snapshot
 
 SKIPPED_OPEN = " skipped (breaker open)"
 
@@ -85,3 +86,42 @@ def test_a_warming_up_backend_is_back_and_not_reported_skipped() -> None:
     decision = route(snapshot({"a": 10}), health)
     assert (decision.skipped, decision.warning, decision.reason) == ((), None, "PRIMARY")
     assert decision.candidates[0].weight == pytest.approx(5.0)
+
+
+def test_the_refusals_say_which_model_and_why() -> None:
+    with pytest.raises(ApiError) as unknown:
+        route(snapshot({"a": 1}), model="gpt-9")
+    assert unknown.value.message == "Unknown model 'gpt-9'."
+    with pytest.raises(ApiError) as off:
+        route(snapshot({"a": 1}, enabled=False))
+    assert off.value.message == "Model 'llama' is switched off."
+    with pytest.raises(ApiError) as down:
+        route(snapshot({"a": 1, "b": 1}), FakeHealth({"a": OPEN, "b": PROBE_FAILED}))
+    assert down.value.message == (
+        "No backend is available for 'llama' (a: breaker open, b: health check failing)."
+    )
+    with pytest.raises(ApiError) as disabled:
+        route(snapshot({"a": 1}, states={"a": "disabled"}))
+    assert disabled.value.message == "No backend is available for 'llama' (all disabled)."
+
+
+def _all_open(*lengths: int) -> tuple[str, str]:
+    """(the NO_BACKEND_AVAILABLE message, the text it would be uncut) when backends with ids of
+    these lengths all have their breaker open."""
+    backends = [str(n) * length for n, length in enumerate(lengths, 1)]
+    with pytest.raises(ApiError) as raised:
+        route(snapshot(dict.fromkeys(backends, 1)), FakeHealth(dict.fromkeys(backends, OPEN)))
+    detail = ", ".join(f"{b}: breaker open" for b in backends)
+    return raised.value.message, f"No backend is available for 'llama' ({detail})."
+
+
+def test_the_no_backend_message_is_kept_whole_up_to_500_characters_and_cut_beyond() -> None:
+    message, uncut = _all_open(100, 100, 100, 99)
+    assert len(uncut) == 500 and message == uncut
+    message, uncut = _all_open(100, 100, 100, 100)
+    assert len(uncut) == 501 and message == uncut[:497] + "..."
+
+
+def test_weighted_order_needs_a_weight_for_each_item() -> None:
+    with pytest.raises(ValueError):
+        weighted_order(["a", "b"], [1.0], random.Random(1))

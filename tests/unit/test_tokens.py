@@ -1,5 +1,5 @@
 from router_impl.usage.record import Usage
-from router_impl.usage.tokens import estimate, estimate_tokens, usage_of
+from router_impl.usage.tokens import estimate, estimate_tokens, prompt_estimate, prompt_text, usage_of
 
 
 def test_the_backend_usage_block_is_taken_as_reported():
@@ -35,3 +35,27 @@ def test_without_usage_tokens_are_estimated_and_marked_as_such():
 
 def test_estimates_are_about_four_characters_per_token():
     assert [estimate_tokens(t) for t in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+
+
+def test_zero_tokens_reported_by_the_backend_are_taken_as_reported():
+    assert usage_of({"usage": {"prompt_tokens": 0, "completion_tokens": 0}}) == Usage(0, 0)
+
+
+def test_the_prompt_text_is_what_the_client_wrote_in_either_request_kind():
+    assert prompt_text("completion", {"prompt": "abcdefgh"}) == "abcdefgh"
+    assert prompt_text("completion", {"prompt": ["ab", 7, "cd"]}) == "ab cd"
+    assert prompt_text("completion", {}) == ""
+    chat = {
+        "messages": [
+            "not a message",
+            {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "abcd"}]},
+            {"role": "user", "content": None},
+        ]
+    }
+    assert prompt_text("chat", chat) == " abcd"  # a part without text adds nothing of its own
+    assert prompt_estimate("completion", {"prompt": "abcdefgh"}) == 2
+
+
+def test_the_answer_of_several_choices_is_estimated_on_their_texts_joined_by_a_space():
+    answer = {"choices": [{"message": {"content": "abcd"}}, {"text": "efgh"}, "junk", {"message": None}]}
+    assert estimate("chat", {"messages": []}, answer).tokens_output == estimate_tokens("abcd efgh") == 3

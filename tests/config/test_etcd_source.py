@@ -262,7 +262,7 @@ async def test_a_router_follows_changes_made_while_etcd_restarted(
         async with Etcd3Client([etcd_server.endpoints]) as operator:
             assert operator.kv is not None
             await operator.kv.put(prefix + "backends/gpu-c", backend("gpu-c").model_dump_json())
-            snapshot = await next_snapshot(changes, timeout=10)
+            snapshot = await next_snapshot(changes, within=10)
             assert snapshot.config.backend("gpu-c") is not None
             await eventually(lambda: source.problem is None)
             await operator.kv.put(prefix + "models/coder", model("coder", "gpu-c").model_dump_json())

@@ -6,7 +6,6 @@ per test so nothing leaks between tests.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from tests.harness.backend import MockBackend
 from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 ADMIN = {"X-API-Key": "rk-demo-admin-key"}
 USER = {"Authorization": "Bearer rk-demo-key"}
@@ -61,15 +61,6 @@ def put_route(router: RouterProcess, upstream: MockBackend, model: str = "etcd-m
     assert response.is_success, response.text
 
 
-def wait_for(predicate, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(etcd_server, fleet, upstream):
     env = {"ROUTER_ETCD_ENDPOINTS": etcd_server.endpoints, "ROUTER_ETCD_PREFIX": f"/e2e-{uuid.uuid4()}/"}
     router = fleet.start(env=env, args=("--demo",))
@@ -88,7 +79,7 @@ def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(e
     finally:
         etcd_server.start()
 
-    assert wait_for(lambda: readiness_of_config(router)["status"] == "pass"), "never caught up with etcd"
+    assert wait_until(lambda: readiness_of_config(router)["status"] == "pass", timeout=10), "never caught up"
     # Changes go through again once etcd is back, and are applied.
     put_route(router, upstream, model="etcd-model-2")
     assert httpx.get(router.base_url + "/v1/admin/models/etcd-model-2", headers=ADMIN, timeout=5).is_success
@@ -99,7 +90,7 @@ def test_a_change_made_while_one_router_was_down_reaches_it_when_it_returns(etcd
     a = fleet.start(env=env, args=("--demo",))
     b = fleet.start(env=env, args=("--demo",))
     put_route(a, upstream)
-    assert wait_for(lambda: chat(b).status_code == 200)
+    assert wait_until(lambda: chat(b).status_code == 200, timeout=10)
 
     b.stop()
     response = httpx.post(

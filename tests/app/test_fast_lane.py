@@ -21,10 +21,11 @@ from router_impl.app import build_app, build_components
 from router_impl.demo.upstream import start_demo_upstream
 from router_impl.settings import Settings
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware
+from tests.harness.bodies import chat_body
 
 KEY = "rk-demo-key"
 ADMIN = "rk-demo-admin-key"
-CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello fast lane"}], "max_tokens": 8}
+CHAT = chat_body("demo", "hello fast lane", max_tokens=8)
 
 
 @dataclass

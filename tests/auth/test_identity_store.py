@@ -11,7 +11,8 @@ from router_impl.auth.keys import hash_secret, new_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.errors import ApiError
 from tests.harness.clock import ManualClock
-from tests.harness.identity import MockIdentityService
+from tests.harness.identity import REVOCATIONS_PATH, MockIdentityService
+from tests.harness.wait import eventually
 
 BOX = SecretBox(b"k" * 32)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -234,11 +235,12 @@ async def test_fifty_concurrent_lookups_during_an_outage_make_one_call(identity_
 
 async def test_a_caller_giving_up_does_not_cancel_the_lookup_others_wait_for(identity_service, make_store):
     secret = add_key(identity_service)
-    identity_service.configure(latency_ms=150)
-    store = make_store()
+    identity_service.configure(latency_ms=500)
+    store = make_store(timeout=5.0)
     impatient = asyncio.create_task(store.by_hash(hash_secret(secret)))
     patient = asyncio.create_task(store.by_hash(hash_secret(secret)))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: identity_service.calls() == 1, what="the one lookup at the identity service")
+    assert not patient.done()  # both are waiting on that one lookup when the first gives up
     impatient.cancel()
     assert (await patient).id == "key_1"
     assert identity_service.calls() == 1
@@ -282,14 +284,14 @@ async def test_revocation_feed_follower_keeps_polling_through_failures(identity_
     identity_service.configure(fixed_status=500)
     follower = asyncio.create_task(store.follow_revocations(interval_seconds=0.01))
     try:
-        await asyncio.sleep(0.1)
+        await eventually(lambda: identity_service.calls(REVOCATIONS_PATH) >= 3, what="polls failing")
         identity_service.configure(fixed_status=None)
         identity_service.revoke("key_1")
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if (await store.by_hash(hash_secret(secret))).revoked:
-                break
-        assert (await store.by_hash(hash_secret(secret))).revoked
+
+        async def revoked() -> bool:
+            return (await store.by_hash(hash_secret(secret))).revoked
+
+        await eventually(revoked, timeout=2.0, interval=0.01, what="the revocation from the feed")
     finally:
         follower.cancel()
     assert identity_service.calls() == 1  # the revocation came from the feed, not a revalidation

@@ -26,7 +26,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from aiohttp import web
 from router_impl.auth.keys import hash_secret
 from tests.harness import backend_responses as responses
 from tests.harness.backend import GARBAGE_BODY, BackendControls, MockBackend, _drop_connection
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.telemetry.test_metrics import value as metric
 
@@ -314,17 +315,6 @@ class LoadResult:
     seconds: float = 0.0
 
 
-def error_code_of(document: Any) -> str | None:
-    """The code of an error body in either shape: OpenAI's ``{"error": {...}}`` or the contract's."""
-    if not isinstance(document, dict):
-        return None
-    error = document.get("error")
-    if isinstance(error, dict):
-        return str(error.get("code"))
-    code = document.get("code")
-    return None if code is None else str(code)
-
-
 async def _send(client: httpx.AsyncClient, shot: Shot, request_id: str, result: LoadResult) -> Outcome:
     started = time.monotonic()
     headers = {"X-Request-ID": request_id}
@@ -335,7 +325,7 @@ async def _send(client: httpx.AsyncClient, shot: Shot, request_id: str, result: 
             await response.aread()
             code = None
             if response.status_code != 200:
-                code = error_code_of(response.json()) if response.content else "EMPTY"
+                code = error_code(response.json()) if response.content else "EMPTY"
             result.exemplars.setdefault((shot.path, response.status_code, code), response)
             latency = time.monotonic() - started
             return Outcome(shot, request_id, response.status_code, code, decision, latency)
@@ -347,7 +337,7 @@ async def _send(client: httpx.AsyncClient, shot: Shot, request_id: str, result: 
             if data == "[DONE]":
                 end = "done"
                 break
-            code = error_code_of(json.loads(data))
+            code = error_code(json.loads(data))
             if code is not None:
                 end = "error"
                 break
@@ -472,12 +462,3 @@ def settle(rig: Rig, before: Resources, *, pools_drained: bool, within_s: float 
         if back_to(now, before, pools_drained=pools_drained) or time.monotonic() >= deadline:
             return now
         time.sleep(0.1)
-
-
-def wait_for(predicate: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True

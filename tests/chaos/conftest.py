@@ -36,7 +36,9 @@ from router_impl.config.layout import explode, object_key
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import Kind
 from tests.conftest import _started
+from tests.harness import bodies
 from tests.harness.backend import MockBackend
+from tests.harness.errors import error_code
 from tests.harness.kafka import create_topic
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer
@@ -217,11 +219,7 @@ def pipeline_config(
 
 def chat_body() -> dict[str, Any]:
     """A request that reserves and bills exactly PER_REQUEST_TOKENS."""
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": " ".join(["tok"] * PROMPT_WORDS)}],
-        "max_tokens": MAX_TOKENS,
-    }
+    return bodies.chat_body(MODEL, bodies.words(PROMPT_WORDS), max_tokens=MAX_TOKENS)
 
 
 # ---------------------------------------------------------------- routers
@@ -347,15 +345,6 @@ class Outcome:
     backend: str | None  # X-Routing-Backend
     replayed: bool  # Idempotent-Replayed
     first_failure: str | None  # why the first attempt failed, when it was retried
-
-
-def error_code(document: Any) -> str | None:
-    """The machine-readable code of an error body, in the OpenAI shape or the contract's."""
-    if not isinstance(document, dict):
-        return None
-    error = document.get("error")
-    code = error.get("code") if isinstance(error, dict) else document.get("code")
-    return None if code is None else str(code)
 
 
 class BoundedLoad:

@@ -39,9 +39,9 @@ from tests.chaos.backend_fixtures import (
     rig,
     run_load,
     settle,
-    wait_for,
 )
 from tests.contract.openapi_check import assert_conforms
+from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
 
 __all__ = ["rig"]  # the fixture, imported so that pytest finds it
@@ -303,9 +303,11 @@ def test_hanging_backends_fail_over_or_answer_504_within_the_deadline_and_are_hu
     assert timed_out, "no 504 from the hanging single backend"
     assert min(o.latency_s for o in timed_out) >= floor
     # The router hung up on every call it gave up on: no backend connection is left waiting.
-    assert wait_for(lambda: all(b.hanging == 0 for b in rig.faulty), within_s=2.0), [
-        b.hanging for b in rig.faulty
-    ]
+    wait_until(
+        lambda: all(b.hanging == 0 for b in rig.faulty),
+        timeout=2.0,
+        what=lambda: f"no hanging backend connection (hanging: {[b.hanging for b in rig.faulty]})",
+    )
     assert_common(run)
 
 

@@ -33,10 +33,10 @@ from tests.chaos.conftest import (
     pipeline_config,
     summary,
 )
-from tests.e2e.conftest import wait_until
 from tests.harness.backend import MockBackend
 from tests.harness.ports import LOOPBACK
 from tests.harness.threaded_server import ThreadedServer
+from tests.harness.wait import wait_until
 
 PARTITION_S = 30.0
 APPLY_WITHIN_S = 5.0

@@ -32,8 +32,8 @@ from tests.chaos.conftest import (
     records_by_request,
     summary,
 )
-from tests.e2e.conftest import wait_until
 from tests.harness.backend import MockBackend
+from tests.harness.wait import wait_until
 
 OUTAGE_S = 30.0
 # The round in flight at the thaw ends (3 s delivery timeout + 5 s margin), then the publisher's

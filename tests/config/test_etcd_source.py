@@ -21,8 +21,9 @@ from router_impl.config.model import BackendState, RuntimeConfig
 from router_impl.config.service import ConfigService
 from router_impl.config.source import ConfigConflict, ConfigInvalid, ObjectNotFound
 from tests.config.samples import backend, clock, model, sample_config
-from tests.config.support import eventually, next_snapshot
+from tests.config.support import next_snapshot
 from tests.harness.services import EtcdServer
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.services
 
@@ -300,7 +301,7 @@ async def test_a_router_starting_while_etcd_is_down_serves_its_cache_then_catche
         async with Etcd3Client([etcd_server.endpoints]) as operator:
             assert operator.kv is not None
             await operator.kv.put(prefix + "backends/gpu-c", backend("gpu-c").model_dump_json())
-        await eventually(lambda: holder.current().backend("gpu-c") is not None, within=10)
+        await eventually(lambda: holder.current().backend("gpu-c") is not None, timeout=10)
         assert service.degraded is None
         assert (await service.readiness())[0] == "pass"
     finally:

@@ -13,7 +13,8 @@ from router_impl.config.file_source import FileSource, load_file, render
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import ConfigInvalid, ObjectNotFound, SourceUnavailable
 from tests.config.samples import backend, model, sample_config
-from tests.config.support import eventually, next_snapshot
+from tests.config.support import next_snapshot
+from tests.harness.wait import eventually
 
 
 def _write(path: Path, config: RuntimeConfig) -> None:

@@ -14,7 +14,7 @@ from router_impl.config.model import RuntimeConfig
 from router_impl.config.service import ConfigService, ConfigUnavailable
 from router_impl.config.source import Versioned
 from tests.config.samples import NOW, backend, clock, model, sample_config
-from tests.config.support import eventually
+from tests.harness.wait import eventually
 
 
 @pytest.fixture

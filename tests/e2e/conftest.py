@@ -38,6 +38,7 @@ from tests.contract.openapi_check import assert_conforms
 from tests.harness import backend_responses as responses
 from tests.harness.backend import BackendControls, MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 # A fixed master key, so a test can seal a signing secret the routers can open.
 SECRET_KEY = "e2e-router-secret-key-0123456789abcdef"
@@ -394,20 +395,3 @@ def records_for(router: RouterProcess, request_id: str) -> list[dict[str, Any]]:
         for r in usage_records(router)
         if request_id in (r.get("request_id"), (r.get("metadata") or {}).get("request_ref"))
     ]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; that value, or the last one on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def error_code(response: httpx.Response) -> str:
-    """The machine-readable code of an error, in either shape (contract or OpenAI)."""
-    body = response.json()
-    error = body.get("error")
-    return str(error["code"]) if isinstance(error, dict) else str(body["code"])

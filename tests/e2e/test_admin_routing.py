@@ -22,8 +22,9 @@ from etcd3aio import Etcd3Client
 
 from router_impl.config.layout import explode
 from router_impl.config.model import RuntimeConfig
-from tests.e2e.conftest import Clients, auth, error_code
+from tests.e2e.conftest import Clients, auth
 from tests.harness.backend import MockBackend
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer
 

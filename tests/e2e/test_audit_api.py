@@ -24,8 +24,10 @@ from router_impl.settings import Settings
 from router_impl.usage.audit import AuditEvent
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
-from tests.e2e.conftest import KEYS, MODEL, ORG, Clients, auth, error_code, wait_until
+from tests.e2e.conftest import KEYS, MODEL, ORG, Clients, auth
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
+from tests.harness.wait import wait_until
 
 OTHER_ORG = "org-audit-other"
 OPS_ORG = "org-audit-ops"

@@ -27,10 +27,10 @@ from tests.e2e.conftest import (
     SIGNING_SECRET,
     auth,
     dumps,
-    error_code,
     records_for,
     signed_headers,
 )
+from tests.harness.errors import error_code
 from tests.harness.process import ServiceStartError
 from tests.harness.router_proc import RouterProcess
 

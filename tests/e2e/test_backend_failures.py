@@ -19,9 +19,9 @@ from tests.e2e.conftest import (
     FAULTY_TIMEOUT_MS,
     KEYS,
     auth,
-    error_code,
     records_for,
 )
+from tests.harness.errors import error_code
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"

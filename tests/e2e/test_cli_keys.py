@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 ADMIN = "rk-demo-admin-key"
@@ -36,7 +37,7 @@ def chat(router: RouterProcess, secret: str) -> httpx.Response:
     return httpx.post(
         router.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {secret}"},
-        json={"model": "demo", "messages": [{"role": "user", "content": "cli made me"}]},
+        json=chat_body("demo", "cli made me"),
         timeout=10,
     )
 

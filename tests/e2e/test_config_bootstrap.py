@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
 from tests.harness.process import ServiceStartError
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 ROUTER_BIN = Path(sys.executable).with_name("router")
 ADMIN_SECRET = "rk_bootstrap-" + "c" * 40
@@ -107,14 +107,6 @@ def admin_get(router: RouterProcess, path: str) -> httpx.Response:
     return httpx.get(router.base_url + path, headers={"X-API-Key": ADMIN_SECRET}, timeout=5)
 
 
-def eventually(predicate, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s")
-        time.sleep(0.02)
-
-
 def test_config_apply_writes_every_kind_of_a_file_to_etcd_and_the_fleet_serves_it(
     fleet, etcd_env, upstream, tmp_path
 ):
@@ -127,7 +119,7 @@ def test_config_apply_writes_every_kind_of_a_file_to_etcd_and_the_fleet_serves_i
     assert applied.returncode == 0, applied.stderr
     for key in ("backends/b-env", "backends/b-file", "models/env-model", "keys/key-file-user", "limits/acme"):
         assert f"applied {key}" in applied.stdout
-    eventually(lambda: chat(a, "env-model").status_code == 200)
+    wait_until(lambda: chat(a, "env-model").status_code == 200, what="the applied model served")
     assert upstream.last_inference_request.headers["Authorization"] == f"Bearer {ENV_TOKEN}"
     assert chat(a, "file-model").status_code == 200
     assert upstream.last_inference_request.headers["Authorization"] == f"Bearer {FILE_TOKEN}"

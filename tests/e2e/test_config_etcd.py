@@ -6,7 +6,6 @@ per test so nothing leaks between tests.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,9 @@ import httpx
 import pytest
 
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 ADMIN = {"X-API-Key": "rk-demo-admin-key"}
 USER = {"Authorization": "Bearer rk-demo-key"}
@@ -43,7 +44,7 @@ def chat(router: RouterProcess) -> httpx.Response:
     return httpx.post(
         router.base_url + "/v1/chat/completions",
         headers=USER,
-        json={"model": "etcd-model", "messages": [{"role": "user", "content": "through etcd"}]},
+        json=chat_body("etcd-model", "through etcd"),
         timeout=10,
     )
 
@@ -58,15 +59,6 @@ def put_route(router: RouterProcess, upstream: MockBackend, model: str = "etcd-m
         router.base_url + f"/v1/admin/models/{model}", headers=ADMIN, json=policy, timeout=10
     )
     assert response.is_success, response.text
-
-
-def wait_for(predicate, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(etcd_server, fleet, upstream):
@@ -87,7 +79,7 @@ def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(e
     finally:
         etcd_server.start()
 
-    assert wait_for(lambda: readiness_of_config(router)["status"] == "pass"), "never caught up with etcd"
+    assert wait_until(lambda: readiness_of_config(router)["status"] == "pass", timeout=10), "never caught up"
     # Changes go through again once etcd is back, and are applied.
     put_route(router, upstream, model="etcd-model-2")
     assert httpx.get(router.base_url + "/v1/admin/models/etcd-model-2", headers=ADMIN, timeout=5).is_success
@@ -98,7 +90,7 @@ def test_a_change_made_while_one_router_was_down_reaches_it_when_it_returns(etcd
     a = fleet.start(env=env, args=("--demo",))
     b = fleet.start(env=env, args=("--demo",))
     put_route(a, upstream)
-    assert wait_for(lambda: chat(b).status_code == 200)
+    assert wait_until(lambda: chat(b).status_code == 200, timeout=10)
 
     b.stop()
     response = httpx.post(

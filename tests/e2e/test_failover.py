@@ -7,7 +7,6 @@ observable within a test.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,10 @@ import pytest
 import yaml
 
 from router_impl.auth.keys import hash_secret
-from tests.e2e.conftest import records_for, wait_until
+from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
 
 MODEL = "fo-model"
@@ -122,13 +122,11 @@ def http(router: RouterProcess, pair: tuple[MockBackend, MockBackend]) -> Iterat
 
 
 def routes_to_primary(http: httpx.Client, within: float = 8.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def served_by_primary() -> bool:
         response, _ = ask(http)
-        if response.status_code == 200 and response.headers["x-routing-backend"] == "primary":
-            return True
-        time.sleep(0.2)
-    return False
+        return response.status_code == 200 and response.headers["x-routing-backend"] == "primary"
+
+    return wait_until(served_by_primary, timeout=within, interval=0.2, what="a request served by the primary")
 
 
 def test_a_healthy_primary_serves_everything_as_primary(http, pair):

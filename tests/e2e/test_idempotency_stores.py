@@ -21,13 +21,13 @@ from tests.e2e.conftest import (
     SIGNING_SECRET,
     auth,
     dumps,
-    error_code,
     records_for,
     signed_headers,
     usage_records,
-    wait_until,
 )
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
+from tests.harness.wait import wait_until
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from router_impl.auth.keys import new_secret
-from tests.e2e.conftest import MODEL, ORG, Clients, auth, dumps, error_code, wait_until
+from tests.e2e.conftest import MODEL, ORG, Clients, auth, dumps
+from tests.harness.errors import error_code
 from tests.harness.identity import MockIdentityService
 from tests.harness.router_proc import RouterProcess
+from tests.harness.wait import wait_until
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"

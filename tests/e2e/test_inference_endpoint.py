@@ -16,11 +16,11 @@ from tests.e2e.conftest import (
     PRICE_IN,
     PRICE_OUT,
     auth,
-    error_code,
     records_for,
-    wait_until,
 )
 from tests.harness.backend_responses import count_tokens
+from tests.harness.errors import error_code
+from tests.harness.wait import wait_until
 
 INFERENCE = "/v1/inference"
 PAYLOAD = "count these seven words for the bill"

@@ -32,15 +32,16 @@ from tests.e2e.conftest import (
     SECRET_KEY,
     ObservedBackend,
     auth,
-    error_code,
     records_for,
     runtime_config,
-    wait_until,
 )
+from tests.harness import bodies
 from tests.harness.backend import MockBackend
 from tests.harness.budget_service import MockBudgetService
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess, router_command
 from tests.harness.services import RedisServer
+from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
 
 CHAT = "/v1/chat/completions"
@@ -122,11 +123,7 @@ def _key_record(org: str) -> dict[str, Any]:
 
 
 def chat(words: int = PROMPT_WORDS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": " ".join(["tok"] * words)}],
-        "max_tokens": max_tokens,
-    }
+    return bodies.chat_body(MODEL, bodies.words(words), max_tokens=max_tokens)
 
 
 def headers(org: str, request_id: str | None = None) -> dict[str, str]:

@@ -29,10 +29,10 @@ from tests.e2e.conftest import (
     OTHER_MODEL,
     auth,
     records_for,
-    wait_until,
 )
 from tests.harness.backend import EMBEDDINGS_PATH
 from tests.harness.ports import LOOPBACK, free_port
+from tests.harness.wait import wait_until
 
 MiB = 1024 * 1024
 

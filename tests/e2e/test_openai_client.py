@@ -15,8 +15,8 @@ from tests.e2e.conftest import (
     MODEL,
     OTHER_MODEL,
     records_for,
-    wait_until,
 )
+from tests.harness.wait import wait_until
 
 PROMPT = "route this prompt through the router please"
 WORDS = len(PROMPT.split())

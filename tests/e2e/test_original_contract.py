@@ -29,10 +29,10 @@ from tests.e2e.conftest import (
     records_for,
     runtime_config,
     usage_records,
-    wait_until,
 )
 from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGINAL_RECORD_SCHEMA = ROOT.parent / "shared" / "seed" / "usage-record.schema.yaml"

@@ -14,10 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import _started
-from tests.e2e.conftest import KEYS, MODEL, Clients, auth, dumps, error_code, wait_until
+from tests.e2e.conftest import KEYS, MODEL, Clients, auth, dumps
+from tests.harness.errors import error_code
 from tests.harness.ports import free_port
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
+from tests.harness.wait import wait_until
 
 
 def readiness(http: httpx.Client) -> tuple[int, dict[str, tuple[str, str]]]:

@@ -12,7 +12,8 @@ import uuid
 import openai
 import pytest
 
-from tests.e2e.conftest import FAULTY_MODEL, KEYS, MODEL, auth, records_for, wait_until
+from tests.e2e.conftest import FAULTY_MODEL, KEYS, MODEL, auth, records_for
+from tests.harness.wait import wait_until
 
 CHAT = "/v1/chat/completions"
 WORDS = 60

@@ -16,11 +16,13 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.e2e.conftest import KEYS, MODEL, auth, wait_until
+from tests.e2e.conftest import KEYS, MODEL, auth
+from tests.harness.bodies import chat_body
 from tests.harness.kafka import create_topic
 from tests.harness.ports import free_port
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import KafkaBroker
+from tests.harness.wait import wait_until
 from tests.usage.outbox_support import consume
 
 CHAT = "/v1/chat/completions"
@@ -31,10 +33,6 @@ SCHEMA = json.loads(
 )
 
 
-def chat(text: str) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}]}
-
-
 async def send(router: RouterProcess, request_ids: list[str], concurrency: int = 20) -> list[httpx.Response]:
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=router.base_url, trust_env=False, timeout=20) as client:
@@ -42,7 +40,9 @@ async def send(router: RouterProcess, request_ids: list[str], concurrency: int =
         async def one(request_id: str) -> httpx.Response:
             async with limit:
                 headers = {**auth(KEYS["user"]), "X-Request-ID": request_id}
-                return await client.post(CHAT, json=chat(f"count words of {request_id}"), headers=headers)
+                return await client.post(
+                    CHAT, json=chat_body(MODEL, f"count words of {request_id}"), headers=headers
+                )
 
         return await asyncio.gather(*(one(r) for r in request_ids))
 

@@ -14,6 +14,7 @@ from router_impl.limits.budget_service import (
 )
 from tests.harness.budget_service import MockBudgetService
 from tests.harness.clock import ManualClock
+from tests.harness.wait import eventually
 
 ORG = "org-a"
 
@@ -214,11 +215,12 @@ async def test_fifty_concurrent_lookups_during_an_outage_make_one_call(budget_se
 
 async def test_a_caller_giving_up_does_not_cancel_the_lookup_others_wait_for(budget_service, make_client):
     budget_service.set_budget(ORG, daily_tokens=100)
-    budget_service.configure(latency_ms=150)
-    client = make_client()
+    budget_service.configure(latency_ms=500)
+    client = make_client(timeout=5.0)
     impatient = asyncio.create_task(client.budgets(ORG))
     patient = asyncio.create_task(client.budgets(ORG))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: budget_service.calls() == 1, what="the one lookup at the budget service")
+    assert not patient.done()  # both are waiting on that one lookup when the first gives up
     impatient.cancel()
     assert (await patient).daily_tokens == 100
     assert budget_service.calls() == 1

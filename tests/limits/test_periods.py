@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -46,3 +47,26 @@ def test_to_ms_is_exact_where_float_seconds_are_not() -> None:
     moment = datetime(2026, 11, 27, 23, 59, 59, 999_000, tzinfo=UTC)
     assert to_ms(moment) == 1_795_823_999_999
     assert to_ms(moment + timedelta(milliseconds=1)) == 1_795_824_000_000
+
+
+def test_a_window_names_its_period() -> None:
+    moment = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    assert (window("DAILY", moment).period, window("MONTHLY", moment).period) == ("DAILY", "MONTHLY")
+
+
+def test_milliseconds_are_whole_and_truncated_never_a_float() -> None:
+    moment = datetime(2026, 11, 27, 0, 0, 0, 1_500, tzinfo=UTC)
+    assert to_ms(moment) == to_ms(moment.replace(microsecond=0)) + 1
+    assert type(to_ms(moment)) is int
+
+
+def test_windows_are_utc_whatever_the_hosts_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: most days differ from UTC's there
+    time.tzset()
+    try:
+        moment = datetime(2026, 11, 27, 11, 0, tzinfo=timezone(timedelta(hours=-5)))  # 16:00 UTC
+        assert window("DAILY", moment).label == "2026-11-27"
+        assert window("DAILY", moment).ends_at == datetime(2026, 11, 28, tzinfo=UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

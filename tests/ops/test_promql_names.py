@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "api-router.json"
@@ -676,16 +676,17 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
             router: RouterProcess = fleet.start(env={"ROUTER_CONFIG_PATH": str(config)})
             with httpx.Client(base_url=router.base_url, timeout=10, trust_env=False) as client:
                 _traffic(client)
-                deadline = time.monotonic() + 5
-                while True:  # usage records are published in the background
+
+                def published() -> Scrape | None:
                     response = client.get("/metrics")
                     families, samples = parse_exposition(response.text)
-                    if "router_usage_published_total" in samples or time.monotonic() > deadline:
-                        break
-                    if response.status_code != 200:
-                        break
-                    time.sleep(0.2)
-            yield Scrape(response.status_code, response.text, families, samples)
+                    scraped = Scrape(response.status_code, response.text, families, samples)
+                    # Usage records are published in the background; a failing scrape is reported as is.
+                    done = response.status_code != 200 or "router_usage_published_total" in samples
+                    return scraped if done else None
+
+                scraped = wait_until(published, timeout=5, interval=0.2, what="router_usage_published_total")
+            yield scraped
         finally:
             fleet.close()
 

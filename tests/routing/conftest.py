@@ -10,6 +10,7 @@ import pytest
 
 from router_impl.config.model import BackendConfig
 from router_impl.routing.backend_client import BackendClient
+from tests.harness import bodies
 from tests.harness.backend import MockBackend
 
 SECRETS = {"MOCK_BACKEND_TOKEN": "sk-backend-secret"}
@@ -30,7 +31,7 @@ def backend_for(mock: MockBackend, backend_id: str = "mock-a", **changes: Any) -
 
 
 def chat_body(text: str = "hello there world", **extra: Any) -> bytes:
-    return orjson.dumps({"model": "mock-model", "messages": [{"role": "user", "content": text}], **extra})
+    return orjson.dumps(bodies.chat_body("mock-model", text, **extra))
 
 
 @pytest.fixture

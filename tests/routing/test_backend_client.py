@@ -12,6 +12,7 @@ from router_impl.errors import ApiError, render
 from router_impl.routing.backend_client import BackendCallError, BackendClient
 from tests.harness.backend import MockBackend
 from tests.harness.ports import free_port
+from tests.harness.wait import eventually
 from tests.routing import tcp_table
 from tests.routing.conftest import SECRETS, TRACEPARENT, backend_for, chat_body
 
@@ -170,7 +171,7 @@ async def test_a_full_pool_is_a_connect_timeout_and_safe_to_retry(client, mock_b
     mock_backend.configure(latency_ms=600)
     backend = backend_for(mock_backend, max_in_flight=1, connect_timeout_ms=100)
     first = asyncio.create_task(call(client, backend))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: mock_backend.inference_requests == 1, what="the first call holding the pool")
     error = await failure(client, backend)
     assert (error.code, error.reason, error.retry_safe) == ("BACKEND_UNAVAILABLE", "connect_timeout", True)
     # When the caller's deadline is what runs out while waiting, it is the request's timeout.
@@ -184,9 +185,9 @@ async def test_max_in_flight_caps_connections_to_a_backend(client, mock_backend)
     mock_backend.configure(latency_ms=150)
     backend = backend_for(mock_backend, max_in_flight=2)
     calls = [asyncio.create_task(call(client, backend)) for _ in range(6)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: client.in_flight(backend.id) == 6, what="six calls under way")
+    await eventually(lambda: mock_backend.inference_requests >= 2, what="the first two at the backend")
     assert len(tcp_table.client_ports(mock_backend.port)) == 2
-    assert client.in_flight(backend.id) == 6
     assert all(reply.status == 200 for reply in await asyncio.gather(*calls))
     assert client.in_flight(backend.id) == 0
 
@@ -256,19 +257,19 @@ async def test_sessions_follow_configuration_snapshots(client):
         # A new base URL: a new session; the old one, idle, is closed at once.
         moved = backend_for(second, backend_id="b")
         await client.update([moved])
-        assert await _eventually(lambda: not tcp_table.client_ports(first.port))
+        await eventually(lambda: not tcp_table.client_ports(first.port))
         await call(client, moved)
         assert second.inference_requests == 1
 
         # Removed while a call is in flight: the call finishes, then the session closes.
         second.configure(latency_ms=300)
         slow = asyncio.create_task(call(client, moved))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: second.inference_requests == 2, what="the call in flight at the backend")
         await client.update([])
         assert client.in_flight("b") == 0  # no longer a current backend
         assert tcp_table.client_ports(second.port)  # but its connection is still serving the call
         assert (await slow).status == 200
-        assert await _eventually(lambda: not tcp_table.client_ports(second.port))
+        await eventually(lambda: not tcp_table.client_ports(second.port))
 
 
 async def test_a_changed_config_passed_to_a_call_rebuilds_the_session_lazily(client):
@@ -276,20 +277,20 @@ async def test_a_changed_config_passed_to_a_call_rebuilds_the_session_lazily(cli
         await call(client, backend_for(first, backend_id="b"))
         await call(client, backend_for(second, backend_id="b"))
         assert (first.inference_requests, second.inference_requests) == (1, 1)
-        assert await _eventually(lambda: not tcp_table.client_ports(first.port))
+        await eventually(lambda: not tcp_table.client_ports(first.port))
 
 
 async def test_closing_the_client_also_closes_replaced_sessions_still_busy(mock_backend):
     client = BackendClient(secrets=SECRETS)
     mock_backend.configure(latency_ms=400)
     slow = asyncio.create_task(call(client, backend_for(mock_backend)))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: mock_backend.inference_requests == 1, what="the slow call at the backend")
     await client.update([backend_for(mock_backend, timeout_ms=3_000)])  # replaces the busy session
     await client.close()
     with pytest.raises(BackendCallError) as caught:
         await slow
     assert caught.value.code == "BACKEND_UNAVAILABLE"
-    assert await _eventually(lambda: not tcp_table.client_ports(mock_backend.port))
+    await eventually(lambda: not tcp_table.client_ports(mock_backend.port))
     await asyncio.sleep(0.4)  # let the mock's handler finish before the fixture stops it
 
 
@@ -297,15 +298,6 @@ async def test_a_closed_client_refuses_calls(mock_backend):
     client = BackendClient(secrets=SECRETS)
     await call(client, backend_for(mock_backend))
     await client.close()
-    assert await _eventually(lambda: not tcp_table.client_ports(mock_backend.port))
+    await eventually(lambda: not tcp_table.client_ports(mock_backend.port))
     error = await failure(client, backend_for(mock_backend, timeout_ms=999))
     assert (error.code, error.reason) == ("BACKEND_UNAVAILABLE", "closed")
-
-
-async def _eventually(check, timeout: float = 1.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.01)
-    return check()

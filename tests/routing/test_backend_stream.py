@@ -10,6 +10,7 @@ import pytest
 
 from router_impl.routing.backend_client import BackendCallError, BackendClient, StreamBroken
 from router_impl.routing.sse import StreamUsageTracker, TokenUsage, parse_event
+from tests.harness.wait import eventually
 from tests.routing import tcp_table
 from tests.routing.conftest import TRACEPARENT, backend_for, chat_body
 
@@ -165,7 +166,7 @@ async def test_cancelling_the_reader_closes_the_backend_connection(client, mock_
     with pytest.raises(asyncio.CancelledError):
         await task
     # The backend sees the connection end at once (it stops generating), not after 20 chunks.
-    assert await _eventually(lambda: tcp_table.server_side_open(mock_backend.port) == 0, 0.5)
+    await eventually(lambda: tcp_table.server_side_open(mock_backend.port) == 0, timeout=2.0)  # not 4 s
     assert client.in_flight("mock-a") == 0
 
 
@@ -173,7 +174,7 @@ async def test_leaving_the_stream_early_closes_the_backend_connection(client, mo
     mock_backend.configure(stream_chunks=20, chunk_interval_ms=200)
     async with open_stream(client, backend_for(mock_backend), chat_body(stream=True)) as events:
         await anext(events)
-    assert await _eventually(lambda: tcp_table.server_side_open(mock_backend.port) == 0, 0.5)
+    await eventually(lambda: tcp_table.server_side_open(mock_backend.port) == 0, timeout=2.0)  # not 4 s
 
 
 async def test_exiting_twice_counts_the_call_once(client, mock_backend):
@@ -197,12 +198,3 @@ async def test_a_finished_stream_gives_its_connection_back_for_reuse(client, moc
     )
     seen |= tcp_table.client_ports(mock_backend.port)
     assert len(seen) == 1
-
-
-async def _eventually(check, timeout: float = 1.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.01)
-    return check()

@@ -165,3 +165,23 @@ def test_breaker_invariants_hold_for_any_history(history: list[Event], threshold
             breaker.release()
         expected = "closed" if not is_open else ("half_open" if now - opened_at >= COOL_DOWN else "open")
         assert breaker.state(now) == expected
+
+
+def test_settings_need_a_cool_down_not_negative_and_a_trial_lease_above_zero() -> None:
+    assert BreakerSettings(cool_down_s=0.0, trial_lease_s=0.5).trial_lease_s == 0.5
+    for bad in ({"cool_down_s": -0.1}, {"trial_lease_s": 0.0}):
+        with pytest.raises(ValueError, match=r"^cool_down_s must be >= 0 and trial_lease_s > 0$"):
+            BreakerSettings(**bad)
+
+
+def test_no_trial_is_taken_on_a_fresh_breaker_nor_after_a_success() -> None:
+    breaker = CircuitBreaker()
+    assert not breaker.trial_taken(0.0)
+    breaker.record_success(0.0)
+    assert not breaker.trial_taken(0.0)
+
+
+def test_a_late_success_while_open_changes_nothing() -> None:
+    breaker = opened(threshold=3)
+    assert breaker.record_success(1.0) is None
+    assert (breaker.state(1.0), breaker.consecutive_failures) == ("open", 3)

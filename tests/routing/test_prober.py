@@ -17,6 +17,7 @@ from router_impl.routing.health import Availability, BackendHealth
 from router_impl.routing.prober import Prober, check, default_session, probe_url
 from tests.harness.backend import MockBackend
 from tests.harness.ports import LOOPBACK, free_port
+from tests.harness.wait import eventually
 
 
 def backend_config(base_url: str, backend_id: str = "mock-a", **health_check: Any) -> BackendConfig:
@@ -32,12 +33,21 @@ def config_of(*backends: BackendConfig) -> RuntimeConfig:
     return RuntimeConfig(backends=backends)
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+class SteppedClock:
+    """The prober's clock, moved only by the test; counts the reads (one per turn of its loop)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    async def turns(self, count: int = 3) -> None:
+        """Let the prober's loop go round ``count`` more times at this instant."""
+        seen = self.reads
+        await eventually(lambda: self.reads >= seen + count, what=f"{count} turns of the prober's loop")
 
 
 @pytest.fixture
@@ -137,48 +147,57 @@ async def test_running_prober_follows_the_switch_and_stops_cleanly(mock: MockBac
     try:
         await eventually(lambda: health.stats("mock-a").probe_ok is True)
         mock.configure(healthy=False)
-        await eventually(lambda: not health.availability("mock-a", 30).usable, timeout_s=3)
+        await eventually(lambda: not health.availability("mock-a", 30).usable, timeout=3)
         mock.configure(healthy=True)
-        await eventually(lambda: health.availability("mock-a", 30).usable, timeout_s=3)
+        await eventually(lambda: health.availability("mock-a", 30).usable, timeout=3)
     finally:
         await stop(task)
     assert prober.in_flight == 0
     assert sessions and sessions[0].closed
-    probes = mock.requests.count("/health")
-    await asyncio.sleep(1.2)
-    assert mock.requests.count("/health") == probes  # cancelled means stopped
+    # Cancelled means stopped: the loop is over and no probe of it is left running.
+    assert task.done()
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe:")] == []
 
 
 async def test_each_backend_is_probed_on_its_own_interval(mock: MockBackend) -> None:
     other = MockBackend().start()
     try:
-        health = BackendHealth()
-        prober = Prober(health, max_tick_s=0.1)
+        clock = SteppedClock()
+        prober = Prober(BackendHealth(), clock=clock, max_tick_s=0.01)
         config = config_of(
             backend_config(mock.openai_base_url, "every-second", interval_seconds=1),
             backend_config(other.openai_base_url, "rarely", interval_seconds=60),
         )
         task = await run_prober(prober, lambda: config)
-        await asyncio.sleep(2.3)
-        await stop(task)
-        assert 2 <= mock.requests.count("/health") <= 4  # at 0, 1 and 2 seconds
-        assert other.requests.count("/health") == 1
+        try:
+            for second in (0, 1, 2):  # due at 0, 1 and 2 seconds, and not in between
+                clock.now = second
+                await eventually(lambda n=second + 1: mock.requests.count("/health") == n)
+                clock.now = second + 0.5
+                await eventually(lambda: prober.in_flight == 0)
+                await clock.turns()
+                assert mock.requests.count("/health") == second + 1
+            assert other.requests.count("/health") == 1  # its 60 s have not passed
+        finally:
+            await stop(task)
     finally:
         other.stop()
 
 
 async def test_a_backend_added_to_the_config_is_probed_and_a_removed_one_no_longer(mock: MockBackend) -> None:
-    health = BackendHealth()
-    prober = Prober(health, max_tick_s=0.05)
+    clock = SteppedClock()
+    prober = Prober(BackendHealth(), clock=clock, max_tick_s=0.01)
     current = {"config": config_of()}
     task = await run_prober(prober, lambda: current["config"])
     try:
-        await asyncio.sleep(0.2)
+        await clock.turns()
         assert mock.requests.count("/health") == 0
         current["config"] = config_of(backend_config(mock.openai_base_url))
-        await eventually(lambda: mock.requests.count("/health") == 1, timeout_s=2)
+        await eventually(lambda: mock.requests.count("/health") == 1, timeout=2)
+        await eventually(lambda: prober.in_flight == 0)
         current["config"] = config_of()
-        await asyncio.sleep(1.3)
+        clock.now += 5  # five intervals: it would have been probed again, had it stayed
+        await clock.turns()
         assert mock.requests.count("/health") == 1
     finally:
         await stop(task)
@@ -205,7 +224,7 @@ async def test_hanging_backend_times_out_without_piling_up_probes() -> None:
         assert most_in_flight == 1
         assert silent.max_open == 1
         assert silent.accepted == 2  # at 0 s (timed out at 1.5 s), then at 1.5 s (cancelled at 2.5 s)
-        await eventually(lambda: silent.open == 0, timeout_s=2)  # cancelling closed the connection
+        await eventually(lambda: silent.open == 0, timeout=2)  # cancelling closed the connection
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe:")] == []
     finally:
         await silent.stop()

@@ -35,11 +35,11 @@ from tests.e2e.conftest import (
     dumps,
     runtime_config,
     signed_headers,
-    wait_until,
 )
 from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
+from tests.harness.wait import wait_until
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"

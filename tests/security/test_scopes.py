@@ -10,7 +10,8 @@ import httpx
 import pytest
 from router_contract.operations import OPERATIONS, Operation
 
-from tests.e2e.conftest import KEYS, MODEL, ObservedBackend, auth, error_code
+from tests.e2e.conftest import KEYS, MODEL, ObservedBackend, auth
+from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
 
 # For each scope, keys of the same organisation that hold every other scope but that one.

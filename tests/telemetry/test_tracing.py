@@ -36,13 +36,15 @@ from router_impl.settings import Settings
 from router_impl.telemetry.tracing import Tracing
 from router_impl.web.request_state import new_state
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.wait import eventually
 
 MODEL = "trace-model"
 ORG = "org-trace"
 KEY_ID = "key-trace"
 KEY = "rk_trace_secret_key_0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "a prompt nobody may trace"}]}
+CHAT = chat_body(MODEL, "a prompt nobody may trace")
 STAGES = {"authenticate", "route", "limits", "backend.attempt", "usage.write"}
 
 
@@ -199,14 +201,12 @@ async def test_the_response_usage_record_and_trace_name_the_same_ids(tmp_path, p
         assert components.tracing is tracing
 
 
-async def _published(exporter: InMemorySpanExporter, within: float = 5.0) -> ReadableSpan:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for span in exporter.get_finished_spans():
-            if span.name == "usage.publish" and span.links:
-                return span
-        await asyncio.sleep(0.02)
-    raise AssertionError("no usage.publish span linked to a request")
+async def _published(exporter: InMemorySpanExporter) -> ReadableSpan:
+    def linked() -> ReadableSpan | None:
+        spans = exporter.get_finished_spans()
+        return next((s for s in spans if s.name == "usage.publish" and s.links), None)
+
+    return await eventually(linked, what="a usage.publish span linked to a request")
 
 
 async def test_a_failover_is_two_attempts_and_the_backend_sees_the_second(tmp_path, pair):

@@ -2,7 +2,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router_impl.usage.record import Usage
-from router_impl.usage.tokens import estimate, estimate_tokens, prompt_bound, prompt_estimate, usage_of
+from router_impl.usage.tokens import (
+    estimate,
+    estimate_tokens,
+    prompt_bound,
+    prompt_estimate,
+    prompt_text,
+    usage_of,
+)
 
 
 def test_the_backend_usage_block_is_taken_as_reported():
@@ -58,3 +65,27 @@ def test_prompt_bound_of_a_non_english_prompt_is_far_above_the_estimate() -> Non
     body = {"messages": [{"role": "user", "content": "東京の天気はどうですか"}]}
     assert prompt_estimate("chat", body) == 3
     assert prompt_bound(body, 8, 16) >= len("東京の天気はどうですか".encode()) + 8 + 16 == 57
+
+
+def test_zero_tokens_reported_by_the_backend_are_taken_as_reported():
+    assert usage_of({"usage": {"prompt_tokens": 0, "completion_tokens": 0}}) == Usage(0, 0)
+
+
+def test_the_prompt_text_is_what_the_client_wrote_in_either_request_kind():
+    assert prompt_text("completion", {"prompt": "abcdefgh"}) == "abcdefgh"
+    assert prompt_text("completion", {"prompt": ["ab", 7, "cd"]}) == "ab cd"
+    assert prompt_text("completion", {}) == ""
+    chat = {
+        "messages": [
+            "not a message",
+            {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "abcd"}]},
+            {"role": "user", "content": None},
+        ]
+    }
+    assert prompt_text("chat", chat) == " abcd"  # a part without text adds nothing of its own
+    assert prompt_estimate("completion", {"prompt": "abcdefgh"}) == 2
+
+
+def test_the_answer_of_several_choices_is_estimated_on_their_texts_joined_by_a_space():
+    answer = {"choices": [{"message": {"content": "abcd"}}, {"text": "efgh"}, "junk", {"message": None}]}
+    assert estimate("chat", {"messages": []}, answer).tokens_output == estimate_tokens("abcd efgh") == 3

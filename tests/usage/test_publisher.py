@@ -9,7 +9,7 @@ from pathlib import Path
 
 from router_impl.usage.outbox import LmdbOutbox, OutboxEntry
 from router_impl.usage.publisher import Publisher
-from tests.usage.outbox_support import wait_until
+from tests.harness.wait import eventually
 
 TOPIC = "usage.records.v1"
 
@@ -70,7 +70,7 @@ async def test_a_transport_error_leaves_every_entry_for_the_next_round(tmp_path:
     transport.raise_once = True
     publisher = quick(outbox, transport)
     await publisher.start()
-    await wait_until(lambda: outbox.backlog().count == 0, 5, "delivery after the error")
+    await eventually(lambda: outbox.backlog().count == 0, 5, what="delivery after the error")
     assert transport.rounds == [[b"r1", b"r2"], [b"r1", b"r2"]]
     await publisher.close()
     assert transport.closed
@@ -84,7 +84,7 @@ async def test_a_running_publisher_picks_up_new_appends_at_once(tmp_path: Path) 
     await publisher.start()
     await asyncio.sleep(0.05)
     await fill(outbox, b"r1")
-    await wait_until(lambda: transport.delivered_values == [b"r1"], 2, "the new entry")
+    await eventually(lambda: transport.delivered_values == [b"r1"], 2, what="the new entry")
     await publisher.close()
     await outbox.close()
 
@@ -111,13 +111,13 @@ async def test_only_one_publisher_per_data_dir_publishes_until_it_lets_go(tmp_pa
     first_transport, second_transport = ScriptedTransport(), ScriptedTransport()
     first, second = quick(outbox, first_transport), quick(outbox, second_transport)
     await first.start()
-    await wait_until(lambda: first.lease.held, 2, "the first publisher's lease")
+    await eventually(lambda: first.lease.held, 2, what="the first publisher's lease")
     await second.start()
     await fill(outbox, b"r1")
-    await wait_until(lambda: outbox.backlog().count == 0, 2, "delivery")
+    await eventually(lambda: outbox.backlog().count == 0, 2, what="delivery")
     await first.close()
     await fill(outbox, b"r2")
-    await wait_until(lambda: outbox.backlog().count == 0, 2, "delivery by the second publisher")
+    await eventually(lambda: outbox.backlog().count == 0, 2, what="delivery by the second publisher")
     assert (first_transport.delivered_values, second_transport.delivered_values) == ([b"r1"], [b"r2"])
     await second.close()
     await outbox.close()

@@ -13,7 +13,8 @@ from router_impl.usage.publisher import Publisher
 from router_impl.usage.sink import OutboxUsageSink
 from router_impl.usage.wiring import build_usage
 from router_impl.usage_cli import jsonl_files
-from tests.usage.outbox_support import usage_record, wait_until
+from tests.harness.wait import eventually
+from tests.usage.outbox_support import usage_record
 
 USAGE, AUDIT = "usage.records.v1", "audit.events.v1"
 PREFIXES = {USAGE: "usage", AUDIT: "audit"}
@@ -46,7 +47,7 @@ async def test_usage_and_audit_entries_land_in_their_own_files_in_order(tmp_path
     # Small files: the records rotate over several, and are read back in order across them.
     publisher = file_publisher(outbox, tmp_path / "usage", max_file_bytes=8_000)
     await publisher.start()
-    await wait_until(lambda: outbox.backlog().count == 0, 5, "the outbox to drain")
+    await eventually(lambda: outbox.backlog().count == 0, 5, what="the outbox to drain")
     await publisher.close()
     await outbox.close()
 
@@ -78,11 +79,11 @@ async def test_entries_stay_in_the_outbox_while_the_files_cannot_be_written(tmp_
     await publisher.start()
     for n in range(3):
         await outbox.append(USAGE, b"org", json.dumps({"n": n}).encode())
-    await wait_until(lambda: publisher.failing, 5, "the write failure")
+    await eventually(lambda: publisher.failing, 5, what="the write failure")
     assert outbox.backlog().count == 3
 
     directory.unlink()
-    await wait_until(lambda: outbox.backlog().count == 0, 5, "the retry to succeed")
+    await eventually(lambda: outbox.backlog().count == 0, 5, what="the retry to succeed")
     await publisher.close()
     await outbox.close()
     assert [r["n"] for r in lines(directory, "usage")] == [0, 1, 2]

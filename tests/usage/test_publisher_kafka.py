@@ -22,7 +22,8 @@ from router_impl.usage.publisher import Publisher
 from router_impl.usage.sink import OutboxUsageSink
 from tests.harness.kafka import create_topic
 from tests.harness.services import KafkaBroker
-from tests.usage.outbox_support import SCHEMA_PATH, consume, numbers_by_org, usage_record, wait_until
+from tests.harness.wait import eventually
+from tests.usage.outbox_support import SCHEMA_PATH, consume, numbers_by_org, usage_record
 
 ORGS = [f"org-{n}" for n in range(7)]
 
@@ -62,7 +63,7 @@ async def test_every_record_is_consumed_once_per_record_id_in_order_per_organisa
         await sink.emit(record)
     for record in records[100:]:
         await sink.emit(record)
-    await wait_until(lambda: outbox.backlog().count == 0, 20, "the outbox to drain")
+    await eventually(lambda: outbox.backlog().count == 0, 20, what="the outbox to drain")
     await publisher.close()
     await outbox.close()
 
@@ -95,22 +96,24 @@ async def test_records_wait_on_disk_while_kafka_is_down_and_all_arrive_when_it_r
     await publisher.start()
     for n in range(20):
         await sink.emit(usage_record(ORGS[n % len(ORGS)], n))
-    await wait_until(lambda: outbox.backlog().count == 0, 20, "the first records to be delivered")
+    await eventually(lambda: outbox.backlog().count == 0, 20, what="the first records to be delivered")
 
     private_broker.kill()  # SIGTERM waits ~5 s for Tansu to close client connections; the outage is the same
     during = [usage_record(ORGS[n % len(ORGS)], n) for n in range(20, 220)]
     for record in during:
         await sink.emit(record)
-    await wait_until(lambda: publisher.failing, 10, "the publisher to notice the outage")
+    await eventually(lambda: publisher.failing, 10, what="the publisher to notice the outage")
     first = outbox.backlog()
-    await wait_until(lambda: outbox.backlog().oldest_age_seconds > first.oldest_age_seconds + 0.5, 5, "age")
+    await eventually(
+        lambda: outbox.backlog().oldest_age_seconds > first.oldest_age_seconds + 0.5, 5, what="age"
+    )
     backlog = outbox.backlog()
     assert backlog.count == len(during)
     assert backlog.stored_bytes > 0
 
     private_broker.start()  # memory storage: an empty broker, the topic must be created again
     create_topic(private_broker.bootstrap, topic, partitions=3)
-    await wait_until(lambda: outbox.backlog().count == 0, 30, "the backlog to drain after the outage")
+    await eventually(lambda: outbox.backlog().count == 0, 30, what="the backlog to drain after the outage")
     assert not publisher.failing
     await publisher.close()
     await outbox.close()

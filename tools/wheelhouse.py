@@ -86,9 +86,7 @@ def main() -> int:
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         failed = [pin for pin, code in pool.map(download, wanted) if code != 0]
-    print(
-        f"wheelhouse: {len(wanted) - len(failed)} of {len(wanted)} runtime wheels for Python {version} in {target}"
-    )
+    print(f"wheelhouse: {len(wanted) - len(failed)} of {len(wanted)} wheels for Python {version} in {target}")
     if failed:
         print(f"wheelhouse: not available as wheels: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from starlette.types import Scope
 
 from router_impl.errors import ApiError
 from router_impl.web.json_body import parse_json
+from router_impl.web.parameter_validator import ReadableParameterValidator
 from router_impl.web.request_state import state_of
 
 BODY_MODEL_KEY = "x-router-model"
@@ -78,5 +79,6 @@ async def _replay(raw: bytes) -> AsyncGenerator[bytes, None]:
 
 VALIDATORS: dict[str, Any] = {
     **VALIDATOR_MAP,
+    "parameter": ReadableParameterValidator,
     "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": ModelBodyValidator}),
 }

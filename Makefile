@@ -24,7 +24,7 @@ $(RUN_STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --progress-bar on -c constraints.txt -e .
 	@touch $(RUN_STAMP)
 
-$(STAMP): $(RUN_STAMP)
+$(STAMP): pyproject.toml constraints.txt | $(RUN_STAMP)
 	@echo "== installing the development tools into $(VENV)"
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)

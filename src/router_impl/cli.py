@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, config_cli, usage_cli
+from router_impl import __version__, config_cli, ops_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_commands(sub)
     usage_cli.add_commands(sub)
     config_cli.add_commands(sub)
+    ops_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)

@@ -461,7 +461,7 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
     openai_paths = frozenset(op.path for op in OPERATIONS.values() if op.module == "openai")
     inner: ASGIApp = app
     if settings.api_docs:  # behind the fast lane: hot requests never look at it
-        inner = ApiDocsMiddleware(inner, pages=contract_pages(SPEC_PATH, swagger_ui_dir()))
+        inner = ApiDocsMiddleware(inner, pages=lambda: contract_pages(SPEC_PATH, swagger_ui_dir()))
     if settings.fast_lane:
         routes = build_routes(OPERATIONS, resolver.handler_for)
         inner = FastLaneMiddleware(

@@ -11,7 +11,6 @@ from connexion.validators.parameter import ParameterValidator
 from jsonschema import (  # type: ignore[import-untyped]  # Connexion's own validator (no stubs pinned)
     Draft4Validator,
     ValidationError,
-    draft4_format_checker,
 )
 
 from router_impl.errors import ApiError
@@ -51,7 +50,7 @@ class ReadableParameterValidator(ParameterValidator):  # type: ignore[misc]
             return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)  # type: ignore[no-any-return]
         schema = copy.deepcopy(param.get("schema", param))
         try:
-            Draft4Validator(schema, format_checker=draft4_format_checker).validate(value)
+            Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER).validate(value)
         except ValidationError as exc:
             name = param_name or param.get("name", "?")
             message = f"{parameter_type} parameter '{name}' {expectation(exc)}"

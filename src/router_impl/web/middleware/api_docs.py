@@ -1,10 +1,12 @@
 """The contract on the wire: ``GET /openapi.json`` (the bundled generated spec) and ``GET /docs`` (Swagger
-UI from the swagger-ui-bundle package: no CDN, no network). Everything is read once at start-up; any
-other request passes through untouched. It sits behind the fast lane, so hot requests never see it."""
+UI from the swagger-ui-bundle package: no CDN, no network). The pages are built on their first request,
+not at start-up (parsing the spec costs a busy event loop seconds); any other request passes through
+untouched. It sits behind the fast lane, so hot requests never see it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ Page = tuple[bytes, bytes]  # content type, body
 
 def contract_pages(spec_path: Path, swagger_ui_dir: Path | None) -> dict[str, Page]:
     """The pages by path: the spec as JSON, and the docs page when Swagger UI's files are there."""
-    spec: Any = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec: Any = yaml.load(spec_path.read_bytes(), Loader=loader)  # noqa: S506 -- a SafeLoader
     pages = {"/openapi.json": (b"application/json", json.dumps(spec, default=str).encode())}
     if swagger_ui_dir is not None and all((swagger_ui_dir / name).is_file() for name in _STATIC):
         pages["/docs"] = (b"text/html; charset=utf-8", _INDEX.encode())
@@ -59,14 +62,23 @@ def swagger_ui_dir() -> Path | None:
     return Path(str(swagger_ui_path))
 
 
+PATHS = frozenset({"/openapi.json", "/docs", *(f"/docs/{name}" for name in _STATIC)})
+
+
 class ApiDocsMiddleware:
-    def __init__(self, app: ASGIApp, *, pages: dict[str, Page]) -> None:
+    def __init__(self, app: ASGIApp, *, pages: Callable[[], dict[str, Page]]) -> None:
         self.app = app
-        self._pages = pages
+        self._build = pages
+        self._pages: dict[str, Page] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        page = self._pages.get(scope["path"]) if scope["type"] == "http" else None
-        if page is None or scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] != "http" or scope["path"] not in PATHS or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if self._pages is None:
+            self._pages = self._build()
+        page = self._pages.get(scope["path"])
+        if page is None:  # /docs without Swagger UI's files
             await self.app(scope, receive, send)
             return
         content_type, body = page

@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not config_cli.check_before_serve(settings.config_path, settings.data_dir):
         return 1
     if settings.demo:
-        _print_demo_banner(settings)
+        threading.Thread(target=_banner_when_serving, args=(settings,), daemon=True).start()
     if settings.workers > 1:
         _share_metrics(settings.data_dir / "prometheus")
     uvicorn.run(
@@ -61,6 +64,21 @@ def _serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=16 * 1024,
     )
     return 0
+
+
+def _banner_when_serving(settings: Any, within: float = 120.0) -> None:
+    """The demo banner once the router answers its health check, so it is the last thing `make run`
+    shows (after the start-up log lines), not lost above them."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/v1/status/healthz"
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                _print_demo_banner(settings)
+                return
+        except OSError:
+            time.sleep(0.2)
 
 
 def _print_demo_banner(settings: Any) -> None:

@@ -15,4 +15,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     touch "$stamp"
 fi
 echo "== smoke $version: $("$venv/bin/python" -V)"
-"$venv/bin/python" tools/smoke_serve.py --router "$PWD/$venv/bin/router"
+"$venv/bin/python" tools/smoke_serve.py --router "$PWD/$venv/bin/router" 2>&1 | sed "s/^/[$version] /"

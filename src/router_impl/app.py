@@ -84,6 +84,7 @@ from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
 from router_impl.usage.wiring import UsageParts, build_usage
 from router_impl.web.errors import error_handlers
+from router_impl.web.middleware.api_docs import ApiDocsMiddleware, contract_pages, swagger_ui_dir
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
 from router_impl.web.middleware.path_guard import PathGuardMiddleware
@@ -501,10 +502,12 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
         app.add_error_handler(exception, handler)
     openai_paths = frozenset(op.path for op in OPERATIONS.values() if op.module == "openai")
     inner: ASGIApp = app
+    if settings.api_docs:  # behind the fast lane: hot requests never look at it
+        inner = ApiDocsMiddleware(inner, pages=lambda: contract_pages(SPEC_PATH, swagger_ui_dir()))
     if settings.fast_lane:
         routes = build_routes(OPERATIONS, resolver.handler_for)
         inner = FastLaneMiddleware(
-            app, routes=routes, authenticator=components.authenticator, tracing=components.tracing
+            inner, routes=routes, authenticator=components.authenticator, tracing=components.tracing
         )
     guarded = BodyGuardMiddleware(
         inner,

@@ -1,4 +1,4 @@
-"""The `router` command line: `router serve`, `router version`."""
+"""The `router` command line: `router serve`, `router config validate`, `router version`, admin commands."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import os
 import resource
 import shutil
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, config_cli, limits_cli, usage_cli
+from router_impl import __version__, config_cli, ops_cli, usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -56,8 +59,10 @@ def _serve(args: argparse.Namespace) -> int:
     if (refusal := demo_bind_refusal(settings)) is not None:
         print(f"router: {refusal}", file=sys.stderr)
         return 2
+    if not config_cli.check_before_serve(settings.config_path, settings.data_dir):
+        return 1
     if settings.demo:
-        _print_demo_banner(settings)
+        threading.Thread(target=_banner_when_serving, args=(settings,), daemon=True).start()
     if settings.workers > 1:
         _share_metrics(settings.data_dir / "prometheus")
     uvicorn.run(
@@ -107,6 +112,21 @@ def _raise_open_file_limit(connections: int) -> None:
             f"open-file limit ({soft}); raise ulimit -n or lower ROUTER_MAX_CONNECTIONS",
             file=sys.stderr,
         )
+
+
+def _banner_when_serving(settings: Any, within: float = 120.0) -> None:
+    """The demo banner once the router answers its health check, so it is the last thing `make run`
+    shows (after the start-up log lines), not lost above them."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/v1/status/healthz"
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                _print_demo_banner(settings)
+                return
+        except OSError:
+            time.sleep(0.2)
 
 
 def _print_demo_banner(settings: Any) -> None:
@@ -231,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_commands(sub)
     _add_policy_commands(sub)
-    limits_cli.add_commands(sub, _admin_parser, _admin)
     config_cli.add_commands(sub)
     usage_cli.add_commands(sub)
+    ops_cli.add_commands(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(__version__) or 0)

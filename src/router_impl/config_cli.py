@@ -1,11 +1,14 @@
-"""`router config apply FILE`: write a whole runtime-config file -- backends (with their credential
+"""`router config apply FILE` and `router config validate FILE`.
+
+`apply` writes a whole runtime-config file -- backends (with their credential
 references), models, backend states, API keys (hashes), organisation limits -- to the config source
 (etcd when ROUTER_ETCD_ENDPOINTS is set, else the config file), or refuse, before writing anything,
 with the list of what cannot be applied.
 
 Objects only in the source (keys created at run time, say) are kept; every object of the file is
 put, in an order where each step leaves a valid config, so routers following the source never see
-a half-applied, invalid one.
+a half-applied, invalid one. `validate` lists every error of a file as `path: message`, and
+`router serve --config FILE` makes the same check before it starts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 from pydantic import ValidationError
@@ -39,6 +42,11 @@ def add_commands(sub: Any) -> None:
     )
     apply.add_argument("--dry-run", action="store_true", help="check and list the changes, write nothing")
     apply.set_defaults(func=run_apply)
+    validate = actions.add_parser(
+        "validate", help="check a runtime-config YAML file; lists every error as `path: message`"
+    )
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(func=run_validate)
 
 
 def read_document(path: Path) -> RuntimeConfig:
@@ -121,3 +129,55 @@ def _refuse(path: Path, problems: dict[str, str]) -> int:
     for where, reason in sorted(problems.items()):
         print(f"  {where}: {reason}", file=sys.stderr)
     return 2
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from router_impl.config.check import file_problems
+
+    problems = file_problems(args.file)
+    if problems:
+        report(args.file, problems, sys.stderr)
+        return 1
+    print(f"{args.file}: valid")
+    return 0
+
+
+def report(path: Path, problems: list[str], out: TextIO) -> None:
+    noun = "error" if len(problems) == 1 else "errors"
+    print(f"{path}: {len(problems)} {noun}", file=out)
+    for problem in problems:
+        print(f"  {problem}", file=out)
+
+
+def check_before_serve(config_path: Path | None, data_dir: Path) -> bool:
+    """Whether `router serve` may start: a named config file must be valid, unless a last known good
+    copy is cached in the data dir (the router then serves it, degraded, as when a reload fails)."""
+    if config_path is None:
+        return True
+    from router_impl.config.check import file_problems
+
+    problems = file_problems(config_path) if config_path.exists() else []
+    if not problems:
+        return True  # a missing file is the config service's to report (it may appear later)
+    report(config_path, problems, sys.stderr)
+    if _cached_config(data_dir / "config-lkg"):
+        print(
+            f"router: serving the last known good config cached in {data_dir / 'config-lkg'}", file=sys.stderr
+        )
+        return True
+    print(
+        "router: not started (fix the file, or check it with `router config validate FILE`)", file=sys.stderr
+    )
+    return False
+
+
+def _cached_config(path: Path) -> bool:
+    if not (path / "data.mdb").exists():
+        return False
+    from router_impl.config.lkg_cache import LastKnownGood
+
+    cache = LastKnownGood(path)
+    try:
+        return cache.load() is not None
+    finally:
+        cache.close()

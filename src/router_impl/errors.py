@@ -18,6 +18,7 @@ class ErrorKind:
     status: int
     message: str
     openai_type: str
+    retry_after_seconds: int | None = None  # a Retry-After header unless the raiser gives its own
 
 
 CATALOG: dict[str, ErrorKind] = {
@@ -52,10 +53,11 @@ CATALOG: dict[str, ErrorKind] = {
     "RATE_LIMIT_EXCEEDED": ErrorKind(429, "Rate limit exceeded.", "rate_limit_error"),
     "BUDGET_EXCEEDED": ErrorKind(402, "The organisation's budget is exhausted.", "insufficient_quota"),
     "QUOTA_EXCEEDED": ErrorKind(402, "The organisation's quota is exhausted.", "insufficient_quota"),
-    "BACKEND_UNAVAILABLE": ErrorKind(503, "No backend could be reached.", "api_error"),
+    # Retry-After: about one breaker cool-down (ROUTER_BREAKER_COOL_DOWN_SECONDS), then backends are retried.
+    "BACKEND_UNAVAILABLE": ErrorKind(503, "No backend could be reached.", "api_error", 10),
     "BACKEND_TIMEOUT": ErrorKind(504, "The backend did not answer in time.", "api_error"),
     "BACKEND_ERROR": ErrorKind(502, "The backend failed to answer.", "api_error"),
-    "NO_BACKEND_AVAILABLE": ErrorKind(503, "No backend is available for this model.", "api_error"),
+    "NO_BACKEND_AVAILABLE": ErrorKind(503, "No backend is available for this model.", "api_error", 10),
     "ROUTING_ERROR": ErrorKind(500, "The request could not be routed.", "api_error"),
     "INTERNAL_ERROR": ErrorKind(500, "Internal error.", "api_error"),
     "NOT_IMPLEMENTED": ErrorKind(501, "This operation is not implemented yet.", "api_error"),
@@ -105,6 +107,8 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
         if retry_after_seconds is not None:
             self.headers.setdefault("Retry-After", str(retry_after_seconds))
+        elif kind.retry_after_seconds is not None:
+            self.headers.setdefault("Retry-After", str(kind.retry_after_seconds))
 
     @classmethod
     def for_status(cls, status: int, message: str | None = None) -> ApiError:

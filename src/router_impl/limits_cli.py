@@ -1,4 +1,4 @@
-"""`router limits get|patch ORG`: an organisation's limits over the admin API. ``patch`` sends a JSON
+"""What `router limits patch ORG` sends (the command is in ops_cli.py): a JSON
 Merge Patch (RFC 7396), built from ``--set path=value`` pairs or read from a JSON file, so what it
 does not name is kept (``PUT`` would replace the whole object)."""
 
@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +34,18 @@ def merge_patch_of(assignments: Sequence[str]) -> dict[str, Any]:
     return patch
 
 
-def add_commands(
-    sub: Any, admin_parser: Callable[[Any, str, str], Any], admin: Callable[[argparse.Namespace], Any]
-) -> None:
-    actions = admin_parser(sub, "limits", "an organisation's rate limits and budgets over the admin API")
-    get = actions.add_parser("get", help="configured limits and live counters")
-    get.add_argument("org")
-    get.set_defaults(func=lambda args: _print(admin(args).request("GET", _path(args.org))))
-    patch = actions.add_parser("patch", help="change some limits, keep the rest (JSON Merge Patch)")
-    patch.add_argument("org")
-    given = patch.add_mutually_exclusive_group(required=True)
-    given.add_argument("--set", action="append", metavar="PATH=VALUE", help="repeat; null removes")
-    given.add_argument("--file", type=Path, help="a JSON merge patch document")
-    patch.set_defaults(func=lambda args: _patch(admin(args), args))
-
-
-def _patch(client: Any, args: argparse.Namespace) -> int:
+def patch_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The merge patch of `router limits patch`: its ``--file`` (JSON) or its ``--set`` pairs."""
     try:
         body = json.loads(args.file.read_text(encoding="utf-8")) if args.file else merge_patch_of(args.set)
     except ValueError as exc:
         raise SystemExit(f"router: {exc}") from None
-    return _print(client.request("PATCH", _path(args.org), body))
+    if not isinstance(body, dict):
+        raise SystemExit("router: a merge patch of limits is a JSON object")
+    return body
 
 
-def _path(org: str) -> str:
-    return f"/v1/admin/orgs/{urllib.parse.quote(org, safe='')}/limits"
-
-
-def _print(value: Any) -> int:
-    print(json.dumps(value, indent=2, sort_keys=True))
-    return 0
+def add_patch_arguments(patch: argparse.ArgumentParser) -> None:
+    given = patch.add_mutually_exclusive_group(required=True)
+    given.add_argument("--set", action="append", metavar="PATH=VALUE", help="repeat; null removes")
+    given.add_argument("--file", type=Path, help="a JSON merge patch document")

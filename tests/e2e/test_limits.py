@@ -505,7 +505,7 @@ def test_patch_limits_merges_null_removes_and_put_replaces_whole(pair, clients):
     cli = subprocess.run(
         [
             *router_command(),
-            *("limits", "patch", org, "--set", "budgets.daily_tokens=7000"),
+            *("limits", "patch", org, "--set", "budgets.daily_tokens=7000", "--json"),
         ],
         env={**os.environ, "ROUTER_URL": pair[0].base_url, "ROUTER_ADMIN_KEY": KEYS["admin"].secret},
         capture_output=True,

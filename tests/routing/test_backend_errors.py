@@ -29,12 +29,13 @@ def openai_error(message: object) -> bytes:
 def test_a_429_passes_on_a_numeric_retry_after_only(header, expected):
     error = error_for_status("b", 429, b"", {"Retry-After": header})
     assert (error.code, error.status_code, error.retry_safe) == ("BACKEND_UNAVAILABLE", 503, True)
-    assert error.headers.get("Retry-After") == expected
+    # an unusable value gives way to BACKEND_UNAVAILABLE's own Retry-After (one breaker cool-down)
+    assert error.headers.get("Retry-After") == (expected or "10")
     assert error.retry_after_seconds is None  # the body stays a plain ErrorResponse
 
 
-def test_a_429_without_retry_after_has_no_header():
-    assert "Retry-After" not in error_for_status("b", 429, b"", {}).headers
+def test_a_429_without_retry_after_gets_the_catalog_default():
+    assert error_for_status("b", 429, b"", {}).headers["Retry-After"] == "10"
 
 
 def test_messages_are_read_from_openai_vllm_and_tgi_shapes():

@@ -162,7 +162,10 @@ def _decoded(kind: Kind, object_id: str, key: str, value: bytes, memo: Memo | No
 def summary(exc: ValidationError, limit: int = 5) -> str:
     """A ValidationError in one line, without the input values (they may be long or sensitive)."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in errors[:limit]]
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}".replace("\n", "; ")
+        for e in errors[:limit]
+    ]
     if len(errors) > limit:
         parts.append(f"and {len(errors) - limit} more")
     return "; ".join(parts)

@@ -218,22 +218,29 @@ class RuntimeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RuntimeConfig:
-        _unique("api_keys: key id", [k.id for k in self.api_keys])
-        _unique("api_keys: key hash", [k.key_hash for k in self.api_keys])
-        _unique("backends: backend id", [b.id for b in self.backends])
-        _unique("models: model name or alias", [n for m in self.models for n in (m.model, *m.aliases)])
+        """Every whole-config problem, one per line (``router config validate`` lists them all)."""
+        problems = [
+            *_duplicates("api_keys: key id", [k.id for k in self.api_keys]),
+            *_duplicates("api_keys: key hash", [k.key_hash for k in self.api_keys]),
+            *_duplicates("backends: backend id", [b.id for b in self.backends]),
+            *_duplicates(
+                "models: model name or alias", [n for m in self.models for n in (m.model, *m.aliases)]
+            ),
+        ]
         known = {b.id for b in self.backends}
         for policy in self.models:
             lists = [policy.backends, *(o.backends for o in policy.org_overrides.values())]
             for wb in (wb for backends in lists for wb in backends):
                 if wb.backend_id not in known:
-                    raise ValueError(f"models: {policy.model} names unknown backend {wb.backend_id}")
+                    problems.append(f"models: {policy.model} names unknown backend {wb.backend_id}")
         for backend_id in self.backend_states:
             if backend_id not in known:
-                raise ValueError(f"backend_states: unknown backend {backend_id}")
+                problems.append(f"backend_states: unknown backend {backend_id}")
         for org in self.org_limits:
             if not _ID.match(org):
-                raise ValueError(f"org_limits: {org!r} is not an organisation id")
+                problems.append(f"org_limits: {org!r} is not an organisation id")
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
 
     # Lookup maps, built once per snapshot on first use (cached_property writes the instance dict
@@ -261,9 +268,11 @@ _HEALTHY = BackendState()
 _ID = re.compile(IDENTIFIER)
 
 
-def _unique(what: str, values: list[str]) -> None:
+def _duplicates(what: str, values: list[str]) -> list[str]:
     seen: set[str] = set()
+    found = []
     for value in values:
         if value in seen:
-            raise ValueError(f"{what} {value!r} appears twice")
+            found.append(f"{what} {value!r} appears twice")
         seen.add(value)
+    return found

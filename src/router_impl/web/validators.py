@@ -16,13 +16,13 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import router_contract.models as contract_models
 from connexion.datastructures import MediaTypeDict
-from connexion.utils import is_null, is_nullable
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
 from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
 from router_impl.errors import ApiError
 from router_impl.web.json_body import parse_json
+from router_impl.web.parameter_validator import ReadableParameterValidator
 from router_impl.web.request_state import state_of
 
 BODY_MODEL_KEY = "x-router-model"
@@ -101,25 +101,8 @@ async def _replay(raw: bytes) -> AsyncGenerator[bytes, None]:
     yield raw
 
 
-class QuietParameterValidator(ParameterValidator):  # type: ignore[misc]
-    """Connexion's parameter validation, whose message names the parameter and the broken rule but
-    not the input value or the schema (jsonschema's own message prints both)."""
-
-    @staticmethod
-    def validate_parameter(
-        parameter_type: str, value: Any, param: dict[str, Any], param_name: Any = None
-    ) -> Any:
-        if value is None or (is_nullable(param) and is_null(value)):
-            return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
-        try:
-            jsonschema.Draft4Validator(param.get("schema", param), format_checker=_FORMATS).validate(value)
-        except jsonschema.ValidationError as exc:
-            return f"{parameter_type}.{param['name']}: does not satisfy the contract's '{exc.validator}' rule"
-        return None
-
-
 VALIDATORS: dict[str, Any] = {
     **VALIDATOR_MAP,
-    "parameter": QuietParameterValidator,
+    "parameter": ReadableParameterValidator,
     "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": ModelBodyValidator}),
 }

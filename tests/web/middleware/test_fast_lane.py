@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +167,14 @@ def _ids() -> Callable[[int], str]:
     return lambda n: f"{next(counter):0{2 * n}x}"
 
 
-async def _client(tmp_path, name: str, fast_lane: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+@dataclass
+class Router:
+    upstream: Any
+    components: Any
+    app: Any
+
+
+async def _build(tmp_path, name: str, fast_lane: bool) -> Router:
     upstream = await start_demo_upstream(clock=lambda: 1_700_000_000.0)
     settings = Settings(
         data_dir=tmp_path / name,
@@ -182,16 +189,7 @@ async def _client(tmp_path, name: str, fast_lane: bool) -> AsyncIterator[tuple[h
     # report the same. An hour ahead, request deadlines stay far off (backend timeouts still bound calls).
     frozen = time.monotonic() + 3600
     components.pipeline.monotonic = lambda: frozen
-    app = build_app(components, random_hex=_ids())
-    await components.lifecycle.start()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://router"
-        ) as client:
-            yield client, app
-    finally:
-        await components.lifecycle.stop()
-        await upstream.stop()
+    return Router(upstream, components, build_app(components, random_hex=_ids()))
 
 
 def _lane(app: Any) -> FastLaneMiddleware | None:
@@ -200,16 +198,32 @@ def _lane(app: Any) -> FastLaneMiddleware | None:
     return app
 
 
+def _http(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router")
+
+
 @pytest.fixture
 async def both(tmp_path):
-    fast = _client(tmp_path, "fast", True)
-    plain = _client(tmp_path, "plain", False)
-    fast_client, fast_app = await fast.__anext__()
-    plain_client, plain_app = await plain.__anext__()
-    yield (fast_client, fast_app), (plain_client, plain_app)
-    for gen in (fast, plain):
-        with pytest.raises(StopAsyncIteration):
-            await gen.__anext__()
+    # Both apps are built before either starts: building one is seconds of synchronous work on the
+    # shared event loop, long enough for the other's first health probe of its upstream to time out
+    # on a busy machine (the backend then answers 503).
+    routers = [await _build(tmp_path, "fast", True), await _build(tmp_path, "plain", False)]
+    for router in routers:
+        await router.components.lifecycle.start()
+    try:
+        async with (
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=routers[0].app), base_url="http://router"
+            ) as a,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=routers[1].app), base_url="http://router"
+            ) as b,
+        ):
+            yield (a, routers[0].app), (b, routers[1].app)
+    finally:
+        for router in routers:
+            await router.components.lifecycle.stop()
+            await router.upstream.stop()
 
 
 async def test_fast_lane_responses_are_byte_identical_to_connexion(both):

@@ -40,6 +40,7 @@ from tests.harness import bodies
 from tests.harness.backend import MockBackend
 from tests.harness.errors import error_code
 from tests.harness.kafka import create_topic
+from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer
 from tests.telemetry.test_metrics import value as metric_value
@@ -135,8 +136,8 @@ def records_by_request(
     while True:
         found: dict[str, list[dict[str, Any]]] = {}
         for message in consume(bootstrap, topic, 0, timeout=10.0):
-            if message.record.get("request_id") in wanted:
-                found.setdefault(message.record["request_id"], []).append(message.record)
+            if request_ref(message.record) in wanted:
+                found.setdefault(request_ref(message.record), []).append(message.record)
         if found.keys() >= wanted or time.monotonic() >= deadline:
             return found
         time.sleep(0.5)

@@ -37,6 +37,7 @@ from router_impl.usage.outbox import read_backlog
 from tests.contract.openapi_check import assert_conforms
 from tests.harness import backend_responses as responses
 from tests.harness.backend import BackendControls, MockBackend
+from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
 
@@ -390,8 +391,4 @@ def usage_records(router: RouterProcess) -> list[dict[str, Any]]:
 
 def records_for(router: RouterProcess, request_id: str) -> list[dict[str, Any]]:
     """A request id that is not a UUID is in the record as its UUIDv5, and itself in metadata.request_ref."""
-    return [
-        r
-        for r in usage_records(router)
-        if request_id in (r.get("request_id"), (r.get("metadata") or {}).get("request_ref"))
-    ]
+    return [r for r in usage_records(router) if request_id in (r.get("request_id"), request_ref(r))]

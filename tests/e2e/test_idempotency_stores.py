@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     usage_records,
 )
 from tests.harness.errors import error_code
+from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterProcess
 from tests.harness.wait import wait_until
 
@@ -68,7 +69,7 @@ def billed(router: RouterProcess, path: str, key: str, request_ids: list[str]) -
     if path == INFERENCE:
         return len(records_for(router, key))
     wanted = set(request_ids)
-    return sum(1 for record in usage_records(router) if record["request_id"] in wanted)
+    return sum(1 for record in usage_records(router) if request_ref(record) in wanted)
 
 
 @pytest.mark.parametrize("path", [CHAT, INFERENCE])

@@ -20,6 +20,7 @@ from tests.e2e.conftest import KEYS, MODEL, auth
 from tests.harness.bodies import chat_body
 from tests.harness.kafka import create_topic
 from tests.harness.ports import free_port
+from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import KafkaBroker
 from tests.harness.wait import wait_until
@@ -52,7 +53,7 @@ def records_of(bootstrap: str, topic: str, request_ids: set[str], expected: int)
     found: list[dict[str, Any]] = []
     for _ in range(20):
         found = [
-            m.record for m in consume(bootstrap, topic, 0, timeout=5) if m.record["request_id"] in request_ids
+            m.record for m in consume(bootstrap, topic, 0, timeout=5) if request_ref(m.record) in request_ids
         ]
         if len(found) >= expected:
             break
@@ -78,7 +79,7 @@ def test_every_request_yields_one_schema_valid_record_and_tokens_reconcile_exact
     records = records_of(topics, USAGE_TOPIC, set(request_ids), len(request_ids))
     for record in records:
         jsonschema.validate(record, SCHEMA)
-    assert Counter(r["request_id"] for r in records) == Counter(request_ids)  # one each, none lost
+    assert Counter(request_ref(r) for r in records) == Counter(request_ids)  # one each, none lost
     assert sum(r["tokens_input"] + r["tokens_output"] for r in records) == client_tokens
     assert {r["organization_id"] for r in records} == {KEYS["user"].record["organization_id"]}
 
@@ -107,7 +108,7 @@ def test_records_wait_on_disk_through_a_kafka_outage_and_a_sigkill_then_all_arri
     router.extra_env["ROUTER_KAFKA_BOOTSTRAP"] = topics
     router.start()
     records = records_of(topics, USAGE_TOPIC, set(request_ids), len(request_ids))
-    assert Counter(r["request_id"] for r in records).keys() == set(request_ids)
+    assert Counter(request_ref(r) for r in records).keys() == set(request_ids)
     assert wait_until(lambda: _backlog_empty(router), timeout=10)
 
 

@@ -56,7 +56,7 @@ async def client(tmp_path):
             "action=BOGUS",
             "query.action",
             "query parameter 'action' must be one of "
-            "REQUEST_ALLOWED, REQUEST_DENIED, POLICY_UPDATE, LIMIT_RESET",
+            "REQUEST_ALLOWED, REQUEST_DENIED, POLICY_UPDATE, LIMIT_RESET, KEY_CREATED, KEY_REVOKED",
         ),
         ("limit=abc", "query.limit", "query parameter 'limit' must be an integer"),
         ("limit=0", "query.limit", "query parameter 'limit' must be at least 1"),

@@ -92,10 +92,12 @@ async def test_a_write_to_known_keys_of_a_full_map_needs_no_room(org: Org) -> No
 async def test_a_counter_refusal_in_a_full_map_still_locks_out_or_reports_the_store(org: Org) -> None:
     store = MemoryLimitStore(max_entries=1, sweep_step=0)
     key = org.counter()
-    assert await store.admit(plan(org, T0, (), (counter(key, 5, limit=10),))) == Admitted((), (5,))
-    with pytest.raises(LimitStoreUnavailable):  # no room for the lockout: the store says so
-        await store.admit(plan(org, T0, (), (counter(key, 6, limit=10),)))
-    assert await used_of(store, key, T0) == 5
+    assert await store.admit(plan(org, T0, (), (counter(key, 10, limit=10),))) == Admitted((), (10,))
+    # The budget is spent, so the refusal locks the organisation out; no room for the lockout entry:
+    # the store says so instead of refusing without one. (A refusal with room left locks nothing.)
+    with pytest.raises(LimitStoreUnavailable):
+        await store.admit(plan(org, T0, (), (counter(key, 1, limit=10),)))
+    assert await used_of(store, key, T0) == 10
 
 
 def test_a_store_needs_room_for_one_entry_and_a_step_not_negative() -> None:

@@ -68,7 +68,13 @@ RUNBOOK_ANCHORS = {
     "reading-health",
     "redis-outage",
 }
-SECRET_ENV = {"ROUTER_SECRET_KEY", "ROUTER_IDENTITY_TOKEN", "ROUTER_BUDGET_SERVICE_TOKEN", "ROUTER_REDIS_URL"}
+SECRET_ENV = {
+    "ROUTER_SECRET_KEY",
+    "ROUTER_BOOTSTRAP_ADMIN_KEY_SHA256",
+    "ROUTER_IDENTITY_TOKEN",
+    "ROUTER_BUDGET_SERVICE_TOKEN",
+    "ROUTER_REDIS_URL",
+}
 CRD_GROUP = "monitoring.coreos.com/"
 
 # Overrides of the default values that must render and validate: template branches the values files
@@ -232,7 +238,7 @@ NEGATIVE: list[tuple[str, dict[str, Any], str, str]] = [
         "runtime config content with etcd",
         {"router": {"etcdEndpoints": "etcd:2379"}, "runtimeConfig": {"content": {"backends": []}}},
         "render",
-        "router policy apply",
+        "router config apply",
     ),
 ]
 

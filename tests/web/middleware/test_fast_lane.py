@@ -283,6 +283,8 @@ async def test_unknown_properties_never_cause_a_500_on_either_lane(both):
     bodies = [
         ("/v1/inference", inference),
         ("/v1/chat/completions", {**odd, **CHAT}),
+        # Messages carry unknown properties too; the budget's prompt bound encodes them.
+        ("/v1/chat/completions", {**CHAT, "messages": [{**CHAT["messages"][0], "x": 2**90}]}),
         ("/v1/embeddings", {**odd, "model": "demo", "input": "hi"}),
     ]
     for client, _ in both:

@@ -687,7 +687,7 @@ class Backend(BaseModel):
         Field(
             description="Write-only, never returned. Absolute path of a file mounted in every router (e.g. a Kubernetes Secret) holding the bearer token. Exclusive with `api_key_env`.",
             max_length=1024,
-            pattern="^/[^\\n]*$",
+            pattern="^/[^\\x00\\n]*$",
         ),
     ] = MISSING
 

@@ -89,3 +89,14 @@ def test_the_prompt_text_is_what_the_client_wrote_in_either_request_kind():
 def test_the_answer_of_several_choices_is_estimated_on_their_texts_joined_by_a_space():
     answer = {"choices": [{"message": {"content": "abcd"}}, {"text": "efgh"}, "junk", {"message": None}]}
     assert estimate("chat", {"messages": []}, answer).tokens_output == estimate_tokens("abcd efgh") == 3
+
+
+def test_prompt_bound_counts_integers_beyond_64_bits_in_prompt_fields() -> None:
+    """JSON allows them (e.g. an unknown message property or a tool schema's const); orjson cannot
+    write them, which made the chat route answer 500."""
+    big = 106531779456416227567222128640
+    body = {
+        "messages": [{"role": "user", "content": "hi", "x-extra": big}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"const": -big}}}],
+    }
+    assert prompt_bound(body, 8, 16) >= 2 * len(str(big)) + len("hi") + 8 + 16

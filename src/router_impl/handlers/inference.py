@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +38,12 @@ def _fingerprinted(body: dict[str, Any], raw: bytes) -> bytes:
     if BODY_SIGNATURE_FIELD not in body and BODY_TIMESTAMP_FIELD not in body:
         return raw
     unsigned = {k: v for k, v in body.items() if k not in (BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD)}
-    return orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # An integer beyond 64 bits (JSON allows it, e.g. in an ignored property): the standard
+        # library writes it exactly, so two bodies that differ there keep different fingerprints.
+        return json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _render(call: Call, completed: Completed) -> FinalReply:

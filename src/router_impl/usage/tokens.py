@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -72,10 +73,20 @@ def prompt_bound(body: dict[str, Any], per_message: int, per_request: int) -> in
     bytes (names, arguments and schemas included). The chat template adds ``per_message`` tokens per
     message plus ``per_request``. Not covered: images or audio parts, counted by the model's own rule.
     """
-    size = sum(len(orjson.dumps(body[name])) for name in _PROMPT_FIELDS if body.get(name) is not None)
+    size = sum(_compact_size(body[name]) for name in _PROMPT_FIELDS if body.get(name) is not None)
     messages = body.get("messages")
     count = len(messages) if isinstance(messages, list) else 1
     return size + per_message * count + per_request
+
+
+def _compact_size(value: Any) -> int:
+    """Bytes of ``value``'s compact UTF-8 JSON; the standard library writes integers beyond 64 bits,
+    which JSON allows and orjson refuses."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def estimate(kind: str, body: dict[str, Any], payload: dict[str, Any]) -> Usage:

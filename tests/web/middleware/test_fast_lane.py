@@ -8,6 +8,7 @@ reproducible; the same cases go to both, in the same order, and must match byte 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -260,3 +261,37 @@ def test_fast_lane_refuses_to_start_on_unsupported_contract_features():
     )
     with pytest.raises(FastLaneUnsupported):
         build_routes(altered, lambda _: None)  # type: ignore[arg-type,return-value]
+
+
+async def test_unknown_properties_never_cause_a_500_on_either_lane(both):
+    """Unknown top-level properties are ignored on every route, whatever they hold: an integer beyond
+    64 bits, astral characters (surrogate pairs) and control characters in names, denormal floats.
+    Next to ``hmac_timestamp`` the inference body is re-encoded for its idempotency fingerprint,
+    which orjson cannot do for such an integer (it answered 500). A retry gets the stored reply."""
+    odd = {
+        "\u0096\U000a6d43": [[[]], [], []],
+        "\u00f0\u00c4R{": {"": -1.1125369292536007e-308, "big": [106531779456416227567222128640]},
+        "\u0001": True,
+    }
+    inference = {
+        **odd,
+        "request_id": "fe341e04-fa8b-2335-8fea-052c6d546313",
+        "model": "demo",
+        "payload": "x",
+        "hmac_timestamp": 775,
+    }
+    bodies = [
+        ("/v1/inference", inference),
+        ("/v1/chat/completions", {**odd, **CHAT}),
+        # Messages carry unknown properties too; the budget's prompt bound encodes them.
+        ("/v1/chat/completions", {**CHAT, "messages": [{**CHAT["messages"][0], "x": 2**90}]}),
+        ("/v1/embeddings", {**odd, "model": "demo", "input": "hi"}),
+    ]
+    for client, _ in both:
+        for path, document in bodies:
+            # The standard library's encoder: orjson cannot write the big integer either.
+            raw = json.dumps(document).encode()
+            first = await client.post(path, content=raw, headers=_auth())
+            assert first.status_code == 200, (path, first.text)
+        retry = await client.post("/v1/inference", content=json.dumps(inference).encode(), headers=_auth())
+        assert retry.status_code == 200 and retry.json()["request_id"] == inference["request_id"]

@@ -50,8 +50,8 @@ class Answer:
         }
 
 
-def answer(kind: Kind, raw: bytes) -> Answer:
-    """The demo model's answer to a request body; ``BadRequest`` when the body is unusable."""
+def demo_request(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object naming the demo model; ``BadRequest`` as OpenAI words it."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -63,6 +63,12 @@ def answer(kind: Kind, raw: bytes) -> Answer:
         raise BadRequest("You must provide a model parameter.", "model")
     if model != DEMO_MODEL:
         raise BadRequest(f"The model `{model[:64]}` does not exist.", "model", status=404)
+    return body
+
+
+def answer(kind: Kind, raw: bytes) -> Answer:
+    """The demo model's answer to a request body; ``BadRequest`` when the body is unusable."""
+    body = demo_request(raw)
     if kind == "chat":
         prompt_words, reply_words = _chat_words(body.get("messages"))
         limit = _max_tokens(body, "max_completion_tokens")
@@ -77,7 +83,7 @@ def answer(kind: Kind, raw: bytes) -> Answer:
     finish = "stop"
     if limit is not None and limit < len(reply_words):
         reply_words, finish = reply_words[:limit], "length"
-    return Answer(model, reply_words, len(prompt_words), finish, stream, include_usage)
+    return Answer(DEMO_MODEL, reply_words, len(prompt_words), finish, stream, include_usage)
 
 
 def _chat_words(messages: object) -> tuple[list[str], list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from router_impl.demo.answers import DEMO_MODEL, BadRequest
+from router_impl.demo.answers import DEMO_MODEL, BadRequest, demo_request
 
 DEFAULT_DIMENSIONS = 64
 MAX_DIMENSIONS = 4096
@@ -22,17 +22,7 @@ MAX_DIMENSIONS = 4096
 
 def embeddings_body(raw: bytes) -> bytes:
     """OpenAI's embeddings response for a request body; ``BadRequest`` when it is unusable."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("You must provide a model parameter.", "model")
-    if model != DEMO_MODEL:
-        raise BadRequest(f"The model `{model[:64]}` does not exist.", "model", status=404)
+    body = demo_request(raw)
     inputs = _inputs(body.get("input"))
     dimensions = _dimensions(body.get("dimensions"))
     encoding = body.get("encoding_format") or "float"
@@ -51,7 +41,7 @@ def embeddings_body(raw: bytes) -> bytes:
         )
         data.append({"object": "embedding", "index": index, "embedding": packed})
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
+    return orjson.dumps({"object": "list", "data": data, "model": DEMO_MODEL, "usage": usage})
 
 
 def unit_vector(text: str, dimensions: int) -> list[float]:

@@ -421,19 +421,8 @@ async def put_org_limits(components: Components, org_id: str, token_info: dict[s
     except ValidationError as exc:
         raise _invalid_object(exc) from exc
     existing = components.limits.limits_of(org_id)
-    await _write(
-        components,
-        token_info,
-        "replace" if existing is not None else "create",
-        "limits",
-        org_id,
-        lambda: components.config_service.put("limits", org_id, limits),
-        invalid_as="VALIDATION_ERROR",
-        conflict_as="SERVICE_UNAVAILABLE",
-    )
-    await components.limits.limits_changed(org_id)
-    state = await components.limits.state(org_id)
-    return json_response(views.limits_state_document(org_id, limits, state))
+    action = "replace" if existing is not None else "create"
+    return await _store_limits(components, token_info, action, org_id, limits)
 
 
 async def patch_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
@@ -442,10 +431,18 @@ async def patch_org_limits(components: Components, org_id: str, token_info: dict
         limits = views.patched_limits(existing, current_document())
     except ValidationError as exc:
         raise _invalid_object(exc) from exc
+    action = "patch" if existing is not None else "create"
+    return await _store_limits(components, token_info, action, org_id, limits)
+
+
+async def _store_limits(
+    components: Components, token_info: dict[str, Any], action: str, org_id: str, limits: OrgLimits
+) -> Response:
+    """Writes (audited), applies and answers an organisation's new limits: PUT and PATCH alike."""
     await _write(
         components,
         token_info,
-        "patch" if existing is not None else "create",
+        action,
         "limits",
         org_id,
         lambda: components.config_service.put("limits", org_id, limits),

@@ -919,7 +919,7 @@ class ApiKeyCreateRequest(BaseModel):
     expires_at: Annotated[
         AwareDatetime | MISSING,
         Field(
-            description="Absent → the key never expires. A past instant is accepted (the key is created expired)."
+            description="Absent → the key never expires. A past instant is accepted (the key is created expired). An offset that moves the instant past the calendar's edge (before 0001-01-01T00:00:00Z or after 9999-12-31T23:59:59.999999Z) is clamped to that edge."
         ),
     ] = MISSING
     signature_required: Annotated[

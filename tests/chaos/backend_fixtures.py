@@ -66,7 +66,7 @@ class ChaosBackend(MockBackend):
 
     ``hang`` accepts the request and never answers (until the caller hangs up), ``reset`` drops
     the connection with a RST once the request is read, ``garbage`` answers 200 with a body that
-    is not JSON, ``die`` sends ``DIE_AFTER_CHUNKS`` events of a streamed answer and then a RST.
+    is not JSON, ``die`` sends ``DIE_AFTER_CHUNKS`` events of a streamed answer and then cuts the connection.
     """
 
     def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:

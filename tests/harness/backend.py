@@ -41,7 +41,7 @@ class BackendControls:
 
     Checked in this order: latency, hang, reset, fixed_status, error_rate, garbage.
     `fixed_status` answers that status with an OpenAI error body. `stream_then_die`
-    is the number of chunks a streamed answer sends before the connection drops.
+    is the number of chunks a streamed answer sends before the connection is cut.
     """
 
     latency_ms: int = 0
@@ -151,6 +151,15 @@ def _drop_connection(request: web.Request) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _cut_connection(request: web.Request) -> None:
+    """Close the connection mid-answer with a FIN after what was written, as the kernel does for a
+    crashed server: what it sent arrives, then the stream ends without its last chunk. (A RST would
+    make the receiving kernel drop what its reader had not yet taken, RFC 9293 §3.10.7.4, so a
+    client might see a reset before the first byte instead of a stream that died midway.)"""
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _sse(payload: object) -> bytes:
@@ -335,7 +344,7 @@ class MockBackend(ThreadedServer):
         await response.prepare(request)
         for sent, chunk in enumerate(chunks):
             if controls.stream_then_die is not None and sent >= controls.stream_then_die:
-                _drop_connection(request)
+                _cut_connection(request)
                 return response
             if controls.chunk_interval_ms > 0 and sent > 0:
                 await asyncio.sleep(controls.chunk_interval_ms / 1000)

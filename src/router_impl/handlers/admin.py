@@ -66,10 +66,13 @@ def _parse_time(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ApiError("VALIDATION_ERROR", "expires_at is not an RFC 3339 date-time.") from exc
-    try:  # the instant in UTC, as it is stored and listed; the edges of the calendar do not convert
-        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    except OverflowError:
-        raise ApiError("VALIDATION_ERROR", "expires_at is outside the supported date range.") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:  # the instant in UTC, as it is stored and listed
+        return parsed.astimezone(UTC)
+    except OverflowError:  # an offset pushes the calendar's first or last day past its edge: clamp to it
+        edge = datetime.min if parsed.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 async def _audit_key_change(

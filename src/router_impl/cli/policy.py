@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from router_impl.admin_client import AdminClient
+from router_impl.cli.admin_client import AdminClient
 
 BACKEND_FIELDS = (
     "base_url",

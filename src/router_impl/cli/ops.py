@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_impl import limits_cli
+from router_impl.cli import limits as limits_cli
 
 Run = Callable[[Any, argparse.Namespace], Any]
 
@@ -34,7 +34,7 @@ def _cell(value: Any) -> str:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from router_impl.admin_client import AdminClient
+    from router_impl.cli.admin_client import AdminClient
 
     key = args.key or os.environ.get(args.key_env) or os.environ.get("ROUTER_ADMIN_KEY")
     if not key:

@@ -73,7 +73,7 @@ from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import RoutingEngine
 from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
-from router_impl.routing.readiness import BackendReadiness, assess, credentials_check
+from router_impl.routing.readiness import BackendReadiness, assess, credentials_check, keys_check, usable_keys
 from router_impl.settings import Settings
 from router_impl.shared_readiness import shared_store_checks
 from router_impl.telemetry.logging import configure_logging
@@ -284,6 +284,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             usage,
             lambda: assess(holder.current(), health),
             holder.current,
+            key_admin,
         ),
         pipeline=pipeline,
         config_service=config_service,
@@ -433,12 +434,17 @@ def _health(
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
     config: Callable[[], RuntimeConfig],
+    keys: ConfigKeyStore | None,  # None: the identity service holds them, uncounted
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def backend_check() -> tuple[CheckStatus, str]:
-        return backends().check()
+        usable = usable_keys(keys.records(), datetime.now(UTC)) if keys is not None else None
+        return backends().check(usable is None or any("admin" in k.scopes for k in usable))
+
+    async def key_check() -> tuple[CheckStatus, str]:
+        return keys_check(keys.records() if keys is not None else (), datetime.now(UTC))
 
     async def credentials() -> tuple[CheckStatus, str]:
         return credentials_check(config(), os.environ)
@@ -454,6 +460,7 @@ def _health(
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
         HealthCheck("credentials", credentials),
+        *([HealthCheck("keys", key_check)] if keys is not None else []),
     ]
     if identity is not None:
 

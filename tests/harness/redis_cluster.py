@@ -65,6 +65,11 @@ class RedisClusterServer:
         """Each node's port and role (``master`` or ``slave``), as the node itself says."""
         return {node.port: self.cli_run(node.port, "role").split("\n", 1)[0].strip() for node in self.nodes}
 
+    def replicated_master(self) -> int:
+        """The port of the master that has a replica: the one whose slots ``failover()`` moves."""
+        replica = next(p for p, role in self.roles().items() if role == "slave")
+        return int(self.cli_run(replica, "role").split("\n")[2])
+
     def failover(self) -> int:
         """``CLUSTER FAILOVER`` on a replica (the coordinated, lossless one): returns its port once it
         is master and every node agrees the cluster is ok."""

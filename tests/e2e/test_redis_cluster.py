@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
@@ -33,6 +34,7 @@ from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.redis_cluster_mux import ClusterMux
 from router_impl.redis_mux import RedisAddress
 from tests.harness.redis_cluster import RedisClusterServer
+from tests.limits.test_limit_stores import World, decide_alike, operations, worlds
 
 pytestmark = pytest.mark.services
 
@@ -106,3 +108,21 @@ async def test_a_script_whose_keys_span_slots_is_refused_by_the_cluster(mux: Clu
     with pytest.raises(ResponseError, match="CROSSSLOT"):
         await script(keys=["a{org-1}", "b{org-2}"])
     assert await script(keys=["a{org-1}", "b{org-1}"]) is None
+
+
+@pytest.fixture(scope="module")
+async def cluster_store(redis_cluster: RedisClusterServer) -> AsyncIterator[RedisLimitStore]:
+    """On the router's pipelined ClusterMux (module scope: hypothesis runs every example on it)."""
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    scripts = ClusterMux([RedisAddress(*redis_cluster.startup_nodes[0])], timeout=2.0, connect_timeout=2.0)
+    yield RedisLimitStore(client, scripts=scripts)
+    await scripts.aclose()
+    await client.aclose()
+
+
+@settings(max_examples=100)
+@given(world=worlds, ops=operations)
+async def test_the_cluster_store_decides_exactly_as_the_embedded_one(
+    cluster_store: RedisLimitStore, world: World, ops: list[tuple[object, ...]]
+) -> None:
+    await decide_alike(cluster_store, world, ops)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,7 +88,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="Redis for rate limits, budgets, idempotency, signature nonces and the audit index, "
-        "shared by every replica; default: in process and LMDB.",
+        "shared by every replica; default: in process and LMDB. With `redis_cluster`: one or more "
+        "comma-separated node URLs of a Redis Cluster (the other nodes are discovered).",
+    )
+    # Redis Cluster (redis_cluster_mux.py): every key of one request's script shares a hash slot
+    # ({org} hash tags, docs/architecture.md "Redis"), so a cluster scales the store past one Redis.
+    redis_cluster: bool = Field(
+        False,
+        description="`redis_url` names Redis Cluster nodes (`redis://` or `rediss://`, database 0): "
+        "commands go to the master of their keys' hash slot, following failovers.",
     )
     etcd_endpoints: str | None = Field(
         None, description="Comma-separated etcd `host:port` list; the runtime config then lives in etcd."
@@ -320,6 +329,31 @@ class Settings(BaseSettings):
     build_version: str = Field("0.1.0", description="Version reported by health and metrics.")
     build_commit: str = Field("unknown", description="Commit reported by health and metrics.")
     build_time: str = Field("unknown", description="Build time reported by health.")
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """The Redis URL, or a Redis Cluster's seed node URLs."""
+        return [url.strip() for url in (self.redis_url or "").split(",") if url.strip()]
+
+    @model_validator(mode="after")
+    def _redis_cluster_urls(self) -> Settings:
+        urls = self.redis_urls
+        if self.redis_cluster and not urls:
+            raise ValueError(
+                "ROUTER_REDIS_CLUSTER needs ROUTER_REDIS_URL: one or more Redis Cluster node URLs"
+            )
+        if len(urls) > 1 and not self.redis_cluster:
+            raise ValueError(
+                "ROUTER_REDIS_URL lists several URLs: set ROUTER_REDIS_CLUSTER=true for a Redis Cluster"
+            )
+        for url in urls if self.redis_cluster else ():
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss") or parts.path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "ROUTER_REDIS_URL in cluster mode: redis:// or rediss:// node URLs without a database "
+                    "(a Redis Cluster has database 0 only)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _workers_need_a_shared_store(self) -> Settings:

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from router_impl.redis_mux import RedisMux
 from router_impl.usage.audit import (
@@ -40,12 +41,23 @@ def clock() -> ManualClock:
     return ManualClock(T0.timestamp())
 
 
-@pytest.fixture(params=["lmdb", pytest.param("redis", marks=pytest.mark.services)])
+@pytest.fixture(
+    params=[
+        "lmdb",
+        pytest.param("redis", marks=pytest.mark.services),
+        pytest.param("redis-cluster", marks=pytest.mark.services),
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Store]:
     if request.param == "lmdb":
         lmdb_store = LmdbAuditLog(tmp_path / "audit", 64 << 20, RETENTION, clock=clock)
         yield lmdb_store
         lmdb_store.close()
+    elif request.param == "redis-cluster":  # every write script stays in one slot (CROSSSLOT otherwise)
+        nodes = request.getfixturevalue("redis_cluster").startup_nodes
+        cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes])
+        yield RedisAuditLog(cluster, RETENTION, key_prefix=f"t{uuid.uuid4().hex}:", clock=clock)
+        await cluster.aclose()
     else:
         url = request.getfixturevalue("redis_server").url
         client = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=8, timeout=5))

@@ -85,6 +85,7 @@ from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditLog, ForwardedAuditLog
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
+from router_impl.usage.auditing import Auditing
 from router_impl.usage.wiring import UsageParts, build_usage
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.api_docs import ApiDocsMiddleware, contract_pages, swagger_ui_dir
@@ -244,6 +245,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         lambda key, value: usage.outbox.append(usage.audit_topic, key, value),
     )
     limits = _limits(settings, redis, holder, lifecycle, metrics)
+    auditing = Auditing(audit)
     pipeline = Pipeline(
         config=holder.current,
         authenticator=authenticator,
@@ -255,7 +257,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         usage=usage.sink,
         request_timeout_seconds=settings.request_timeout_seconds,
         limits=limits,
-        audit=audit,
+        auditing=auditing,
         accepting=lambda: usage.outbox.accepting,
         on_routed=lambda model, decision: metrics.observe_decision(model, decision, decision == "FAILOVER"),
         tracer=tracing,
@@ -322,6 +324,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         probe_guard=ProbeGuard(),
         limits=limits,
         audit=audit,
+        auditing=auditing,
         tracing=tracing,
     )
 

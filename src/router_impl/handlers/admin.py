@@ -88,7 +88,7 @@ async def _audit_key_change(
         organization_id=record.organization_id,
         action=action,
     )
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=state.request_id,
             organization_id=record.organization_id,
@@ -200,7 +200,7 @@ async def _write(
         revision=revision,
     )
     state = current_state()
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=state.request_id,
             organization_id=object_id if kind == "limits" else "",
@@ -464,7 +464,7 @@ async def reset_org_limits(components: Components, org_id: str, token_info: dict
     cleared = await components.limits.reset(org_id, scope, key_id)
     now = datetime.now(UTC)
     actor = _actor(token_info)
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=current_state().request_id,
             organization_id=org_id,

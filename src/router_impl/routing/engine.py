@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -175,6 +175,20 @@ class _Entry:
         return self.weight * self.availability.weight_factor
 
 
+def policy_named(
+    snapshot: RuntimeConfig, model: str, available: Callable[[], Sequence[str]] | None = None
+) -> ModelPolicy:
+    """The policy serving ``model`` (a name or an alias), or MODEL_NOT_FOUND (the one place it is
+    raised for a request), naming the ``available`` models when the caller knows them."""
+    policy = snapshot.policy_for(model)
+    if policy is None:
+        listed = (
+            "" if available is None else f" Available models: {', '.join(sorted(available())) or 'none'}."
+        )
+        raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{model}'.{listed}")
+    return policy
+
+
 def plan_route(
     snapshot: RuntimeConfig, health: HealthView, request: RouteRequest, rng: random.Random
 ) -> RouteDecision:
@@ -184,9 +198,7 @@ def plan_route(
     check first), ``FORBIDDEN`` when the policy's allow/deny lists exclude the key, and
     ``NO_BACKEND_AVAILABLE`` when the model is switched off or no backend is usable.
     """
-    policy = snapshot.policy_for(request.model)
-    if policy is None:
-        raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{request.model}'.")
+    policy = policy_named(snapshot, request.model)
     _check_key(policy, request.key_id)
     if not policy.enabled:
         raise ApiError("NO_BACKEND_AVAILABLE", f"Model '{policy.model}' is switched off.")

@@ -18,7 +18,7 @@ import orjson
 
 from router_impl.config.model import BackendConfig
 from router_impl.routing.backend_errors import BackendCallError, StreamBroken, error_for_status
-from router_impl.routing.backend_pool import BackendPool, PoolSettings
+from router_impl.routing.backend_pool import CONNECTED, BackendPool, PoolSettings
 from router_impl.routing.backend_port import BackendReply, BackendRequest, Kind
 from router_impl.routing.backend_stream import BackendStream, OpenedBackendStream, StreamCall
 from router_impl.routing.backend_transport import map_transport_error, read_limited
@@ -135,6 +135,7 @@ class BackendClient:
         headers = {**pool.json_headers, "traceparent": traceparent, "X-Request-ID": request_id}
         started = self._clock()
         pool.in_flight += 1
+        CONNECTED.set(False)
         try:
             try:
                 response = await pool.session.post(
@@ -142,7 +143,11 @@ class BackendClient:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:  # session.post returns with the headers
                 raise map_transport_error(
-                    exc, backend.id, deadline_bound=deadline_bound, before_response=True
+                    exc,
+                    backend.id,
+                    deadline_bound=deadline_bound,
+                    before_response=True,
+                    connected=CONNECTED.get(),
                 ) from None
             status = response.status
             failed = status < 200 or status >= 300

@@ -26,7 +26,9 @@ from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from router_contract import SPEC_PATH
@@ -66,14 +68,15 @@ from router_impl.limits.service import LimitsService
 from router_impl.limits.store_memory import MemoryLimitStore
 from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.pipeline import Pipeline
-from router_impl.redis_mux import RedisMux
+from router_impl.redis_cluster_mux import ClusterMux
+from router_impl.redis_mux import RedisAddress, RedisMux
 from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
 from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import RoutingEngine
 from router_impl.routing.health import BackendHealth
 from router_impl.routing.prober import Prober
-from router_impl.routing.readiness import BackendReadiness, assess, credentials_check
+from router_impl.routing.readiness import BackendReadiness, assess, credentials_check, keys_check, usable_keys
 from router_impl.settings import Settings
 from router_impl.shared_readiness import shared_store_checks
 from router_impl.telemetry.logging import configure_logging
@@ -112,15 +115,18 @@ _CONNEXION_MIDDLEWARES = [
 
 @dataclass(frozen=True)
 class _SharedRedis:
-    """redis-py for the occasional command; one pipelined connection for the per-request scripts."""
+    """redis-py for the occasional command; one pipelined connection (per master of a Redis Cluster)
+    for the per-request scripts."""
 
-    client: Redis
-    scripts: RedisMux
+    client: Redis | RedisCluster
+    scripts: RedisMux | ClusterMux
 
 
 def _redis(settings: Settings) -> _SharedRedis | None:
     if not settings.redis_url:
         return None
+    if settings.redis_cluster:
+        return _redis_cluster(settings)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -131,6 +137,25 @@ def _redis(settings: Settings) -> _SharedRedis | None:
     )
     scripts = RedisMux.from_url(settings.redis_url, timeout=settings.redis_timeout_seconds)
     return _SharedRedis(Redis.from_pool(pool), scripts)
+
+
+def _redis_cluster(settings: Settings) -> _SharedRedis:
+    """The seeds' credentials and TLS serve every node; redis-py follows MOVED and failovers itself."""
+    seeds = [RedisAddress.from_url(url) for url in settings.redis_urls]
+    first = seeds[0]
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(seed.host, seed.port) for seed in seeds],
+        username=first.username,
+        password=first.password,
+        ssl=first.tls,
+        ssl_cert_reqs="required" if first.verify_tls else "none",
+        max_connections=settings.redis_max_connections,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=AsyncRetry(NoBackoff(), 1),
+    )
+    timeout = settings.redis_timeout_seconds
+    return _SharedRedis(client, ClusterMux(seeds, timeout=timeout, connect_timeout=timeout))
 
 
 def _secret(value: Any) -> str | None:
@@ -286,6 +311,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             usage,
             lambda: assess(holder.current(), health),
             holder.current,
+            key_admin,
         ),
         pipeline=pipeline,
         config_service=config_service,
@@ -436,12 +462,17 @@ def _health(
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
     config: Callable[[], RuntimeConfig],
+    keys: ConfigKeyStore | None,  # None: the identity service holds them, uncounted
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def backend_check() -> tuple[CheckStatus, str]:
-        return backends().check()
+        usable = usable_keys(keys.records(), datetime.now(UTC)) if keys is not None else None
+        return backends().check(usable is None or any("admin" in k.scopes for k in usable))
+
+    async def key_check() -> tuple[CheckStatus, str]:
+        return keys_check(keys.records() if keys is not None else (), datetime.now(UTC))
 
     async def credentials() -> tuple[CheckStatus, str]:
         return credentials_check(config(), os.environ)
@@ -457,6 +488,7 @@ def _health(
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
         HealthCheck("credentials", credentials),
+        *([HealthCheck("keys", key_check)] if keys is not None else []),
     ]
     if identity is not None:
 

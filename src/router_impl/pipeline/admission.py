@@ -80,7 +80,7 @@ class Admission:
     async def _admit(self) -> None:
         call = self.call
         if not self._accepting():
-            log.error("usage_outbox_full_refusing", request_id=call.request_id)
+            log.error("usage_outbox_full_refusing")
             raise ApiError(
                 "SERVICE_UNAVAILABLE",
                 "Usage accounting is backlogged; billable requests are refused until it drains.",

@@ -16,7 +16,7 @@ from router_impl.routing.engine import RouteDecision, RouteReason
 from router_impl.usage.accounting import Requester
 from router_impl.usage.record import Usage
 
-__all__ = ["Call", "Completed", "FinalReply", "Kind", "Routed", "StreamFailure", "StreamingReply"]
+__all__ = ["Call", "Completed", "FinalReply", "Kind", "Routed", "ServedBy", "StreamFailure", "StreamingReply"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class Routed:
         )
 
     @property
+    def served_by(self) -> ServedBy:
+        return self.backend.id, self.decision
+
+    @property
     def headers(self) -> dict[str, str]:
         """X-Routing-Backend, X-Routing-Decision and (when a backend was impaired) X-Routing-Warning."""
         headers = {"X-Routing-Backend": self.backend.id, "X-Routing-Decision": self.decision}
@@ -96,12 +100,17 @@ class Completed:
     latency_ms: int
 
 
+# (backend id, routing decision) of the backend that answered: what the access log and span report.
+ServedBy = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class FinalReply:
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    served_by: ServedBy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +127,4 @@ class StreamingReply:
     events: AsyncGenerator[bytes | StreamFailure, None]
     # Called once the response is over; undoes what a relay that never started still holds.
     abandon: Callable[[], Awaitable[None]]
+    served_by: ServedBy | None = None

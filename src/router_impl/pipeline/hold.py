@@ -117,16 +117,18 @@ class IdempotencyHold:
             await self._store.complete(self.call.principal.organization_id, key, token, stored, self._now())
         except IdempotencyUnavailable as exc:
             # The client still gets its (billed) reply; a retry after the lease would run again.
-            log.error("idempotency_complete_failed", error=str(exc)[:200], request_id=self.call.request_id)
+            log.error("idempotency_complete_failed", error=str(exc)[:200])
 
     async def _release(self, key: str, token: str) -> None:
         try:
             await self._store.release(self.call.principal.organization_id, key, token)
         except IdempotencyUnavailable as exc:  # the lease expires by itself
-            log.warning("idempotency_release_failed", error=str(exc)[:200], request_id=self.call.request_id)
+            log.warning("idempotency_release_failed", error=str(exc)[:200])
 
 
 def _replayed(reply: StoredReply) -> FinalReply:
     headers = dict(reply.headers)
     headers[_REPLAYED[0]] = _REPLAYED[1]
-    return FinalReply(status=reply.status, body=reply.body, content_type=reply.content_type, headers=headers)
+    backend, decision = headers.get("X-Routing-Backend"), headers.get("X-Routing-Decision")
+    served_by = (backend, decision) if backend is not None and decision is not None else None
+    return FinalReply(reply.status, reply.body, reply.content_type, headers, served_by)

@@ -164,8 +164,9 @@ class Pipeline:
             async with self._admission(call, decision.policy) as admitted:
                 completed = await self._call_backend(admitted.call, decision)
                 reply = render(admitted.call, completed)
-                if admitted.headers:
-                    reply = replace(reply, headers={**reply.headers, **admitted.headers})
+                reply = replace(
+                    reply, headers={**reply.headers, **admitted.headers}, served_by=completed.routed.served_by
+                )
                 await self.account(admitted, completed, reply.status, record_id=hold.record_id)
             hold.keep(reply)
         return reply
@@ -295,7 +296,7 @@ class _Streaming:
             keep_transcript=self.hold.call.idempotency_key is not None,
             max_transcript_bytes=self.pipeline.max_stored_stream_bytes,
         )
-        return StreamingReply(headers=self.headers, events=events, abandon=self._abandon)
+        return StreamingReply(self.headers, events, self._abandon, self.routed.served_by)
 
     async def _events(self) -> AsyncGenerator[bytes, None]:
         self.relaying = True
@@ -307,7 +308,7 @@ class _Streaming:
         if outcome.broken:
             pipeline.dispatcher.health.record_failure(routed.backend.id, routed.policy.failover_threshold)
         if outcome.failure is not None:
-            log.warning("backend_stream_broken", backend=routed.backend.id, request_id=call.request_id)
+            log.warning("backend_stream_broken", backend=routed.backend.id)
         async with self.stages:
             await self.opened.close()
             tracker = outcome.tracker

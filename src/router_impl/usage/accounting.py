@@ -152,7 +152,7 @@ class Accounting:
         try:
             await self.sink.emit(record)
         except UsageNotStored as exc:
-            log.error("usage_record_not_stored", request_id=record.request_id, error=str(exc)[:200])
+            log.error("usage_record_not_stored", error=str(exc)[:200])
             raise ApiError(
                 "SERVICE_UNAVAILABLE",
                 "Usage accounting is unavailable, so the request is not billed; retry later.",

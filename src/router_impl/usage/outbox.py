@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -197,7 +198,10 @@ class LmdbOutbox:
         self._idle.clear()
         self._wake.set()
         if self._batcher is None or self._batcher.done():
-            self._batcher = asyncio.create_task(self._run_batcher(), name="usage-outbox-batcher")
+            # A context of its own: not the bound log context (request_id) of the request that woke it.
+            self._batcher = asyncio.create_task(
+                self._run_batcher(), name="usage-outbox-batcher", context=contextvars.Context()
+            )
         # Shielded: a cancelled caller does not un-commit its entry, and must not break the batcher.
         await asyncio.shield(future)
 

@@ -3,9 +3,9 @@
 Connexion instantiates security handlers itself; the classes here are given the
 check function at start-up through ``security_map``, so no spec-level function names
 or module globals are involved. The check refuses a request that presents two different keys,
-authenticates, checks the operation's scope, then verifies any request signature over the body
-BodyGuardMiddleware buffered, in one ``authenticate`` span; the principal's organisation and key id
-go on the request state.
+authenticates and checks the operation's scope (``intake.authenticate``, as the fast lane does),
+then verifies any request signature over the body BodyGuardMiddleware buffered, in one
+``authenticate`` span; the principal's organisation and key id go on the request state.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import body_signature_of
 from router_impl.errors import ApiError
 from router_impl.telemetry.tracing import Tracing
+from router_impl.web.intake import authenticate
 from router_impl.web.request_state import state_of
 
 Check = Callable[..., Awaitable[dict[str, Any]]]
@@ -75,17 +76,13 @@ def security_map(
     async def check(credential: str, request: ConnexionRequest) -> dict[str, Any]:
         scope = request.scope
         state = state_of(scope)
+        routing = scope.get("extensions", {}).get("connexion_routing", {})
+        operation = operations.get(routing.get("operation_id", ""))
         with tracer.span("authenticate") as span:
             if len(presented_keys(scope["headers"])) > 1:
                 raise ApiError("AUTH_INVALID", _AMBIGUOUS)
-            principal = await authenticator.authenticate(credential)
-            span.set_attribute("router.organization_id", principal.organization_id)
-            span.set_attribute("router.api_key_id", principal.key_id)
-            if state is not None:
-                state.organization_id, state.api_key_id = principal.organization_id, principal.key_id
-            routing = scope.get("extensions", {}).get("connexion_routing", {})
-            operation = operations.get(routing.get("operation_id", ""))
-            authenticator.authorize(principal, operation.scope if operation else "admin")
+            needed = operation.scope if operation else "admin"
+            principal = await authenticate(authenticator, credential, needed, state, span)
             body = state.body if state is not None else b""
             await signatures.verify(
                 principal,

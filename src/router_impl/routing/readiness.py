@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router_impl.config.model import RuntimeConfig
-from router_impl.health import CheckStatus
+from router_impl.process_health import CheckStatus
 from router_impl.routing.backend_pool import bearer_token
 from router_impl.routing.health import BackendHealth
 

@@ -44,6 +44,7 @@ from router_impl.shared_readiness import shared_store_checks
 from router_impl.telemetry.logging import configure_logging
 from router_impl.telemetry.metrics import Metrics, RouteNames
 from router_impl.telemetry.tracing import Tracing
+from router_impl.usage.auditing import Auditing
 from router_impl.usage.wiring import build_usage
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.api_docs import ApiDocsMiddleware, contract_pages, swagger_ui_dir
@@ -115,6 +116,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         config.holder.current,
         on_denied=lambda denied, period: metrics.observe_denial(denied.limit_state, denied.scope, period),
     )
+    auditing = Auditing(audit)
     decisions = DecisionLog()
     pipeline = Pipeline(
         config=config.holder.current,
@@ -127,7 +129,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         usage=usage.sink,
         request_timeout_seconds=settings.request_timeout_seconds,
         limits=limits,
-        audit=audit,
+        auditing=auditing,
         accepting=lambda: usage.outbox.accepting,
         on_routed=lambda model, decision: metrics.observe_decision(model, decision, decision == "FAILOVER"),
         tracer=tracing,
@@ -138,7 +140,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         key_store=auth.key_store,
         health=health,
         backends=backends,
-        record_audit=pipeline.record_audit,
+        record_audit=auditing.record,
         now=lambda: datetime.now(UTC),
     )
 
@@ -165,6 +167,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             usage,
             lambda: assess(config.holder.current(), health),
             config.holder.current,
+            auth.key_store,
         ),
         pipeline=pipeline,
         config_service=config.service,
@@ -177,6 +180,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         probe_guard=ProbeGuard(),
         limits=limits,
         audit=audit,
+        auditing=auditing,
         tracing=tracing,
     )
 

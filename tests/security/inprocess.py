@@ -9,7 +9,7 @@ percent-decoded, ``raw_path`` keeps the bytes as sent, and dot segments are left
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,15 +87,17 @@ async def raw_request(
     app: ASGIApp,
     method: str,
     target: bytes,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     body: bytes = b"",
 ) -> RawAnswer:
+    """``headers`` as a mapping, or as pairs (a name may repeat); values are sent as latin-1 bytes."""
     parsed = httptools.parse_url(target)
     raw_path: bytes = parsed.path
     path = raw_path.decode("ascii")
     if "%" in path:
         path = urllib.parse.unquote(path)
-    header_list = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    header_list = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     if body:
         header_list.append((b"content-length", str(len(body)).encode()))
     scope = {

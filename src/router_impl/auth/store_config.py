@@ -86,6 +86,10 @@ class ConfigKeyStore:
     async def by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         return self._current().by_hash.get(key_hash)
 
+    def records(self) -> list[ApiKeyRecord]:
+        """Every key this replica serves now, local ones included (readiness counts the usable ones)."""
+        return list(self._current().by_id.values())
+
     # -------------------------------------------------------------- ApiKeyAdmin
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:

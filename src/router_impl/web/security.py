@@ -2,14 +2,15 @@
 
 Connexion instantiates security handlers itself; the classes here are given the
 check function at start-up through ``security_map``, so no spec-level function names
-or module globals are involved. The check authenticates, checks the operation's scope,
-then verifies any request signature over the body BodyGuardMiddleware buffered, in one
-``authenticate`` span; the principal's organisation and key id go on the request state.
+or module globals are involved. The check refuses a request that presents two different keys,
+authenticates, checks the operation's scope, then verifies any request signature over the body
+BodyGuardMiddleware buffered, in one ``authenticate`` span; the principal's organisation and key id
+go on the request state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -20,11 +21,31 @@ from router_contract.operations import Operation
 from router_impl.auth.authenticator import Authenticator
 from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import body_signature_of
+from router_impl.errors import ApiError
 from router_impl.telemetry.tracing import Tracing
 from router_impl.web.request_state import state_of
 
 Check = Callable[..., Awaitable[dict[str, Any]]]
 _INFERENCE_PATH = "/v1/inference"
+_AMBIGUOUS = "Send one API key, in X-API-Key or as a Bearer token, not two different ones."
+
+
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Every distinct credential a request carries: each X-API-Key value and each Authorization
+    value (its token when the scheme is Bearer), blank ones left out. Which of two different keys
+    would decide is a guess (Connexion takes the first header of the first scheme that passes), and a
+    key a proxy adds must not lend its rights to a request that carries another: more than one is
+    refused."""
+    keys: set[bytes] = set()
+    for name, value in headers:
+        if name == b"authorization":
+            parts = value.split(maxsplit=1)
+            value = parts[1] if len(parts) == 2 and parts[0].lower() == b"bearer" else value
+        elif name != b"x-api-key":
+            continue
+        if value.strip():
+            keys.add(value.strip())
+    return keys
 
 
 class _BoundApiKey(ApiKeySecurityHandler):  # type: ignore[misc]
@@ -55,6 +76,8 @@ def security_map(
         scope = request.scope
         state = state_of(scope)
         with tracer.span("authenticate") as span:
+            if len(presented_keys(scope["headers"])) > 1:
+                raise ApiError("AUTH_INVALID", _AMBIGUOUS)
             principal = await authenticator.authenticate(credential)
             span.set_attribute("router.organization_id", principal.organization_id)
             span.set_attribute("router.api_key_id", principal.key_id)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from router_impl.auth.identity import IdentityServiceKeyStore
+from router_impl.auth.store_config import ConfigKeyStore
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.service import ConfigService
 from router_impl.limits.service import LimitsService
 from router_impl.process_health import BuildInfo, CheckStatus, HealthCheck, HealthService
 from router_impl.routing.health import BackendHealth
-from router_impl.routing.readiness import BackendReadiness, credentials_check
+from router_impl.routing.readiness import BackendReadiness, credentials_check, keys_check, usable_keys
 from router_impl.settings import Settings
 from router_impl.telemetry.metrics import BackendSample, Sample
 from router_impl.usage.wiring import UsageParts
@@ -26,12 +28,17 @@ def build_health(
     usage: UsageParts,
     backends: Callable[[], BackendReadiness],
     config: Callable[[], RuntimeConfig],
+    keys: ConfigKeyStore | None,  # None: the identity service holds them, uncounted
 ) -> HealthService:
     async def process() -> tuple[CheckStatus, str]:
         return "pass", "serving"
 
     async def backend_check() -> tuple[CheckStatus, str]:
-        return backends().check()
+        usable = usable_keys(keys.records(), datetime.now(UTC)) if keys is not None else None
+        return backends().check(usable is None or any("admin" in k.scopes for k in usable))
+
+    async def key_check() -> tuple[CheckStatus, str]:
+        return keys_check(keys.records() if keys is not None else (), datetime.now(UTC))
 
     async def credentials() -> tuple[CheckStatus, str]:
         return credentials_check(config(), os.environ)
@@ -47,6 +54,7 @@ def build_health(
         HealthCheck("usage_outbox", usage.readiness),
         HealthCheck("backends", backend_check),
         HealthCheck("credentials", credentials),
+        *([HealthCheck("keys", key_check)] if keys is not None else []),
     ]
     if identity is not None:
 

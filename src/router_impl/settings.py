@@ -390,3 +390,8 @@ class Settings(BaseSettings):
                 "more pods), or point the router at Redis."
             )
         return self
+
+
+def secret_value(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret setting (for the client that sends it, never a log)."""
+    return value.get_secret_value() if value is not None else None

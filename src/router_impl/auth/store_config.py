@@ -29,10 +29,10 @@ from router_impl.auth.admin import (
 from router_impl.auth.keys import ApiKeyRecord, RandomBytes, Scope
 from router_impl.auth.secret_box import SecretBox
 from router_impl.config.model import RuntimeConfig
-from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, SourceUnavailable
+from router_impl.config.source import ConfigConflict, ConfigInvalid, ObjectKind, SourceUnavailable
 from router_impl.errors import ApiError
 
-KeyWriter = Callable[[Kind, str, BaseModel], Awaitable[int]]
+KeyWriter = Callable[[ObjectKind, str, BaseModel], Awaitable[int]]
 _ID_ATTEMPTS = 8
 
 

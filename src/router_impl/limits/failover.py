@@ -19,7 +19,6 @@ import structlog
 
 from router_impl.config.model import FailureMode
 from router_impl.errors import ApiError
-from router_impl.health import CheckStatus
 from router_impl.limits.store import (
     AdmitPlan,
     BucketAdjust,
@@ -31,6 +30,7 @@ from router_impl.limits.store import (
     LimitStoreUnavailable,
     Snapshot,
 )
+from router_impl.process_health import CheckStatus
 
 T = TypeVar("T")
 

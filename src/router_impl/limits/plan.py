@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from router_impl.config.model import ModelPricing, OrgLimits, RateLimitConfig
 from router_impl.limits import store_keys
@@ -52,9 +53,8 @@ class Demand:
     prompt_bound: int | None = None
 
 
-@dataclass(frozen=True)
-class PlannedAdmit:
-    """An ``AdmitPlan`` and what the service needs to answer its decision."""
+class PlannedAdmit(NamedTuple):
+    """An ``AdmitPlan`` and what the service needs to answer its decision (a tuple: built per request)."""
 
     plan: AdmitPlan
     windows: dict[Period, PeriodWindow]
@@ -71,11 +71,8 @@ class PlannedAdmit:
         return self.plan.counters
 
 
-@dataclass(frozen=True)
-class BucketShape:
-    kind: BucketKind
-    capacity: float
-    per_ms: float
+# (kind, capacity, per_ms): a plain tuple, built per request.
+BucketShape = tuple[BucketKind, float, float]
 
 
 def plan_admit(
@@ -124,10 +121,10 @@ def bucket_shapes(rates: RateLimitConfig | None) -> list[BucketShape]:
     shapes: list[BucketShape] = []
     if rates.requests_per_minute is not None:
         capacity = rates.burst or rates.requests_per_minute
-        shapes.append(BucketShape("requests", float(capacity), rates.requests_per_minute / 60_000))
+        shapes.append(("requests", float(capacity), rates.requests_per_minute / 60_000))
     if rates.tokens_per_minute is not None:
         per_ms = rates.tokens_per_minute / 60_000
-        shapes.append(BucketShape("tokens", float(rates.tokens_per_minute), per_ms))
+        shapes.append(("tokens", float(rates.tokens_per_minute), per_ms))
     return shapes
 
 
@@ -139,10 +136,13 @@ def buckets(org_id: str, key_id: str, limits: OrgLimits, estimate: int) -> tuple
         ("key", key_id, limits.key_rate_limits),
     ]
     for owner, kid, rates in owners:
-        for shape in bucket_shapes(rates):
-            cost = 1.0 if shape.kind == "requests" else min(float(estimate), shape.capacity)
-            key = store_keys.bucket_key(org_id, owner, kid, shape.kind)
-            specs.append(BucketSpec(key, shape.capacity, shape.per_ms, cost, owner, shape.kind))
+        for kind, capacity, per_ms in bucket_shapes(rates):
+            cost = 1.0 if kind == "requests" else min(float(estimate), capacity)
+            specs.append(
+                BucketSpec(
+                    store_keys.bucket_key(org_id, owner, kid, kind), capacity, per_ms, cost, owner, kind
+                )
+            )
     return tuple(specs)
 
 

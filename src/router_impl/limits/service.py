@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 import structlog
 
 from router_impl.config.model import OrgLimits, RuntimeConfig
-from router_impl.health import CheckStatus
 from router_impl.limits import store_keys
 from router_impl.limits.budget_fit import max_tokens_that_fit, too_large_message
 from router_impl.limits.budgets import UNITS, BudgetLookup, Budgets, BudgetSource
@@ -50,6 +49,7 @@ from router_impl.limits.store import (
     LockedOut,
     Period,
 )
+from router_impl.process_health import CheckStatus
 
 __all__ = ["Demand", "LimitDenied", "LimitsService", "Ticket"]
 

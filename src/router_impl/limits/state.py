@@ -71,14 +71,14 @@ class LimitsAdmin:
         moment = self.now()
         shapes = bucket_shapes(limits.rate_limits)
         probes = tuple(
-            BucketProbe(store_keys.bucket_key(org_id, "org", None, s.kind), s.capacity, s.per_ms)
-            for s in shapes
+            BucketProbe(store_keys.bucket_key(org_id, "org", None, kind), capacity, per_ms)
+            for kind, capacity, per_ms in shapes
         )
         windows = [window(p, moment) for p in PERIODS]
         keys = tuple(store_keys.counter_key(org_id, w, unit) for w in windows for unit in UNITS)
         store = self.stores.under(limits.failure_mode)
         seen = await store.snapshot(probes, keys, store_keys.lockout_key(org_id), to_ms(moment))
-        levels = dict(zip((s.kind for s in shapes), seen.levels, strict=True))
+        levels = dict(zip((kind for kind, _, _ in shapes), seen.levels, strict=True))
         states = []
         for i, w in enumerate(windows):
             tokens_used, micro_used = seen.used[2 * i], seen.used[2 * i + 1]

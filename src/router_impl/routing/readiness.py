@@ -14,7 +14,7 @@ from datetime import datetime
 
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.config.model import RuntimeConfig
-from router_impl.health import CheckStatus
+from router_impl.process_health import CheckStatus
 from router_impl.routing.backend_pool import bearer_token
 from router_impl.routing.health import BackendHealth
 

@@ -81,6 +81,10 @@ async def test_limits_and_budgets_run_on_the_cluster_exactly(
         settle = CounterAdjust(budget.key, -4, day_end, 10)  # one request used 6 of its 10
         await store.adjust((BucketAdjust(bucket.key, 5.0, 1e-9, 0.0, 1.0),), (settle,), now, lease)
         assert await client.get(budget.key) == b"26"
+    # An admin reset finds an organisation's keys on whichever master holds them (SCAN on every master).
+    cleared = await store.clear_prefix(f"budget:{{{orgs[0]}}}:")
+    assert cleared == (f"budget:{{{orgs[0]}}}:DAILY:tokens",)
+    assert await store.clear((f"rl:{{{orgs[1]}}}:org:requests",)) == (f"rl:{{{orgs[1]}}}:org:requests",)
 
 
 async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster, mux: ClusterMux) -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given, settings
+from redis import Redis as SyncRedis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
@@ -80,6 +81,10 @@ async def test_limits_and_budgets_run_on_the_cluster_exactly(
         settle = CounterAdjust(budget.key, -4, day_end, 10)  # one request used 6 of its 10
         await store.adjust((BucketAdjust(bucket.key, 5.0, 1e-9, 0.0, 1.0),), (settle,), now, lease)
         assert await client.get(budget.key) == b"26"
+    # An admin reset finds an organisation's keys on whichever master holds them (SCAN on every master).
+    cleared = await store.clear_prefix(f"budget:{{{orgs[0]}}}:")
+    assert cleared == (f"budget:{{{orgs[0]}}}:DAILY:tokens",)
+    assert await store.clear((f"rl:{{{orgs[1]}}}:org:requests",)) == (f"rl:{{{orgs[1]}}}:org:requests",)
 
 
 async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster, mux: ClusterMux) -> None:
@@ -126,3 +131,32 @@ async def test_the_cluster_store_decides_exactly_as_the_embedded_one(
     cluster_store: RedisLimitStore, world: World, ops: list[tuple[object, ...]]
 ) -> None:
     await decide_alike(cluster_store, world, ops)
+
+
+async def test_a_slot_in_migration_is_followed_through_ask(
+    redis_cluster: RedisClusterServer, client: RedisCluster, mux: ClusterMux
+) -> None:
+    """While a slot migrates, a key the old master no longer has is answered with ASK: the mux resends
+    it to the importing master, preceded by ASKING, and nothing else changes."""
+    key = f"ask-{uuid.uuid4().hex}"
+    slot = client.keyslot(key)
+    source = client.get_node_from_key(key)
+    target = next(n for n in client.get_primaries() if n.name != source.name)
+    source_id, target_id = (
+        redis_cluster.cli_run(n.port, "cluster", "myid").strip() for n in (source, target)
+    )
+    script = mux.register_script("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])")
+    assert "OK" in redis_cluster.cli_run(target.port, "cluster", "setslot", str(slot), "importing", source_id)
+    assert "OK" in redis_cluster.cli_run(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+    importing = SyncRedis(port=target.port, single_connection_client=True)
+    try:
+        assert await script(keys=[key], args=["moved-on"]) == b"moved-on"
+        assert redis_cluster.cli_run(source.port, "get", key).startswith("ASK")  # not on the old master
+        importing.execute_command("ASKING")
+        assert importing.get(key) == b"moved-on"  # written where the slot is going
+    finally:
+        importing.execute_command("ASKING")
+        importing.delete(key)
+        importing.close()
+        for node in (source, target):
+            redis_cluster.cli_run(node.port, "cluster", "setslot", str(slot), "stable")

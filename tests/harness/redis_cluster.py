@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.harness.ports import LOOPBACK
+from tests.harness.ports import LOOPBACK, free_port, port_free
 from tests.harness.process import ServiceStartError, find_binary
 from tests.harness.services import RedisServer
 from tests.harness.wait import wait_until
@@ -22,8 +22,23 @@ MASTERS = 3
 READY_TIMEOUT_S = 30.0
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000, which Redis needs below 65536) is free too."""
+    while True:
+        port = free_port()
+        if port <= 55535 and port_free(port + 10000):
+            return port
+
+
 class RedisClusterNode(RedisServer):
     name = "redis-cluster-node"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, cluster_port())
+        self._port_pinned = False  # a restart may choose another port, by cluster_port()
+
+    def choose_new_ports(self) -> None:
+        self.port = cluster_port()
 
     def command(self) -> list[str]:
         return [

@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from tests.harness.backend import MockBackend
 from tests.harness.process import BinaryNotFoundError, ManagedProcess
+from tests.harness.redis_cluster import RedisClusterServer
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer, router_service_env
 
@@ -22,7 +23,7 @@ settings.register_profile("router", deadline=None)
 settings.load_profile("router")
 
 ServiceT = TypeVar("ServiceT", bound=ManagedProcess)
-SERVICE_FIXTURES = frozenset({"redis_server", "etcd_server", "kafka_broker", "services_env"})
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_cluster", "etcd_server", "kafka_broker", "services_env"})
 
 
 def _on_ci() -> bool:
@@ -54,6 +55,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = _started(lambda: RedisServer(workdir=tmp_path_factory.mktemp("redis")))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """Three masters and a replica; a failover swaps roles, so tests find nodes by slot, not by port."""
+    server = _started(lambda: RedisClusterServer(tmp_path_factory.mktemp("redis-cluster"), replicas=1))
     yield server
     server.close()
 

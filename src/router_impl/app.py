@@ -26,7 +26,9 @@ from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from router_contract import SPEC_PATH
@@ -66,7 +68,8 @@ from router_impl.limits.service import LimitsService
 from router_impl.limits.store_memory import MemoryLimitStore
 from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.pipeline import Pipeline
-from router_impl.redis_mux import RedisMux
+from router_impl.redis_cluster_mux import ClusterMux
+from router_impl.redis_mux import RedisAddress, RedisMux
 from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.decisions import DecisionLog
 from router_impl.routing.dispatcher import Dispatcher
@@ -82,6 +85,7 @@ from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditLog, ForwardedAuditLog
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
+from router_impl.usage.auditing import Auditing
 from router_impl.usage.wiring import UsageParts, build_usage
 from router_impl.web.errors import error_handlers
 from router_impl.web.middleware.api_docs import ApiDocsMiddleware, contract_pages, swagger_ui_dir
@@ -111,15 +115,18 @@ _CONNEXION_MIDDLEWARES = [
 
 @dataclass(frozen=True)
 class _SharedRedis:
-    """redis-py for the occasional command; one pipelined connection for the per-request scripts."""
+    """redis-py for the occasional command; one pipelined connection (per master of a Redis Cluster)
+    for the per-request scripts."""
 
-    client: Redis
-    scripts: RedisMux
+    client: Redis | RedisCluster
+    scripts: RedisMux | ClusterMux
 
 
 def _redis(settings: Settings) -> _SharedRedis | None:
     if not settings.redis_url:
         return None
+    if settings.redis_cluster:
+        return _redis_cluster(settings)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -130,6 +137,25 @@ def _redis(settings: Settings) -> _SharedRedis | None:
     )
     scripts = RedisMux.from_url(settings.redis_url, timeout=settings.redis_timeout_seconds)
     return _SharedRedis(Redis.from_pool(pool), scripts)
+
+
+def _redis_cluster(settings: Settings) -> _SharedRedis:
+    """The seeds' credentials and TLS serve every node; redis-py follows MOVED and failovers itself."""
+    seeds = [RedisAddress.from_url(url) for url in settings.redis_urls]
+    first = seeds[0]
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(seed.host, seed.port) for seed in seeds],
+        username=first.username,
+        password=first.password,
+        ssl=first.tls,
+        ssl_cert_reqs="required" if first.verify_tls else "none",
+        max_connections=settings.redis_max_connections,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=AsyncRetry(NoBackoff(), 1),
+    )
+    timeout = settings.redis_timeout_seconds
+    return _SharedRedis(client, ClusterMux(seeds, timeout=timeout, connect_timeout=timeout))
 
 
 def _secret(value: Any) -> str | None:
@@ -219,6 +245,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         lambda key, value: usage.outbox.append(usage.audit_topic, key, value),
     )
     limits = _limits(settings, redis, holder, lifecycle, metrics)
+    auditing = Auditing(audit)
     pipeline = Pipeline(
         config=holder.current,
         authenticator=authenticator,
@@ -230,7 +257,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         usage=usage.sink,
         request_timeout_seconds=settings.request_timeout_seconds,
         limits=limits,
-        audit=audit,
+        auditing=auditing,
         accepting=lambda: usage.outbox.accepting,
         on_routed=lambda model, decision: metrics.observe_decision(model, decision, decision == "FAILOVER"),
         tracer=tracing,
@@ -297,6 +324,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
         probe_guard=ProbeGuard(),
         limits=limits,
         audit=audit,
+        auditing=auditing,
         tracing=tracing,
     )
 

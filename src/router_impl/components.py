@@ -21,6 +21,7 @@ from router_impl.settings import Settings
 from router_impl.telemetry.metrics import Metrics
 from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.audit import AuditLog
+from router_impl.usage.auditing import Auditing
 from router_impl.web.probe_guard import ProbeGuard
 
 
@@ -41,6 +42,7 @@ class Components:
     lifecycle: Lifecycle
     started_at: int
     audit: AuditLog
+    auditing: Auditing  # the writer: never fatal to what it records
     limits: LimitsService
     metrics: Metrics
     probe_guard: ProbeGuard

@@ -22,7 +22,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -34,6 +34,15 @@ Arg = str | bytes | int | float
 # A registered Lua script as the stores call it: ``await script(keys=[...], args=[...])``, whether
 # redis-py's ``AsyncScript`` or this module's ``MuxScript``.
 Script = Callable[..., Awaitable[Any]]
+
+
+class ScriptHost(Protocol):
+    """Where the stores register their scripts: ``RedisMux`` (one Redis) or ``ClusterMux`` (a Redis
+    Cluster, ``redis_cluster_mux``)."""
+
+    def register_script(self, source: str) -> MuxScript: ...
+
+    async def execute_for(self, key: Arg | None, *args: Arg) -> Any: ...
 
 
 def _pack(args: tuple[Arg, ...]) -> bytes:
@@ -168,11 +177,18 @@ class RedisMux:
     def register_script(self, source: str) -> MuxScript:
         return MuxScript(self, source)
 
-    async def execute(self, *args: Arg) -> Any:
-        """Send one command; its reply as redis-py returns it with ``decode_responses=False``."""
+    async def execute_for(self, key: Arg | None, *args: Arg) -> Any:
+        """``execute``: one Redis holds every key."""
+        return await self.execute(*args)
+
+    async def execute(self, *args: Arg, asking: bool = False) -> Any:
+        """Send one command; its reply as redis-py returns it with ``decode_responses=False``.
+        ``asking``: preceded by ASKING on the same connection (a Redis Cluster slot in migration)."""
         connection = self._connection
         if connection is None or connection.lost is not None:
             connection = await self._connect()
+        if asking:  # written right before the command: nothing can come between them
+            connection.send(_pack(("ASKING",)), self._timeout).add_done_callback(_retrieved)
         reply = await connection.send(_pack(args), self._timeout)
         if isinstance(reply, ResponseError):
             raise NoScriptError(str(reply)) if str(reply).startswith("NOSCRIPT") else reply
@@ -234,20 +250,26 @@ class RedisMux:
             self._connection = None
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # its command's own future reports the failure
+
+
 class MuxScript:
     """A Lua script run by its SHA, loaded on first use and again after a SCRIPT FLUSH or restart.
 
     Called like redis-py's ``AsyncScript``: ``await script(keys=[...], args=[...])``.
     """
 
-    def __init__(self, mux: RedisMux, source: str) -> None:
+    def __init__(self, mux: ScriptHost, source: str) -> None:
         self._mux = mux
         self._source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts so
 
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        key = keys[0] if keys else None  # a Redis Cluster runs it where this key's slot lives
         try:
-            return await self._mux.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self._mux.execute_for(key, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             # EVAL runs it and caches it: not sent twice, since a NOSCRIPT reply ran nothing.
-            return await self._mux.execute("EVAL", self._source, len(keys), *keys, *args)
+            return await self._mux.execute_for(key, "EVAL", self._source, len(keys), *keys, *args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,7 +88,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="Redis for rate limits, budgets, idempotency, signature nonces and the audit index, "
-        "shared by every replica; default: in process and LMDB.",
+        "shared by every replica; default: in process and LMDB. With `redis_cluster`: one or more "
+        "comma-separated node URLs of a Redis Cluster (the other nodes are discovered).",
+    )
+    # Redis Cluster (redis_cluster_mux.py): every key of one request's script shares a hash slot
+    # ({org} hash tags, docs/architecture.md "Redis"), so a cluster scales the store past one Redis.
+    redis_cluster: bool = Field(
+        False,
+        description="`redis_url` names Redis Cluster nodes (`redis://` or `rediss://`, database 0): "
+        "commands go to the master of their keys' hash slot, following failovers.",
     )
     etcd_endpoints: str | None = Field(
         None, description="Comma-separated etcd `host:port` list; the runtime config then lives in etcd."
@@ -119,10 +128,22 @@ class Settings(BaseSettings):
         description="Usage outbox cap (about 24 h at 1k RPS); past it billable requests get 503 "
         "until it drains to 90 %. Give the volume about 1.1 x this.",
     )
-    # false: no fsync per group commit; survives a process kill, not a machine crash (benchmarks, dev).
-    outbox_sync: bool = Field(
-        True,
-        description="fsync each outbox group commit; false survives a process kill but not a machine crash.",
+    # What an acknowledged usage record survives (usage/outbox.py; measured in bench/README.md).
+    # process: committed to LMDB without fsync, i.e. in the kernel's page cache: survives a crash,
+    # kill -9, OOM kill or container restart; lost if the machine fails (power, kernel panic) before
+    # the kernel writes it back (about 30 s on Linux). machine: each group commit is fsynced (one
+    # fsync serves all concurrent requests): survives that too, at ~1 ms more per request at c=1.
+    # With the chart's per-pod volumes (emptyDir/ephemeral) a lost node takes the outbox anyway.
+    outbox_durability: Literal["process", "machine"] = Field(
+        "process",
+        description="What an acknowledged usage record survives: `process` (written to the page cache: "
+        "a killed or crashed process, a restarted container) or `machine` (fsynced group commit: "
+        "also power loss and kernel panics; ~1 ms more per request at low concurrency).",
+    )
+    outbox_sync: bool | None = Field(
+        None,
+        description="Deprecated: `true` means `ROUTER_OUTBOX_DURABILITY=machine`, `false` `process`; "
+        "ignored when `ROUTER_OUTBOX_DURABILITY` is set.",
     )
     outbox_drain_seconds: float = Field(
         10.0, ge=0, le=600, description="On SIGTERM, how long the outbox keeps publishing before exit."
@@ -320,6 +341,42 @@ class Settings(BaseSettings):
     build_version: str = Field("0.1.0", description="Version reported by health and metrics.")
     build_commit: str = Field("unknown", description="Commit reported by health and metrics.")
     build_time: str = Field("unknown", description="Build time reported by health.")
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """The Redis URL, or a Redis Cluster's seed node URLs."""
+        return [url.strip() for url in (self.redis_url or "").split(",") if url.strip()]
+
+    @model_validator(mode="after")
+    def _redis_cluster_urls(self) -> Settings:
+        urls = self.redis_urls
+        if self.redis_cluster and not urls:
+            raise ValueError(
+                "ROUTER_REDIS_CLUSTER needs ROUTER_REDIS_URL: one or more Redis Cluster node URLs"
+            )
+        if len(urls) > 1 and not self.redis_cluster:
+            raise ValueError(
+                "ROUTER_REDIS_URL lists several URLs: set ROUTER_REDIS_CLUSTER=true for a Redis Cluster"
+            )
+        for url in urls if self.redis_cluster else ():
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss") or parts.path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "ROUTER_REDIS_URL in cluster mode: redis:// or rediss:// node URLs without a database "
+                    "(a Redis Cluster has database 0 only)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _durability_from_the_old_switch(self) -> Settings:
+        if self.outbox_sync is not None and "outbox_durability" not in self.model_fields_set:
+            self.outbox_durability = "machine" if self.outbox_sync else "process"
+        return self
+
+    @property
+    def outbox_fsync(self) -> bool:
+        """Whether outbox commits (and the JSON Lines files they are published to) are fsynced."""
+        return self.outbox_durability == "machine"
 
     @model_validator(mode="after")
     def _workers_need_a_shared_store(self) -> Settings:

@@ -1,7 +1,9 @@
 """The shared stores on a real Redis Cluster (three masters): limits, budgets, idempotency and nonces
-run unchanged, every multi-key script keeping its keys in one hash slot (the organisation's ``{org}``).
+run unchanged, every multi-key script keeping its keys in one hash slot (the organisation's ``{org}``),
+on redis-py's cluster client and on the router's pipelined ``ClusterMux``.
 
-Not covered: the audit index (its keys span slots: usage/audit_redis.py), and a master failover.
+The audit index runs on the cluster in tests/usage/test_audit_stores.py; routers on the cluster and a
+failover under load in tests/e2e/test_redis_cluster_fleet.py.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ResponseError
 
 from router_impl.auth.nonces import RedisNonceStore
 from router_impl.limits.idempotency import Conflict, Proceed, Replay, StoredReply
@@ -27,22 +31,17 @@ from router_impl.limits.store import (
     Lease,
 )
 from router_impl.limits.store_redis import RedisLimitStore
-from tests.conftest import _started
+from router_impl.redis_cluster_mux import ClusterMux
+from router_impl.redis_mux import RedisAddress
 from tests.harness.redis_cluster import RedisClusterServer
+from tests.limits.test_limit_stores import World, decide_alike, operations, worlds
 
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
-    server = _started(lambda: RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")))
-    yield server
-    server.close()
-
-
 @pytest.fixture
-async def client(cluster: RedisClusterServer) -> AsyncIterator[RedisCluster]:
-    redis = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes])
+async def client(redis_cluster: RedisClusterServer) -> AsyncIterator[RedisCluster]:
+    redis = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
     await redis.initialize()
     yield redis
     await redis.aclose()
@@ -52,8 +51,19 @@ def orgs_on_every_master(count: int = 30) -> list[str]:
     return [f"org-{i}-{uuid.uuid4().hex[:8]}" for i in range(count)]
 
 
-async def test_limits_and_budgets_run_on_the_cluster_exactly(client: RedisCluster) -> None:
-    store = RedisLimitStore(client, redis_clock=True)
+@pytest.fixture
+async def mux(redis_cluster: RedisClusterServer) -> AsyncIterator[ClusterMux]:
+    seeds = [RedisAddress(host, port) for host, port in redis_cluster.startup_nodes[:1]]
+    scripts = ClusterMux(seeds, timeout=2.0, connect_timeout=2.0)
+    yield scripts
+    await scripts.aclose()
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["redis-py", "cluster-mux"])
+async def test_limits_and_budgets_run_on_the_cluster_exactly(
+    client: RedisCluster, mux: ClusterMux, pipelined: bool
+) -> None:
+    store = RedisLimitStore(client, scripts=mux if pipelined else None, redis_clock=True)
     now = int(time.time() * 1000)
     day_end = now + 86_400_000
     orgs = orgs_on_every_master()
@@ -72,8 +82,8 @@ async def test_limits_and_budgets_run_on_the_cluster_exactly(client: RedisCluste
         assert await client.get(budget.key) == b"26"
 
 
-async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster) -> None:
-    store = RedisIdempotencyStore(client, owner="host.1.1")
+async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster, mux: ClusterMux) -> None:
+    store = RedisIdempotencyStore(client, owner="host.1.1", scripts=mux)
     other = RedisIdempotencyStore(client, owner="host.2.2")
     await store.claim([])
     nonces = RedisNonceStore(client)  # type: ignore[arg-type]
@@ -90,3 +100,29 @@ async def test_idempotency_and_nonces_run_on_the_cluster(client: RedisCluster) -
     held = await other.begin("org-crash", "req", "fp", now)
     assert isinstance(held, Proceed)
     assert isinstance(await store.begin("org-crash", "req", "fp", now), Proceed)  # host.2.2 never beat
+
+
+async def test_a_script_whose_keys_span_slots_is_refused_by_the_cluster(mux: ClusterMux) -> None:
+    """What the {org} hash tags prevent: Redis Cluster refuses a script naming keys of two slots."""
+    script = mux.register_script("return redis.call('GET', KEYS[2])")
+    with pytest.raises(ResponseError, match="CROSSSLOT"):
+        await script(keys=["a{org-1}", "b{org-2}"])
+    assert await script(keys=["a{org-1}", "b{org-1}"]) is None
+
+
+@pytest.fixture(scope="module")
+async def cluster_store(redis_cluster: RedisClusterServer) -> AsyncIterator[RedisLimitStore]:
+    """On the router's pipelined ClusterMux (module scope: hypothesis runs every example on it)."""
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    scripts = ClusterMux([RedisAddress(*redis_cluster.startup_nodes[0])], timeout=2.0, connect_timeout=2.0)
+    yield RedisLimitStore(client, scripts=scripts)
+    await scripts.aclose()
+    await client.aclose()
+
+
+@settings(max_examples=100)
+@given(world=worlds, ops=operations)
+async def test_the_cluster_store_decides_exactly_as_the_embedded_one(
+    cluster_store: RedisLimitStore, world: World, ops: list[tuple[object, ...]]
+) -> None:
+    await decide_alike(cluster_store, world, ops)

@@ -641,10 +641,16 @@ async def shared_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 async def test_memory_and_redis_give_identical_decisions_and_snapshots(
     shared_client: Redis, world: World, ops: list[tuple[object, ...]]
 ) -> None:
+    await decide_alike(RedisLimitStore(shared_client), world, ops)
+
+
+async def decide_alike(redis: RedisLimitStore, world: World, ops: list[tuple[object, ...]]) -> None:
+    """Every step: the same decision and snapshot from ``redis`` as from the embedded store (also run
+    on a Redis Cluster: tests/e2e/test_redis_cluster.py)."""
     org = Org(f"prop-{uuid.uuid4().hex}")
     # The smallest map that holds the world (and its leases): every step sweeps, so eviction is
     # exercised too.
-    memory, redis = MemoryLimitStore(max_entries=6), RedisLimitStore(shared_client)
+    memory = MemoryLimitStore(max_entries=6)
     now = T0
     leased: list[AdmitPlan] = []
     for op in ops:

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from router_impl.redis_mux import RedisMux
 from router_impl.usage.audit import (
@@ -40,12 +41,23 @@ def clock() -> ManualClock:
     return ManualClock(T0.timestamp())
 
 
-@pytest.fixture(params=["lmdb", pytest.param("redis", marks=pytest.mark.services)])
+@pytest.fixture(
+    params=[
+        "lmdb",
+        pytest.param("redis", marks=pytest.mark.services),
+        pytest.param("redis-cluster", marks=pytest.mark.services),
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Store]:
     if request.param == "lmdb":
         lmdb_store = LmdbAuditLog(tmp_path / "audit", 64 << 20, RETENTION, clock=clock)
         yield lmdb_store
         lmdb_store.close()
+    elif request.param == "redis-cluster":  # every write script stays in one slot (CROSSSLOT otherwise)
+        nodes = request.getfixturevalue("redis_cluster").startup_nodes
+        cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes])
+        yield RedisAuditLog(cluster, RETENTION, key_prefix=f"t{uuid.uuid4().hex}:", clock=clock)
+        await cluster.aclose()
     else:
         url = request.getfixturevalue("redis_server").url
         client = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=8, timeout=5))
@@ -346,3 +358,19 @@ async def test_concurrent_writes_on_the_pipelined_connection_each_land(redis_ser
     assert {e.request_id for e in page.items} == {e.request_id for e in events}
     await scripts.aclose()
     await client.aclose()
+
+
+async def test_lmdb_concurrent_records_are_each_stored_and_a_cancelled_callers_event_too(
+    tmp_path: Path,
+) -> None:
+    """The LMDB store group-commits the events of one turn of the loop: every caller's event lands,
+    including one whose caller gave up waiting."""
+    store = LmdbAuditLog(tmp_path / "audit", 64 << 20, RETENTION, clock=ManualClock(T0.timestamp()))
+    events = [event(f"req-{n}", n) for n in range(40)]
+    waiting = [asyncio.ensure_future(store.record(item)) for item in events]
+    await asyncio.sleep(0)  # every record has queued its event
+    waiting[0].cancel()
+    await asyncio.gather(*waiting[1:])
+    for item in events:
+        assert (await store.by_request(item.request_id, "org-a")) == item
+    store.close()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from router_impl.errors import ApiError
@@ -73,7 +73,7 @@ class RedisNonceStore:
     Without Redis a replay cannot be ruled out, so signed requests get 503 rather than a pass.
     """
 
-    def __init__(self, client: Redis, log: Any = None) -> None:
+    def __init__(self, client: Redis | RedisCluster, log: Any = None) -> None:
         self._client = client
         self._log = log if log is not None else structlog.get_logger("router.auth")
 

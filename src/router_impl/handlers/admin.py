@@ -22,7 +22,7 @@ from router_impl.config.layout import object_key, summary
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
 from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable
 from router_impl.errors import ApiError
-from router_impl.limits.service import ResetScope
+from router_impl.limits.state import ResetTarget
 from router_impl.usage.audit import AuditAction, AuditEvent
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response, timestamp
@@ -88,7 +88,7 @@ async def _audit_key_change(
         organization_id=record.organization_id,
         action=action,
     )
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=state.request_id,
             organization_id=record.organization_id,
@@ -200,7 +200,7 @@ async def _write(
         revision=revision,
     )
     state = current_state()
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=state.request_id,
             organization_id=object_id if kind == "limits" else "",
@@ -459,12 +459,12 @@ async def _store_limits(
 
 async def reset_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
     body = current_document()
-    scope: ResetScope = body.get("scope") or "buckets"  # the contract's enum, validated
+    scope: ResetTarget = body.get("scope") or "buckets"  # the contract's enum, validated
     key_id = body.get("key_id")
     cleared = await components.limits.reset(org_id, scope, key_id)
     now = datetime.now(UTC)
     actor = _actor(token_info)
-    await components.pipeline.record_audit(
+    await components.auditing.record(
         AuditEvent(
             request_id=current_state().request_id,
             organization_id=org_id,

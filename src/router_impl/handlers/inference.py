@@ -12,7 +12,7 @@ from starlette.responses import Response
 from router_impl.auth.signing import BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD
 from router_impl.components import Components
 from router_impl.errors import ApiError
-from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
+from router_impl.pipeline import Call, Completed, FinalReply, fingerprint
 from router_impl.usage.cost import micro_to_usd
 from router_impl.web.current import current_document, current_method_and_path, current_state
 
@@ -70,7 +70,7 @@ def _render(call: Call, completed: Completed) -> FinalReply:
         "backend_id": completed.routed.backend.id,
         "decision": completed.routed.decision,
     }
-    return FinalReply(status=200, body=orjson.dumps(body), headers=routing_headers(completed.routed))
+    return FinalReply(status=200, body=orjson.dumps(body), headers=completed.routed.headers)
 
 
 def canonical_request_id(value: Any) -> str:

@@ -10,15 +10,7 @@ from starlette.responses import Response
 from router_impl.auth.authenticator import Principal
 from router_impl.components import Components
 from router_impl.errors import ApiError
-from router_impl.pipeline import (
-    Call,
-    Completed,
-    FinalReply,
-    Kind,
-    StreamingReply,
-    fingerprint,
-    routing_headers,
-)
+from router_impl.pipeline import Call, Completed, FinalReply, Kind, StreamingReply, fingerprint
 from router_impl.web.current import current_document, current_header, current_method_and_path, current_state
 from router_impl.web.event_stream import EventStreamResponse
 from router_impl.web.responses import JSON
@@ -42,7 +34,7 @@ def _call(kind: Kind, body: dict[str, Any], principal: Principal) -> Call:
 
 def _passthrough(call: Call, completed: Completed) -> FinalReply:
     """The backend's OpenAI answer goes back as it came, plus our routing headers."""
-    return FinalReply(status=200, body=completed.raw, headers=routing_headers(completed.routed))
+    return FinalReply(status=200, body=completed.raw, headers=completed.routed.headers)
 
 
 async def _complete(
@@ -53,7 +45,9 @@ async def _complete(
         components.pipeline.stream(call) if call.stream else components.pipeline.complete(call, _passthrough)
     )
     if isinstance(reply, StreamingReply):
-        return EventStreamResponse(reply.events, headers=reply.headers, on_close=reply.abandon)
+        return EventStreamResponse(
+            reply.events, headers=reply.headers, on_close=reply.abandon, trace_id=call.trace_id
+        )
     return Response(
         reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
     )

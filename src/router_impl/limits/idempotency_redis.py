@@ -49,7 +49,7 @@ from router_impl.limits.idempotency import (
     to_ms,
 )
 from router_impl.limits.owners import owner_id
-from router_impl.redis_mux import RedisMux, Script
+from router_impl.redis_mux import Script, ScriptHost
 
 # KEYS[1] entry; ARGV fingerprint, token, now_ms, lease_until_ms, lease_ms, owner, [dead owner]
 BEGIN_SCRIPT = """
@@ -105,7 +105,7 @@ class RedisIdempotencyStore:
         lease: float = DEFAULT_LEASE_SECONDS,
         key_prefix: str = "idem:",
         *,
-        scripts: RedisMux | None = None,
+        scripts: ScriptHost | None = None,
         token_factory: Callable[[], str] = new_token,
         owner: str | None = None,
         owner_ttl: float = DEFAULT_OWNER_TTL_SECONDS,

@@ -20,7 +20,9 @@ lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Red
 yet. With ``redis_clock`` (what the router runs) ``now`` is Redis's own TIME instead, so every replica
 refills a shared bucket on one clock whatever its own says; budget periods (which counter key, when it
 expires) are still chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
-A script reads every key before it writes any, so a refusal or an error (a key of the wrong type)
+The scripts are ``limits/lua/*.lua`` (package data; ``buckets.lua`` holds the helpers they share), each
+taking its plan as one JSON argument with named fields (``admit_plan``, ``adjust_plan``). A script
+reads every key before it writes any, so a refusal or an error (a key of the wrong type)
 changes nothing. Counters stay exact below 2**53 (Lua numbers are doubles).
 
 The scripts run on ``scripts`` (the request path's pipelined connection, ``redis_mux``) when given,
@@ -30,11 +32,12 @@ else on the client; command timeouts are theirs. Any Redis failure surfaces as
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
@@ -55,235 +58,24 @@ from router_impl.limits.store import (
     Period,
     Snapshot,
 )
-from router_impl.redis_mux import RedisMux, Script
+from router_impl.redis_mux import Script, ScriptHost
 
 DEFAULT_EXPIRY_MARGIN_MS = 60_000
 # An organisation's lease keys live this long after its last leased admit: past the longest period
 # (a month), so every counter a forgotten lease names has expired and reaping it would change nothing.
 LEASE_KEEP_MS = 35 * 86_400_000
 
-# The bucket math of store.refilled, in Lua: returns the level at now and the stamp to store. ``clock``
-# is the script's now: the caller's ``now_ms``, or '' for Redis's own clock (TIME, whole ms).
-_BUCKET_LUA = """
-local function clock(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+# The scripts (limits/lua/*.lua, package data): each takes its plan as one JSON argument.
+_ADMIT = ("buckets.lua", "reap.lua", "admit.lua")
+_ADJUST = ("buckets.lua", "adjust.lua")
+_SNAPSHOT = ("buckets.lua", "snapshot.lua")
 
-local function bucket_at(key, cap, per, now)
-  local state = redis.call('HMGET', key, 'level', 'ts_ms')
-  if not state[1] then return cap, now end
-  local level, ts = tonumber(state[1]), tonumber(state[2])
-  local elapsed = now - ts
-  if elapsed < 0 then elapsed = 0 end
-  level = level + elapsed * per
-  if level > cap then level = cap end
-  if ts < now then ts = now end
-  return level, ts
-end
 
-local function put_bucket(key, level, ts, cap, per, margin)
-  redis.call('HSET', key, 'level', string.format('%.17g', level), 'ts_ms', string.format('%d', ts))
-  local ttl = math.ceil((cap - level) / per) + margin
-  if ttl > 70368744177664 then ttl = 70368744177664 end
-  redis.call('PEXPIRE', key, string.format('%d', ttl))
-end
+def lua_source(*names: str) -> str:
+    """The script made of these files of ``limits/lua``, in order (helpers first)."""
+    folder = resources.files("router_impl.limits") / "lua"
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
 
-local function used_at(key, now)
-  local expires = redis.call('PEXPIRETIME', key)
-  if expires == -2 or (expires >= 0 and expires <= now) then return 0 end
-  local used = tonumber(redis.call('GET', key))
-  if not used then error('limit store counter ' .. key .. ' is not a number') end
-  return used
-end
-
-local function lockout_at(key, now)
-  local lock_until = redis.call('PEXPIRETIME', key)
-  if lock_until > now then return lock_until, redis.call('GET', key) end
-  return nil, nil
-end
-"""
-
-# Gives back what the leases due by now hold (at most `batch`, oldest first), then drops them. Reads
-# everything before it writes, so a key of the wrong type fails it with nothing changed. A counter past
-# its period is left alone (its exact key was leased, so yesterday's reservation never lands in today).
-_REAP_LUA = """
-local function reap(lease_key, held_key, now, margin, batch)
-  local due = redis.call('ZRANGEBYSCORE', lease_key, '-inf', now, 'LIMIT', 0, batch)
-  if #due == 0 then return end
-  local records = redis.call('HMGET', held_key, unpack(due))
-  local buckets, bucket_order, counters, counter_order = {}, {}, {}, {}
-  for n = 1, #due do
-    if records[n] then
-      local held = cjson.decode(records[n])
-      for _, b in ipairs(held[1]) do
-        local key, cap, per = b[1], tonumber(b[2]), tonumber(b[3])
-        local s = buckets[key]
-        if not s then
-          local level, ts = bucket_at(key, cap, per, now)
-          s = {level = level, ts = ts}
-          buckets[key] = s
-          bucket_order[#bucket_order + 1] = key
-        end
-        s.level = s.level + tonumber(b[4])
-        if s.level > cap then s.level = cap end
-        s.cap, s.per = cap, per
-      end
-      for _, c in ipairs(held[2]) do
-        local key = c[1]
-        if counters[key] == nil then
-          local expires = redis.call('PEXPIRETIME', key)
-          if expires == -2 or (expires >= 0 and expires <= now) then
-            counters[key] = false
-          else
-            counters[key] = used_at(key, now)
-          end
-          counter_order[#counter_order + 1] = key
-        end
-        if counters[key] then
-          local used = counters[key] - c[2]
-          if used < 0 then used = 0 end
-          counters[key] = used
-        end
-      end
-    end
-  end
-  for _, key in ipairs(bucket_order) do
-    local s = buckets[key]
-    put_bucket(key, s.level, s.ts, s.cap, s.per, margin)
-  end
-  for _, key in ipairs(counter_order) do
-    if counters[key] then redis.call('SET', key, string.format('%d', counters[key]), 'KEEPTTL') end
-  end
-  redis.call('ZREM', lease_key, unpack(due))
-  redis.call('HDEL', held_key, unpack(due))
-end
-"""
-
-# KEYS lockout, buckets, counters (plan order), then the lease keys (sorted set, hash) when leased;
-# ARGV now_ms, margin_ms, bucket count, lease id ('' without a lease), lease until_ms, what it holds
-# (JSON; '' when nothing), reap batch, lease keep_ms, then capacity, per_ms, cost of each bucket,
-# then limit, amount, expires_at_ms, period of each counter
-ADMIT_SCRIPT = (
-    _BUCKET_LUA
-    + _REAP_LUA
-    + """
-local now, margin, nb = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease_id, held = ARGV[4], ARGV[6]
-local nl = 0
-if lease_id ~= '' then nl = 2 end
-local nc = #KEYS - 1 - nb - nl
-local lease_key, held_key = KEYS[2 + nb + nc], KEYS[3 + nb + nc]
-if nl == 2 then reap(lease_key, held_key, now, margin, tonumber(ARGV[7])) end
-local lock_until, period = lockout_at(KEYS[1], now)
-if lock_until then return {'locked', lock_until, period} end
-local levels, stamps = {}, {}
-for i = 1, nb do
-  local a = 8 + 3 * (i - 1)
-  local level, ts = bucket_at(KEYS[1 + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
-  local cost = tonumber(ARGV[a + 3])
-  if level < cost then return {'bucket', i, string.format('%.17g', level)} end
-  levels[i], stamps[i] = level - cost, ts
-end
-local used = {}
-for j = 1, nc do
-  local a = 8 + 3 * nb + 4 * (j - 1)
-  local before = used_at(KEYS[1 + nb + j], now)
-  if before + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
-    if before >= tonumber(ARGV[a + 1]) then redis.call('SET', KEYS[1], ARGV[a + 4], 'PXAT', ARGV[a + 3]) end
-    return {'counter', j, before}
-  end
-  used[j] = before + tonumber(ARGV[a + 2])
-end
-local out = {'ok'}
-for i = 1, nb do
-  local a = 8 + 3 * (i - 1)
-  put_bucket(KEYS[1 + i], levels[i], stamps[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
-  out[#out + 1] = string.format('%.17g', levels[i])
-end
-for j = 1, nc do
-  local a = 8 + 3 * nb + 4 * (j - 1)
-  redis.call('SET', KEYS[1 + nb + j], string.format('%d', used[j]), 'PXAT', ARGV[a + 3])
-  out[#out + 1] = used[j]
-end
-if nl == 2 and held ~= '' then
-  redis.call('ZADD', lease_key, ARGV[5], lease_id)
-  redis.call('HSET', held_key, lease_id, held)
-  redis.call('PEXPIRE', lease_key, ARGV[8])
-  redis.call('PEXPIRE', held_key, ARGV[8])
-end
-return out
-"""
-)
-
-# KEYS the lease keys (sorted set, hash) when leased, then buckets, counters; ARGV now_ms, margin_ms,
-# bucket count, lease id ('' without a lease), then capacity, per_ms, delta, reserved of each bucket,
-# then delta, reserved, expires_at_ms of each counter. A lease already reaped had its reservation
-# given back: the reserved amounts are charged again, so the actual figures count in full.
-ADJUST_SCRIPT = (
-    _BUCKET_LUA
-    + """
-local now, margin, nb, lease_id = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local nl, late = 0, false
-if lease_id ~= '' then
-  nl = 2
-  late = not redis.call('ZSCORE', KEYS[1], lease_id)
-end
-local nc = #KEYS - nl - nb
-local levels, stamps, used = {}, {}, {}
-for i = 1, nb do
-  local a = 4 + 4 * (i - 1)
-  local cap = tonumber(ARGV[a + 1])
-  local level, ts = bucket_at(KEYS[nl + i], cap, tonumber(ARGV[a + 2]), now)
-  local delta = tonumber(ARGV[a + 3])
-  if late then delta = delta - tonumber(ARGV[a + 4]) end
-  level = level + delta
-  if level > cap then level = cap end
-  levels[i], stamps[i] = level, ts
-end
-for j = 1, nc do
-  local a = 4 + 4 * nb + 3 * (j - 1)
-  local delta = tonumber(ARGV[a + 1])
-  if late then delta = delta + tonumber(ARGV[a + 2]) end
-  local after = used_at(KEYS[nl + nb + j], now) + delta
-  if after < 0 then after = 0 end
-  used[j] = after
-end
-for i = 1, nb do
-  local a = 4 + 4 * (i - 1)
-  put_bucket(KEYS[nl + i], levels[i], stamps[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
-end
-for j = 1, nc do
-  local a = 4 + 4 * nb + 3 * (j - 1)
-  redis.call('SET', KEYS[nl + nb + j], string.format('%d', used[j]), 'PXAT', ARGV[a + 3])
-end
-if nl == 2 and not late then
-  redis.call('ZREM', KEYS[1], lease_id)
-  redis.call('HDEL', KEYS[2], lease_id)
-end
-return 1
-"""
-)
-
-# KEYS lockout, buckets, counters; ARGV now_ms, bucket count, then capacity, per_ms of each bucket.
-# Returns lockout until_ms (0: none), its period, each bucket's level, each counter's usage.
-SNAPSHOT_SCRIPT = (
-    _BUCKET_LUA
-    + """
-local now, nb = clock(ARGV[1]), tonumber(ARGV[2])
-local lock_until, period = lockout_at(KEYS[1], now)
-local out = {lock_until or 0, period or ''}
-for i = 1, nb do
-  local level = bucket_at(KEYS[1 + i], tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2]), now)
-  out[#out + 1] = string.format('%.17g', level)
-end
-for j = 2 + nb, #KEYS do
-  out[#out + 1] = used_at(KEYS[j], now)
-end
-return out
-"""
-)
 
 _PERIODS: dict[bytes, Period] = {b"DAILY": "DAILY", b"MONTHLY": "MONTHLY"}
 _GLOB_SPECIAL = frozenset("\\*?[]")
@@ -294,7 +86,7 @@ class RedisLimitStore:
         self,
         redis: Redis | RedisCluster,
         *,
-        scripts: RedisMux | None = None,
+        scripts: ScriptHost | None = None,
         expiry_margin_ms: int = DEFAULT_EXPIRY_MARGIN_MS,
         redis_clock: bool = False,
     ) -> None:
@@ -308,24 +100,15 @@ class RedisLimitStore:
         self._margin_ms = expiry_margin_ms
         self._redis_clock = redis_clock
         host = scripts or redis
-        self._admit = host.register_script(ADMIT_SCRIPT)
-        self._adjust = host.register_script(ADJUST_SCRIPT)
-        self._snapshot = host.register_script(SNAPSHOT_SCRIPT)
+        self._admit = host.register_script(lua_source(*_ADMIT))
+        self._adjust = host.register_script(lua_source(*_ADJUST))
+        self._snapshot = host.register_script(lua_source(*_SNAPSHOT))
 
     async def admit(self, plan: AdmitPlan) -> Decision:
-        lease = plan.lease
-        figures = [(_num(b.capacity), _num(b.per_ms), _num(b.cost)) for b in plan.buckets]
-        args: list[str | int] = [self._now(plan.now_ms), self._margin_ms, len(plan.buckets)]
-        args += (lease.id, lease.until_ms, _held(plan, figures)) if lease is not None else ("", 0, "")
-        args += (REAP_BATCH, LEASE_KEEP_MS)
-        for three in figures:
-            args += three
-        for c in plan.counters:
-            args += (c.limit, c.amount, _instant(c.expires_at_ms), c.period)
         keys = [plan.lockout_key, *(b.key for b in plan.buckets), *(c.key for c in plan.counters)]
-        if lease is not None:
-            keys += (lease.key, lease.held_key)
-        reply = await self._run(self._admit, keys, args)
+        if plan.lease is not None:
+            keys += (plan.lease.key, plan.lease.held_key)
+        reply = await self._run(self._admit, keys, admit_plan(plan, self._margin_ms, self._redis_clock))
         outcome = reply[0]
         if outcome == b"ok":
             nb = len(plan.buckets)
@@ -345,32 +128,27 @@ class RedisLimitStore:
     ) -> None:
         if not buckets and not counters:
             return
-        lease_id = "" if lease is None else lease.id
-        args: list[str | int] = [self._now(now_ms), self._margin_ms, len(buckets), lease_id]
-        for b in buckets:
-            args += (_num(b.capacity), _num(b.per_ms), _num(b.delta), _num(b.reserved))
-        for c in counters:
-            args += (c.delta, c.reserved, _instant(c.expires_at_ms))
         keys = [] if lease is None else [lease.key, lease.held_key]
         keys += (*(b.key for b in buckets), *(c.key for c in counters))
-        await self._run(self._adjust, keys, args)
+        plan = adjust_plan(buckets, counters, now_ms, lease, self._margin_ms, self._redis_clock)
+        await self._run(self._adjust, keys, plan)
 
     async def snapshot(
         self, buckets: tuple[BucketProbe, ...], counter_keys: tuple[str, ...], lockout_key: str, now_ms: int
     ) -> Snapshot:
-        args: list[str | int] = [self._now(now_ms), len(buckets)]
-        for b in buckets:
-            args += (_num(b.capacity), _num(b.per_ms))
-        reply = await self._run(self._snapshot, [lockout_key, *(b.key for b in buckets), *counter_keys], args)
+        plan: dict[str, Any] = {
+            "buckets": [{"cap": _num(b.capacity), "per": _num(b.per_ms)} for b in buckets]
+        }
+        if not self._redis_clock:
+            plan["now"] = now_ms
+        keys = [lockout_key, *(b.key for b in buckets), *counter_keys]
+        reply = await self._run(self._snapshot, keys, orjson.dumps(plan))
         nb = len(buckets)
         return Snapshot(
             levels=tuple(float(v) for v in reply[2 : 2 + nb]),
             used=tuple(reply[2 + nb :]),
             lockout=LockedOut(reply[0], _period(reply[1])) if reply[0] else None,
         )
-
-    def _now(self, now_ms: int) -> str | int:
-        return "" if self._redis_clock else now_ms
 
     async def clear(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         """Keys Redis still holds count as existing, even when past their expiry by the caller's clock."""
@@ -407,28 +185,83 @@ class RedisLimitStore:
             raise _unavailable(exc) from exc
 
     @staticmethod
-    async def _run(script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _run(script: Script, keys: Sequence[str], plan: bytes) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            return await script(keys=keys, args=(plan,))
         except (RedisError, OSError) as exc:  # TimeoutError and ConnectionError are OSErrors
             raise _unavailable(exc) from exc
 
 
-def _held(plan: AdmitPlan, figures: list[tuple[str, str, str]]) -> str:
-    """What the plan's lease holds, as the reap script reads it: token buckets' [key, capacity, per_ms,
-    cost] (``figures``: as the script's arguments, exact strings) and counters' [key, amount]; ''
-    when nothing (no lease then)."""
-    buckets = [[b.key, *f] for b, f in zip(plan.buckets, figures, strict=True) if b.kind == "tokens"]
+def admit_plan(plan: AdmitPlan, margin_ms: int, redis_clock: bool = False) -> bytes:
+    """ARGV[1] of admit.lua: the plan as JSON (floats as their shortest exact repr, which Lua reads back
+    exactly); ``now`` left out on Redis's clock."""
+    encoded: dict[str, Any] = {
+        "margin": margin_ms,
+        "buckets": [
+            {"cap": _num(b.capacity), "per": _num(b.per_ms), "cost": _num(b.cost)} for b in plan.buckets
+        ],
+        "counters": [
+            {"limit": c.limit, "amount": c.amount, "expires": _instant(c.expires_at_ms), "period": c.period}
+            for c in plan.counters
+        ],
+    }
+    if not redis_clock:
+        encoded["now"] = plan.now_ms
+    if plan.lease is not None:
+        lease = plan.lease
+        held = _held(plan)
+        encoded["lease"] = {"id": lease.id, "until": lease.until_ms, "held": held, "batch": REAP_BATCH}
+        encoded["lease"]["keep"] = LEASE_KEEP_MS
+    return orjson.dumps(encoded)
+
+
+def adjust_plan(
+    buckets: tuple[BucketAdjust, ...],
+    counters: tuple[CounterAdjust, ...],
+    now_ms: int,
+    lease: Lease | None,
+    margin_ms: int,
+    redis_clock: bool = False,
+) -> bytes:
+    """ARGV[1] of adjust.lua, as ``admit_plan``."""
+    encoded: dict[str, Any] = {
+        "margin": margin_ms,
+        "buckets": [
+            {
+                "cap": _num(b.capacity),
+                "per": _num(b.per_ms),
+                "delta": _num(b.delta),
+                "reserved": _num(b.reserved),
+            }
+            for b in buckets
+        ],
+        "counters": [
+            {"delta": c.delta, "reserved": c.reserved, "expires": _instant(c.expires_at_ms)} for c in counters
+        ],
+    }
+    if not redis_clock:
+        encoded["now"] = now_ms
+    if lease is not None:
+        encoded["lease"] = lease.id
+    return orjson.dumps(encoded)
+
+
+def _held(plan: AdmitPlan) -> str:
+    """What the plan's lease holds, as reap.lua reads it: token buckets' [key, capacity, per_ms, cost]
+    and counters' [key, amount]; '' when nothing (no lease then)."""
+    buckets = [
+        [b.key, _num(b.capacity), _num(b.per_ms), _num(b.cost)] for b in plan.buckets if b.kind == "tokens"
+    ]
     counters = [[c.key, c.amount] for c in plan.counters]
-    return json.dumps([buckets, counters], separators=(",", ":")) if buckets or counters else ""
+    return orjson.dumps([buckets, counters]).decode() if buckets or counters else ""
 
 
-def _num(value: float) -> str:
-    """A float as Lua's tonumber reads it back exactly (repr is the shortest round-tripping form)."""
+def _num(value: float) -> float:
+    """A finite float (JSON writes its shortest exact repr, which Lua's number parser reads back exactly)."""
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"limit figures must be finite, not {value!r}")
-    return repr(number)
+    return number
 
 
 def _instant(ms: int) -> int:

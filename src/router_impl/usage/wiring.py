@@ -49,7 +49,7 @@ def build_usage(
     outbox = LmdbOutbox(
         settings.data_dir / "outbox",
         max_bytes=settings.outbox_max_bytes,
-        sync=settings.outbox_sync,
+        sync=settings.outbox_fsync,
         warn_fraction=settings.outbox_warn_fraction,
         warn_age_seconds=settings.outbox_warn_age_seconds,
     )
@@ -65,7 +65,7 @@ def build_usage(
         transport = JsonlTransport(
             settings.data_dir / "usage",
             {settings.usage_topic: "usage", settings.audit_topic: "audit"},
-            fsync=settings.outbox_sync,
+            fsync=settings.outbox_fsync,
         )
     publisher = Publisher(outbox, transport, publish_timeout=publish_timeout, on_round=on_round)
 

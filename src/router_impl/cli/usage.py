@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from router_impl.ops_cli import AUDIT_COLUMNS, add_json_flag, cell, fields, line, show
+from router_impl.cli.ops import AUDIT_COLUMNS, add_json_flag, cell, fields, line, show
 
 _FOLLOW_POLL_SECONDS = 0.2
 _CATCH_UP_SECONDS = 30.0  # how long tail waits for a partition to reach its end before printing

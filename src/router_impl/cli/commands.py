@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, config_cli, ops_cli, usage_cli
+from router_impl import __version__
+from router_impl.cli import config as config_cli
+from router_impl.cli import ops as ops_cli
+from router_impl.cli import usage as usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -147,7 +150,7 @@ def _print_demo_banner(settings: Any) -> None:
 
 
 def _admin(args: argparse.Namespace) -> Any:
-    from router_impl.admin_client import AdminClient
+    from router_impl.cli.admin_client import AdminClient
 
     key = args.admin_key or os.environ.get("ROUTER_ADMIN_KEY")
     if not key:
@@ -196,7 +199,7 @@ def _admin_parser(sub: Any, name: str, help_text: str) -> Any:
 
 
 def _add_policy_commands(sub: Any) -> None:
-    from router_impl import policy_cli
+    from router_impl.cli import policy as policy_cli
 
     actions = _admin_parser(
         sub, "policy", "routing config (backends, model policies, states) over the admin API"
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from router_impl.admin_client import AdminApiError
+    from router_impl.cli.admin_client import AdminApiError
 
     args = build_parser().parse_args(argv)
     try:

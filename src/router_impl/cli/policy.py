@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from router_impl.admin_client import AdminClient
-from router_impl.ops_cli import show, table
+from router_impl.cli.admin_client import AdminClient
+from router_impl.cli.ops import show, table
 
 BACKEND_FIELDS = (
     "base_url",

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_impl import limits_cli
+from router_impl.cli import limits as limits_cli
 
 Run = Callable[[Any, argparse.Namespace], Any]
 AUDIT_COLUMNS = ("timestamp", "action", "organization_id", "api_key_id", "request_id", "decision_reason")
@@ -60,7 +60,7 @@ def cell(value: Any) -> str:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from router_impl.admin_client import AdminClient
+    from router_impl.cli.admin_client import AdminClient
 
     key = args.key or os.environ.get(args.key_env) or os.environ.get("ROUTER_ADMIN_KEY")
     if not key:

@@ -74,7 +74,18 @@ def p99(samples: list[float]) -> float:
 
 def cli_list(router: RouterProcess, admin: str) -> set[str]:
     listed = subprocess.run(
-        [str(ROUTER_BIN), "keys", "--url", router.base_url, "--admin-key", admin, "list", "--limit", "1000"],
+        [
+            str(ROUTER_BIN),
+            "keys",
+            "--url",
+            router.base_url,
+            "--admin-key",
+            admin,
+            "list",
+            "--json",
+            "--limit",
+            "1000",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -44,15 +44,22 @@ class RawAnswer:
 
 
 @asynccontextmanager
-async def demo_routers(root: Path, *lanes: bool, **settings: Any) -> AsyncIterator[list[InProcess]]:
+async def demo_routers(
+    root: Path, *lanes: bool, config: str | None = None, **settings: Any
+) -> AsyncIterator[list[InProcess]]:
     """One demo router per entry of ``lanes`` (fast lane on or off), each with its own data dir and
-    demo upstream. All are built before any starts: building blocks the event loop for a while, and
-    a started router's health probe would time out meanwhile and take its upstream out of service."""
+    demo upstream, and its own copy of ``config`` (runtime-config YAML) as its config file: admin
+    writes go to that file, which routers must not share. All are built before any starts: building
+    blocks the event loop for a while, and a started router's health probe would time out meanwhile
+    and take its upstream out of service."""
     async with AsyncExitStack() as stack:
         built = []
         for index, fast_lane in enumerate(lanes):
             upstream = await start_demo_upstream()
             stack.push_async_callback(upstream.stop)
+            if config is not None:
+                settings["config_path"] = root / f"router-{index}.yaml"
+                settings["config_path"].write_text(config, encoding="utf-8")
             components = build_components(
                 Settings(
                     data_dir=root / f"router-{index}",

@@ -17,7 +17,6 @@ import base64
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pytest
@@ -123,7 +122,7 @@ TRICKS = (
 )
 
 
-def _config(path: Path) -> Path:
+def _config() -> str:
     """The matrix's extra keys, beside demo mode's own: every scope, so only the trick decides."""
     box = SecretBox(SECRET_KEY.encode())
 
@@ -147,14 +146,15 @@ def _config(path: Path) -> Path:
             signing_secret_enc=box.encrypt("rs_matrix-signing-secret", context="key_matrix_signing"),
         ),
     ]
-    path.write_text(yaml.safe_dump({"api_keys": keys}), encoding="utf-8")
-    return path
+    return yaml.safe_dump({"api_keys": keys})
 
 
 @pytest.fixture(scope="module")
 async def routers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[InProcess, InProcess]]:
-    root = tmp_path_factory.mktemp("credentials")
-    async with demo_routers(root, True, False, config_path=_config(root / "keys.yaml")) as (fast, plain):
+    async with demo_routers(tmp_path_factory.mktemp("credentials"), True, False, config=_config()) as (
+        fast,
+        plain,
+    ):
         yield fast, plain
 
 

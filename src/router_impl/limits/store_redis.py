@@ -18,8 +18,10 @@ touches one Redis Cluster slot); the scripts use only ``KEYS[]``. Layout:
 Expiry is judged against the caller's ``now_ms`` exactly as the embedded store does it: a counter or
 lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Redis has not dropped it
 yet. With ``redis_clock`` (what the router runs) ``now`` is Redis's own TIME instead, so every replica
-refills a shared bucket on one clock whatever its own says; budget periods (which counter key, when it
-expires) are still chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
+refills a shared bucket on one clock whatever its own says, and a lease is due its term after the admit
+by that clock too (``Lease.until_ms`` - ``now_ms``), so a replica whose clock is behind Redis's never
+has its live leases reaped; budget periods (which counter key, when it and a lockout expire) are still
+chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
 A script reads every key before it writes any, so a refusal or an error (a key of the wrong type)
 changes nothing. Counters stay exact below 2**53 (Lua numbers are doubles).
 
@@ -162,7 +164,7 @@ end
 """
 
 # KEYS lockout, buckets, counters (plan order), then the lease keys (sorted set, hash) when leased;
-# ARGV now_ms, margin_ms, bucket count, lease id ('' without a lease), lease until_ms, what it holds
+# ARGV now_ms, margin_ms, bucket count, lease id ('' without a lease), lease term ms, what it holds
 # (JSON; '' when nothing), reap batch, lease keep_ms, then capacity, per_ms, cost of each bucket,
 # then limit, amount, expires_at_ms, period of each counter
 ADMIT_SCRIPT = (
@@ -208,7 +210,7 @@ for j = 1, nc do
   out[#out + 1] = used[j]
 end
 if nl == 2 and held ~= '' then
-  redis.call('ZADD', lease_key, ARGV[5], lease_id)
+  redis.call('ZADD', lease_key, now + tonumber(ARGV[5]), lease_id)
   redis.call('HSET', held_key, lease_id, held)
   redis.call('PEXPIRE', lease_key, ARGV[8])
   redis.call('PEXPIRE', held_key, ARGV[8])
@@ -316,7 +318,9 @@ class RedisLimitStore:
         lease = plan.lease
         figures = [(_num(b.capacity), _num(b.per_ms), _num(b.cost)) for b in plan.buckets]
         args: list[str | int] = [self._now(plan.now_ms), self._margin_ms, len(plan.buckets)]
-        args += (lease.id, lease.until_ms, _held(plan, figures)) if lease is not None else ("", 0, "")
+        # The lease's term, not its instant: its deadline is set on the clock that reaps it (the script's).
+        term_ms = 0 if lease is None else lease.until_ms - plan.now_ms
+        args += (lease.id, term_ms, _held(plan, figures)) if lease is not None else ("", 0, "")
         args += (REAP_BATCH, LEASE_KEEP_MS)
         for three in figures:
             args += three

@@ -270,10 +270,11 @@ class Settings(BaseSettings):
         description="`max_tokens` is clamped to this for organisations with budgets whose limits set no "
         "`max_tokens_cap`.",
     )
-    # A budget/token reservation is leased for request_timeout_seconds plus this margin (post-call work,
-    # clock skew between replicas); a router killed mid-request has its reservations given back by the
-    # organisation's first admit after the lease. A stream (bounded only by its backend's read timeout)
-    # is leased for limits_stream_lease_seconds; one that runs longer is charged in full at its end.
+    # A budget/token reservation is leased for request_timeout_seconds plus this margin (post-call work;
+    # the term runs on Redis's clock, so replicas' skew does not shorten it); a router killed mid-request
+    # has its reservations given back by the organisation's first admit after the lease. A stream
+    # (bounded only by its backend's read timeout) is leased for limits_stream_lease_seconds; one that
+    # runs longer is charged in full at its end.
     limits_lease_margin_seconds: float = Field(
         30.0,
         ge=0,

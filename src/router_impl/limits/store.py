@@ -81,7 +81,8 @@ class Lease:
     key: str  # the organisation's leases by deadline, e.g. "lease:{org-1}"
     held_key: str  # what each lease holds, by id, e.g. "lease:{org-1}:held"
     id: str  # unique per admit
-    until_ms: int  # reaped by the first admit of the organisation at or after this instant
+    until_ms: int  # reaped by the first admit of the organisation at or after this instant (a store on
+    # its own clock, Redis TIME, keeps the term: until_ms - the plan's now_ms after its admit)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -15,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import (
     KEYS,
@@ -32,6 +30,7 @@ from tests.e2e.limits.limits_support import (
     limit_events,
     secret_of,
 )
+from tests.harness.clock_shift import shifted_env
 from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess, router_command
 from tests.harness.services import RedisServer
@@ -262,10 +261,11 @@ def test_two_workers_sharing_redis_admit_exactly_the_org_limit(
 
 
 class RouterTwoSecondsAhead(RouterProcess):
-    """A router whose wall clock runs 2 s ahead of the others' (libfaketime)."""
+    """A router whose wall clock runs 2 s ahead of the others' (libfaketime; under `make test-date`,
+    2 s ahead of the suite's shifted date)."""
 
-    def command(self) -> list[str]:
-        return [shutil.which("faketime") or "faketime", "-f", "+2s", *super().command()]
+    def environment(self) -> dict[str, str]:
+        return shifted_env(2.0, super().environment())
 
 
 def test_two_routers_whose_clocks_differ_by_2_s_admit_at_most_the_configured_rate(
@@ -273,8 +273,6 @@ def test_two_routers_whose_clocks_differ_by_2_s_admit_at_most_the_configured_rat
 ) -> None:
     """One clock: buckets are refilled on Redis's clock. Before, the router 2 s ahead found the
     shared bucket 2 s fuller (5/s: +10 tokens) than the configured rate allows."""
-    if shutil.which("faketime") is None:  # make test installs it (tools/install-services.sh)
-        pytest.fail("faketime (libfaketime) is not installed: apt-get install -y faketime")
     env = {
         "ROUTER_REDIS_URL": redis_server.url,
         "ROUTER_CONFIG_PATH": str(limits_config),

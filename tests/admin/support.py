@@ -1,5 +1,5 @@
 """The admin application services over real parts: a config file, the config service, an LMDB audit
-log, the embedded limit store; one fixed clock (``tests.config.samples.NOW``)."""
+log, the embedded limit store, keys as config objects; one fixed clock (``tests.config.samples.NOW``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from router_impl.admin.audit_trail import Caller
-from router_impl.auth.store_lmdb import LmdbKeyStore
+from router_impl.auth.store_config import ConfigKeyStore
 from router_impl.config.file_source import FileSource, render
 from router_impl.config.holder import ConfigHolder
 from router_impl.config.model import RuntimeConfig
@@ -57,13 +57,12 @@ async def admin_services(tmp_path: Path, config: RuntimeConfig | None = None) ->
     parts = ConfigParts(holder, service)
     audit = LmdbAuditLog(tmp_path / "audit", 64 << 20, 30 * 86_400, clock=ManualClock(NOW.timestamp()))
     backends = BackendClient()
-    keys = LmdbKeyStore(tmp_path / "keys")
     await service.start(within=5)
     try:
         services = build_admin(
             config=parts,
             limits=LimitsService(config=holder.current, local=MemoryLimitStore(), now=clock),
-            key_store=keys,
+            key_store=ConfigKeyStore(holder.current, service.put, secret_box=None),  # keys as config objects
             health=BackendHealth(ManualClock()),
             backends=backends,
             record_audit=audit.record,
@@ -73,5 +72,4 @@ async def admin_services(tmp_path: Path, config: RuntimeConfig | None = None) ->
     finally:
         await service.stop()
         await backends.close()
-        keys.close()
         audit.close()

@@ -92,7 +92,7 @@ chaos: $(STAMP) services
 
 # schemathesis against a live router on a free port (all checks, fixed seed + a random one).
 fuzz: $(STAMP) services
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/contract/test_fuzz.py
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/contract/test_fuzz*.py
 
 # Mutation testing of the pure core (not part of `make test`; docs/mutation.md): mutmut flips one
 # operator at a time in the modules [tool.mutmut] names, runs their own fast tests, then

@@ -1,0 +1,32 @@
+"""The stall meter: run-queue wait read from /proc, and the worst window of it."""
+
+from __future__ import annotations
+
+import os
+
+from tests.harness.stall import StallMeter, run_queue_wait_s
+
+
+def test_the_run_queue_wait_of_this_process_is_read_and_never_goes_back():
+    first = run_queue_wait_s([os.getpid()])
+    sum(range(200_000))
+    assert 0.0 <= first <= run_queue_wait_s([os.getpid()])
+    assert run_queue_wait_s([2**22 + 1]) == 0.0  # no such process: nothing waited
+
+
+def test_worst_is_the_largest_stall_within_any_window_rounded_out_to_the_next_sample():
+    meter = StallMeter([])
+    meter._times = [0.0, 0.1, 0.2, 0.3, 0.4]
+    meter._waits = [0.0, 0.0, 0.5, 0.5, 0.9]
+    assert meter.total_s == 0.9
+    assert meter.worst(0.1) == 0.5  # 0.1 -> 0.2
+    assert meter.worst(0.05) == 0.5  # rounded out to the next sample: never understated
+    assert meter.worst(0.15) == 0.5
+    assert meter.worst(0.25) == 0.9  # 0.1 -> 0.4 (rounded out from 0.35)
+    assert meter.worst(10.0) == 0.9
+
+
+def test_a_meter_samples_while_in_its_with():
+    with StallMeter([os.getpid()], interval_s=0.01) as meter:
+        sum(range(500_000))
+    assert len(meter._times) >= 2 and meter.total_s >= 0.0

@@ -21,11 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from router_impl.auth.keys import hash_secret
 from tests.e2e.conftest import records_for
 from tests.harness.backend_proc import BackendProcess
+from tests.harness.config_docs import failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 MODEL = "kill-model"
@@ -65,33 +64,13 @@ def kill_rig(tmp_path: Path) -> Iterator[tuple[RouterProcess, BackendProcess, Ba
         ]
         config: dict[str, Any] = {
             "backends": backends,
-            "models": [
-                {
-                    "model": MODEL,
-                    "backends": [
-                        {"backend_id": "primary", "weight": 100},
-                        {"backend_id": "standby", "weight": 0},
-                    ],
-                    "warmup_seconds": 0,
-                }
-            ],
+            "models": [failover_model(MODEL, "primary", "standby", warmup_seconds=0)],
             "api_keys": [
-                {
-                    "id": "key-kill",
-                    "organization_id": "org-kill",
-                    "key_hash": hash_secret(KEY),
-                    "scopes": ["inference"],
-                },
-                {
-                    "id": "key-ops",
-                    "organization_id": "org-ops",
-                    "key_hash": hash_secret(ADMIN_KEY),
-                    "scopes": ["admin"],
-                },
+                key_record("key-kill", "org-kill", KEY),
+                key_record("key-ops", "org-ops", ADMIN_KEY, scopes=["admin"]),
             ],
         }
-        path = tmp_path / "router.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        path = write_config(tmp_path, config)
         fleet = RouterFleet(tmp_path / "routers")
         try:
             router = fleet.start(env={"ROUTER_CONFIG_PATH": str(path), "ROUTER_ACCESS_LOG": "false"})

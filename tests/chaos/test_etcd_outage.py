@@ -10,32 +10,26 @@ started from and then changed: the change must still be applied.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.chaos.conftest import (
+from tests.harness.backend import MockBackend
+from tests.harness.chaos_load import BoundedLoad, Outcome, Shot, summary
+from tests.harness.chaos_pipeline import (
     MODEL,
-    BoundedLoad,
     ChaosStack,
     EtcdKv,
-    Outcome,
     PipelineRouter,
     PipelineRouterFactory,
-    Shot,
     chat_body,
     model_document,
     new_org,
     pipeline_config,
-    summary,
 )
-from tests.harness.backend import MockBackend
-from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer
+from tests.harness.service_proxy import ServiceProxy
 from tests.harness.wait import wait_until
 
 PARTITION_S = 30.0
@@ -44,78 +38,9 @@ MAX_LATENCY_S = 2.0
 CHURN = 5  # revisions written before each compaction
 
 
-class PartitionProxy(ThreadedServer):
-    """Forwards a loopback port to ``target_port``. ``partition()`` holds every byte in both
-    directions, on open connections and on new ones alike; ``heal()`` lets them flow again."""
-
-    thread_name = "etcd-partition-proxy"
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__()
-        self.target_port = target_port
-        self.port = 0
-        self._flowing: asyncio.Event | None = None
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def endpoint(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def partition(self) -> None:
-        self._call(lambda flowing: flowing.clear())
-
-    def heal(self) -> None:
-        self._call(lambda flowing: flowing.set())
-
-    def _call(self, change: Callable[[asyncio.Event], None]) -> None:
-        assert self._loop is not None and self._flowing is not None
-        self._loop.call_soon_threadsafe(change, self._flowing)
-
-    async def _serve(self) -> None:
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server = await asyncio.start_server(self._connect, LOOPBACK, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._connections:
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._flowing is not None
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
-        try:
-            await self._flowing.wait()
-            upstream_reader, upstream_writer = await asyncio.open_connection(LOOPBACK, self.target_port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
-        )
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        assert self._flowing is not None
-        try:
-            while data := await source.read(65536):
-                await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                sink.close()
-
-
 @pytest.fixture
-def proxy(chaos_stack: ChaosStack) -> Iterator[PartitionProxy]:
-    with PartitionProxy(chaos_stack.etcd.client_port) as running:
+def proxy(chaos_stack: ChaosStack) -> Iterator[ServiceProxy]:
+    with ServiceProxy([chaos_stack.etcd.client_port]) as running:
         yield running
 
 
@@ -154,7 +79,7 @@ def served_by(outcomes: list[Outcome]) -> set[str | None]:
 def test_etcd_partitioned_30s_and_compacted_the_router_keeps_routing_and_applies_the_newest_config(
     chaos_stack: ChaosStack,
     pipeline_router: PipelineRouterFactory,
-    proxy: PartitionProxy,
+    proxy: ServiceProxy,
     backends: dict[str, MockBackend],
 ) -> None:
     org = new_org("chaos-etcd", rate_limits={"requests_per_minute": 60_000})

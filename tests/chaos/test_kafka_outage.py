@@ -18,21 +18,19 @@ from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs installed
 
-from tests.chaos.conftest import (
+from tests.harness.backend import MockBackend
+from tests.harness.chaos_load import BoundedLoad, Shot, summary
+from tests.harness.chaos_pipeline import (
     AUDIT_TOPIC,
     PER_REQUEST_TOKENS,
     USAGE_TOPIC,
-    BoundedLoad,
     ChaosStack,
     PipelineRouterFactory,
-    Shot,
     chat_body,
     new_org,
     pipeline_config,
     records_by_request,
-    summary,
 )
-from tests.harness.backend import MockBackend
 from tests.harness.wait import wait_until
 
 OUTAGE_S = 30.0

@@ -15,21 +15,17 @@ import uuid
 
 import httpx
 
-from tests.chaos.conftest import (
-    CHAT,
+from tests.contract.openapi_check import assert_conforms
+from tests.harness.backend import MockBackend
+from tests.harness.chaos_load import CHAT, BoundedLoad, Shot, summary, tally
+from tests.harness.chaos_pipeline import (
     MODEL,
-    BoundedLoad,
     ChaosStack,
     PipelineRouterFactory,
-    Shot,
     chat_body,
     new_org,
     pipeline_config,
-    summary,
-    tally,
 )
-from tests.contract.openapi_check import assert_conforms
-from tests.harness.backend import MockBackend
 
 HUNG_S = 5.0
 DOWN_S = 5.0

@@ -24,7 +24,8 @@ import httpx2
 import openai
 import pytest
 
-from tests.chaos.conftest import (
+from tests.harness.backend import MockBackend
+from tests.harness.chaos_pipeline import (
     MODEL,
     USAGE_TOPIC,
     ChaosStack,
@@ -34,7 +35,6 @@ from tests.chaos.conftest import (
     pipeline_config,
     records_by_request,
 )
-from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet
 from tests.harness.service_proxy import ServiceProxy
 

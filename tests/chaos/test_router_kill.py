@@ -19,23 +19,19 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import (
+from tests.harness.backend import MockBackend
+from tests.harness.chaos_load import BoundedLoad, Outcome, Retry, Shot, summary
+from tests.harness.chaos_pipeline import (
     MODEL,
     PER_REQUEST_TOKENS,
     USAGE_TOPIC,
-    BoundedLoad,
     ChaosStack,
-    Outcome,
     PipelineRouters,
-    Retry,
-    Shot,
     chat_body,
     new_org,
     pipeline_config,
     records_by_request,
-    summary,
 )
-from tests.harness.backend import MockBackend
 from tests.harness.router_proc import RouterFleet
 
 BACKEND_LATENCY_MS = 100  # so that requests are in flight, past their budget reservation, at the kill

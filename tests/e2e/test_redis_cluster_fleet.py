@@ -20,15 +20,15 @@ import yaml
 from redis.cluster import ClusterNode, RedisCluster
 
 from tests.e2e.conftest import KEYS, MODEL, ObservedBackend, auth, runtime_config
-from tests.e2e.test_limits import (
+from tests.e2e.limits.limits_support import (
     CHAT,
     LIMITS,
     PER_REQUEST,
     RESERVED,
-    _burst,
-    _key_record,
+    burst,
     chat,
     headers,
+    key_record_of,
 )
 from tests.harness.backend import MockBackend
 from tests.harness.errors import error_code
@@ -67,7 +67,7 @@ def cluster_config(
 ) -> tuple[Path, str]:
     org = failover_org(redis_cluster)
     config = runtime_config(backend_a, backend_f)
-    config["api_keys"].extend(_key_record(o) for o in ("org-bucket250", "org-budget100", org))
+    config["api_keys"].extend(key_record_of(o) for o in ("org-bucket250", "org-budget100", org))
     config["org_limits"] = {
         **{o: LIMITS[o] for o in ("org-bucket250", "org-budget100")},
         org: FAILOVER_LIMITS,
@@ -96,9 +96,9 @@ def budget_used(router: RouterProcess, org: str) -> int:
 
 async def test_two_routers_on_a_cluster_take_exactly_the_bucket_and_never_overspend_a_budget(pair, mock):
     calls = mock.inference_requests
-    bucket = [a.status_code for a in await _burst(pair, "org-bucket250", 500)]
+    bucket = [a.status_code for a in await burst(pair, "org-bucket250", 500)]
     assert (bucket.count(200), bucket.count(429)) == (250, 250)
-    budget = [a.status_code for a in await _burst(pair, "org-budget100", 300)]
+    budget = [a.status_code for a in await burst(pair, "org-budget100", 300)]
     admitted = budget.count(200)
     assert 100 * PER_REQUEST // RESERVED <= admitted <= 100, budget
     assert budget.count(402) == 300 - admitted

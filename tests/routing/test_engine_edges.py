@@ -1,5 +1,6 @@
 """The routing engine at its edges: a degraded backend that is also impaired, the X-Routing-Warning's
-256-character limit exactly at its boundary, and the weighted draw's float-rounding fallback."""
+256-character limit exactly at its boundary, the weighted draw's float-rounding fallback, and a
+backend's upstream model name carried through the draw."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 
 import pytest
 
+from router_impl.config.model import RuntimeConfig
 from router_impl.errors import ApiError
 from router_impl.routing.engine import MAX_WARNING_CHARS, weighted_order
 from router_impl.routing.health import Availability
@@ -125,3 +127,27 @@ def test_the_no_backend_message_is_kept_whole_up_to_500_characters_and_cut_beyon
 def test_weighted_order_needs_a_weight_for_each_item() -> None:
     with pytest.raises(ValueError):
         weighted_order(["a", "b"], [1.0], random.Random(1))
+
+
+def test_an_upstream_model_name_travels_with_its_backend_whatever_the_draw() -> None:
+    config = RuntimeConfig.model_validate(
+        {
+            "backends": [{"id": b, "base_url": f"http://{b}.internal:8000/v1"} for b in ("a", "b")],
+            "models": [
+                {
+                    "model": "llama",
+                    "backends": [
+                        {"backend_id": "a", "weight": 50, "upstream_model": "a-llama-8b"},
+                        {"backend_id": "b", "weight": 50},
+                    ],
+                }
+            ],
+        }
+    )
+    orders = set()
+    for seed in range(20):
+        decision = route(config, seed=seed)
+        orders.add(tuple(ids(decision)))
+        names = {c.backend.id: c.backend_model for c in decision.candidates}
+        assert names == {"a": "a-llama-8b", "b": "llama"}  # b has no mapping and lists no models
+    assert orders == {("a", "b"), ("b", "a")}

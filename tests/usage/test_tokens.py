@@ -100,3 +100,34 @@ def test_prompt_bound_counts_integers_beyond_64_bits_in_prompt_fields() -> None:
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"const": -big}}}],
     }
     assert prompt_bound(body, 8, 16) >= 2 * len(str(big)) + len("hi") + 8 + 16
+
+
+def test_an_embeddings_usage_block_without_completion_tokens_counts_none_out():
+    """Embeddings answer prompt and total tokens only; anything else without completion tokens is not
+    trusted, and completion tokens reported are kept whatever the total says."""
+    assert usage_of({"usage": {"prompt_tokens": 5, "total_tokens": 5}}) == Usage(5, 0)
+    assert usage_of({"usage": {"prompt_tokens": 5, "total_tokens": 6}}) is None
+    assert usage_of({"usage": {"prompt_tokens": 5}}) is None
+    assert usage_of({"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 7}}) == Usage(7, 3)
+
+
+def test_an_embeddings_input_is_estimated_per_text_and_counted_per_token_id():
+    assert prompt_estimate("embedding", {"input": "abcdefgh"}) == 2
+    assert prompt_estimate("embedding", {"input": ["abcdefgh", [11, 12, 13], 7, None, 1.5]}) == 2 + 3 + 1
+    assert prompt_estimate("embedding", {"input": 7}) == 0  # neither a text nor a list of inputs
+    assert prompt_estimate("embedding", {"prompt": "abcdefgh"}) == 0  # only ``input`` is embedded
+    assert estimate("embedding", {"input": ["abcd", "efgh"]}, {"data": []}) == Usage(2, 0, estimated=True)
+
+
+def test_prompt_bound_is_the_compact_json_of_the_prompt_fields_plus_the_template_allowance() -> None:
+    one = {"messages": [{"role": "user", "content": "hi"}]}
+    assert prompt_bound(one, 8, 16) == len('[{"role":"user","content":"hi"}]') + 8 + 16 == 56
+    two = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    assert prompt_bound(two, 8, 16) == 68 + 2 * 8 + 16
+    assert prompt_bound({"prompt": "abc"}, 8, 16) == len('"abc"') + 8 + 16  # no messages: one turn
+
+
+def test_prompt_bound_sizes_integers_beyond_64_bits_as_compact_utf8_json() -> None:
+    prompt = [106531779456416227567222128640, "é", {"a": 1}]
+    # '[106531779456416227567222128640,"é",{"a":1}]': 44 characters, "é" two bytes in UTF-8
+    assert prompt_bound({"prompt": prompt}, 8, 16) == 45 + 8 + 16

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import (
     ObservedBackend,
@@ -15,6 +14,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.limits.limits_support import LIMITS, key_record_of
 from tests.harness.backend import MockBackend
+from tests.harness.config_docs import write_config
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
 
@@ -26,9 +26,7 @@ def limits_config(
     config = runtime_config(backend_a, backend_f)
     config["api_keys"].extend(key_record_of(org) for org in (*LIMITS, "org-put", "org-external"))
     config["org_limits"] = LIMITS
-    path = tmp_path_factory.mktemp("limits-config") / "router.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return write_config(tmp_path_factory.mktemp("limits-config"), config)
 
 
 @pytest.fixture(scope="package")

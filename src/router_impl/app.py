@@ -11,7 +11,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,6 +155,13 @@ def _redis_cluster(settings: Settings) -> _SharedRedis:
     )
     timeout = settings.redis_timeout_seconds
     return _SharedRedis(client, ClusterMux(seeds, timeout=timeout, connect_timeout=timeout))
+
+
+def _ping(client: Redis | RedisCluster) -> Callable[[], Awaitable[object]]:
+    """Readiness's PING: on a Redis Cluster every master answers (any one down fails its slots' requests)."""
+    if isinstance(client, RedisCluster):
+        return lambda: client.ping(target_nodes=RedisCluster.PRIMARIES)
+    return client.ping
 
 
 def _secret(value: Any) -> str | None:
@@ -302,7 +309,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             config_service,
             identity,
             shared_store_checks(
-                ping=redis.client.ping if redis is not None else None,
+                ping=_ping(redis.client) if redis is not None else None,
                 limits=limits.readiness,
                 idempotency_store=settings.idempotency_store,
             ),

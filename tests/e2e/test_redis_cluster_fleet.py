@@ -30,6 +30,7 @@ from tests.e2e.test_limits import (
     chat,
     headers,
 )
+from tests.e2e.test_readiness_shared import readiness
 from tests.harness.backend import MockBackend
 from tests.harness.errors import error_code
 from tests.harness.redis_cluster import RedisClusterServer
@@ -180,3 +181,23 @@ async def test_a_failover_under_load_answers_every_request_and_loses_or_doubles_
     expected = used_before + statuses.count(200) * PER_REQUEST
     await eventually(lambda: budget_used(pair[0], org) == expected, timeout=10)
     assert budget_used(pair[1], org) == expected
+
+
+def test_readiness_fails_while_any_master_of_the_cluster_does_not_answer(pair, redis_cluster):
+    """Each master in turn stops answering clients (CLIENT PAUSE: the cluster itself sees no failure):
+    readiness fails its idempotency check, whichever master it is, and recovers by itself. Before,
+    readiness pinged one node only and passed while another master was down."""
+    http = httpx.Client(base_url=pair[0].base_url, trust_env=False, timeout=10)
+    masters = [port for port, role in redis_cluster.roles().items() if role == "master"]
+    assert len(masters) == 3
+    for port in masters:
+        assert readiness(http)[0] == 200
+        assert "OK" in redis_cluster.cli_run(port, "client", "pause", "4000", "all")
+        # Within the pause: readiness is cached for 1 s, then the PING of every master fails.
+        # Polled every 0.1 s: the probe guard refuses a client probing over 20 times a second.
+        _, checks = wait_until(
+            lambda: (r := readiness(http))[0] == 503 and r, timeout=3, interval=0.1, what=str(port)
+        )
+        assert checks["idempotency"][0] == "fail", checks
+        wait_until(lambda: readiness(http)[0] == 200, timeout=10, interval=0.1)
+    http.close()

@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra router env",
     )
     parser.add_argument("--router-workers", type=int, default=1)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run each variant from this checkout (`git archive main`), as router:<variant>@base",
+    )
     parser.add_argument("--router-bin", type=Path, default=None, help="default: <repo>/.venv/bin/router")
     parser.add_argument(
         "--litellm-venv", type=Path, default=None, help="a venv with `litellm[proxy]` installed"
@@ -176,11 +183,19 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
             router_bin = Path(sys.executable).parent / "router"
         overrides = dict(args.router_env)
         for variant in args.variants:
-            started.append(
-                start_router(
-                    router_bin, variant, logs, pins.servers, upstream, overrides, args.router_workers
+            for source in [None] if args.baseline is None else [args.baseline.resolve(), None]:
+                started.append(
+                    start_router(
+                        router_bin,
+                        variant,
+                        logs,
+                        pins.servers,
+                        upstream,
+                        overrides,
+                        args.router_workers,
+                        source,
+                    )
                 )
-            )
     if "litellm" in args.targets and args.litellm_venv is not None:
         if (args.litellm_venv / "bin" / "litellm").exists():
             started.append(start_litellm(args.litellm_venv, logs, pins.servers, upstream))

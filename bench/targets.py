@@ -31,6 +31,10 @@ class RouterVariant:
 
 ROUTER_VARIANTS: dict[str, RouterVariant] = {
     "embedded": RouterVariant("defaults: one process, embedded adapters, no external services"),
+    "embedded-machine": RouterVariant(
+        "embedded, the outbox fsynced per group commit (ROUTER_OUTBOX_DURABILITY=machine)",
+        env={"ROUTER_OUTBOX_DURABILITY": "machine"},
+    ),
     "redis": RouterVariant("limits and idempotency in Redis", from_caller=("ROUTER_REDIS_URL",)),
     "embedded-limits": RouterVariant(
         "embedded, with rate limits and budgets on (bench/limits.yaml): every request checked and settled",
@@ -186,14 +190,20 @@ def start_router(
     upstream: Target,
     overrides: Mapping[str, str],
     workers: int,
+    source: Path | None = None,
 ) -> Target:
+    """``source``: another checkout whose ``src`` and ``generated`` the router imports first (the
+    target is then ``router:<variant>@base``), to compare two commits in one run."""
     port = free_port()
-    data_dir = logs / f"router-{variant_name}-data"
+    name = f"router:{variant_name}" + ("" if source is None else "@base")
+    data_dir = logs / f"{name.replace(':', '-')}-data"
     data_dir.mkdir(exist_ok=True)
     env, problem = router_env(variant_name, upstream, data_dir, overrides)
+    if source is not None:
+        first = [str(source / "src"), str(source / "generated")]
+        env["PYTHONPATH"] = os.pathsep.join([*first, *filter(None, [env.get("PYTHONPATH")])])
     command = [str(router_bin), "serve", "--demo", "--host", HOST, "--port", str(port)]
     command += ["--workers", str(workers)]
-    name = f"router:{variant_name}"
     process = ServerProcess(name, _pinned(command, cpus), logs / f"{name.replace(':', '-')}.log", env, REPO)
     recorded = {k: v for k, v in env.items() if k.startswith("ROUTER_") and k != "ROUTER_DATA_DIR"}
     target = Target(name, port, "demo", process, "/v1/status/healthz", 60.0, recorded)

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis, etcd and Kafka-protocol servers, a mock model backend, router processes.
+"""Shared fixtures: real Redis, etcd and Kafka-protocol servers, mock model backends, router processes.
 
 Session servers are shared: a test that stops or kills one must `start()` it again before it ends.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -23,7 +24,9 @@ settings.register_profile("router", deadline=None)
 settings.load_profile("router")
 
 ServiceT = TypeVar("ServiceT", bound=ManagedProcess)
-SERVICE_FIXTURES = frozenset({"redis_server", "redis_cluster", "etcd_server", "kafka_broker", "services_env"})
+SERVICE_FIXTURES = frozenset(
+    {"redis_server", "redis_cluster", "own_redis", "etcd_server", "kafka_broker", "services_env"}
+)
 
 
 def _on_ci() -> bool:
@@ -55,6 +58,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = _started(lambda: RedisServer(workdir=tmp_path_factory.mktemp("redis")))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, which it may stop, freeze or restart."""
+    server = _started(lambda: RedisServer(workdir=tmp_path / "own-redis"))
     yield server
     server.close()
 
@@ -93,6 +104,28 @@ def services_env(
 def mock_backend() -> Iterator[MockBackend]:
     with MockBackend() as backend:
         yield backend
+
+
+@pytest.fixture(scope="module")
+def primary_and_standby(request: pytest.FixtureRequest) -> Iterator[tuple[MockBackend, MockBackend]]:
+    """Two mock backends serving the test module's ``MODEL``, for the whole module (through ``pair``)."""
+    model = request.module.MODEL
+    with MockBackend(models=(model,)) as primary, MockBackend(models=(model,)) as standby:
+        yield primary, standby
+
+
+@pytest.fixture
+def pair(primary_and_standby: tuple[MockBackend, MockBackend]) -> Iterator[tuple[MockBackend, MockBackend]]:
+    """The module's primary and standby backends, running (same ports: a test may stop one), with
+    default controls and zeroed counters."""
+    for backend in primary_and_standby:
+        backend.start()
+        backend.reset_controls()
+        backend.reset_counters()
+    yield primary_and_standby
+    for backend in primary_and_standby:
+        backend.start()
+        backend.reset_controls()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import asyncio
 from datetime import UTC, datetime
 
-from router_impl.health import BuildInfo, HealthCheck, HealthService
+from router_impl.process_health import BuildInfo, HealthCheck, HealthService
 
 BUILD = BuildInfo("1.0", "abc", "now")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_impl.limits_cli import merge_patch_of
+from router_impl.cli.limits import merge_patch_of
 
 
 def test_dotted_paths_nest_and_values_parse_as_json_when_they_can() -> None:

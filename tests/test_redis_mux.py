@@ -8,7 +8,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import uvloop
@@ -33,14 +33,6 @@ async def mux(redis_server: RedisServer) -> AsyncIterator[RedisMux]:
     client = RedisMux.from_url(redis_server.url, timeout=2.0)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("mux-redis"))
-    server.start()
-    yield server
-    server.close()
 
 
 def key() -> str:

@@ -433,21 +433,22 @@ def settings_env_names() -> set[str]:
 
 def uvicorn_graceful_seconds(report: Report) -> int:
     """`router serve`'s timeout_graceful_shutdown, which must equal the chart's constant."""
-    cli = (ROOT / "src" / "router_impl" / "cli.py").read_text(encoding="utf-8")
+    cli = (ROOT / "src" / "router_impl" / "cli" / "commands.py").read_text(encoding="utf-8")
     helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
     in_cli = re.search(r"timeout_graceful_shutdown=(\d+)", cli)
     in_chart = re.search(r'define "api-router.uvicornGracefulSeconds" -}}(\d+)', helpers)
     if not in_cli or not in_chart:
         report.error(
             "chart",
-            "cannot find timeout_graceful_shutdown in cli.py or uvicornGracefulSeconds in _helpers.tpl",
+            "cannot find timeout_graceful_shutdown in cli/commands.py"
+            " or uvicornGracefulSeconds in _helpers.tpl",
         )
         return 30
     if in_cli.group(1) != in_chart.group(1):
         report.error(
             "chart",
             f"_helpers.tpl uvicornGracefulSeconds {in_chart.group(1)}"
-            f" != cli.py timeout_graceful_shutdown {in_cli.group(1)}",
+            f" != cli/commands.py timeout_graceful_shutdown {in_cli.group(1)}",
         )
     return int(in_cli.group(1))
 

@@ -19,7 +19,7 @@ import router_contract.models as contract_models
 
 from router_impl.config.merge_patch import merge_patch
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
-from router_impl.limits.service import OrgState
+from router_impl.limits.state import OrgState
 from router_impl.routing.decisions import RoutingDecisionRecord
 from router_impl.usage.cost import micro_to_usd
 from router_impl.web.responses import timestamp

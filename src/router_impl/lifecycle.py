@@ -59,3 +59,12 @@ def every(seconds: float, work: Callable[[], Awaitable[object]]) -> Callable[[],
                 log.exception("background_round_failed")
 
     return loop
+
+
+def sync(call: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    """A plain call as the coroutine function the hooks take (e.g. a store's ``close``)."""
+
+    async def run() -> None:
+        call()
+
+    return run

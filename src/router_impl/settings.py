@@ -128,10 +128,22 @@ class Settings(BaseSettings):
         description="Usage outbox cap (about 24 h at 1k RPS); past it billable requests get 503 "
         "until it drains to 90 %. Give the volume about 1.1 x this.",
     )
-    # false: no fsync per group commit; survives a process kill, not a machine crash (benchmarks, dev).
-    outbox_sync: bool = Field(
-        True,
-        description="fsync each outbox group commit; false survives a process kill but not a machine crash.",
+    # What an acknowledged usage record survives (usage/outbox.py; measured in bench/README.md).
+    # process: committed to LMDB without fsync, i.e. in the kernel's page cache: survives a crash,
+    # kill -9, OOM kill or container restart; lost if the machine fails (power, kernel panic) before
+    # the kernel writes it back (about 30 s on Linux). machine: each group commit is fsynced (one
+    # fsync serves all concurrent requests): survives that too, at ~1 ms more per request at c=1.
+    # With the chart's per-pod volumes (emptyDir/ephemeral) a lost node takes the outbox anyway.
+    outbox_durability: Literal["process", "machine"] = Field(
+        "process",
+        description="What an acknowledged usage record survives: `process` (written to the page cache: "
+        "a killed or crashed process, a restarted container) or `machine` (fsynced group commit: "
+        "also power loss and kernel panics; ~1 ms more per request at low concurrency).",
+    )
+    outbox_sync: bool | None = Field(
+        None,
+        description="Deprecated: `true` means `ROUTER_OUTBOX_DURABILITY=machine`, `false` `process`; "
+        "ignored when `ROUTER_OUTBOX_DURABILITY` is set.",
     )
     outbox_drain_seconds: float = Field(
         10.0, ge=0, le=600, description="On SIGTERM, how long the outbox keeps publishing before exit."
@@ -258,10 +270,11 @@ class Settings(BaseSettings):
         description="`max_tokens` is clamped to this for organisations with budgets whose limits set no "
         "`max_tokens_cap`.",
     )
-    # A budget/token reservation is leased for request_timeout_seconds plus this margin (post-call work,
-    # clock skew between replicas); a router killed mid-request has its reservations given back by the
-    # organisation's first admit after the lease. A stream (bounded only by its backend's read timeout)
-    # is leased for limits_stream_lease_seconds; one that runs longer is charged in full at its end.
+    # A budget/token reservation is leased for request_timeout_seconds plus this margin (post-call work;
+    # the term runs on Redis's clock, so replicas' skew does not shorten it); a router killed mid-request
+    # has its reservations given back by the organisation's first admit after the lease. A stream
+    # (bounded only by its backend's read timeout) is leased for limits_stream_lease_seconds; one that
+    # runs longer is charged in full at its end.
     limits_lease_margin_seconds: float = Field(
         30.0,
         ge=0,
@@ -356,6 +369,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _durability_from_the_old_switch(self) -> Settings:
+        if self.outbox_sync is not None and "outbox_durability" not in self.model_fields_set:
+            self.outbox_durability = "machine" if self.outbox_sync else "process"
+        return self
+
+    @property
+    def outbox_fsync(self) -> bool:
+        """Whether outbox commits (and the JSON Lines files they are published to) are fsynced."""
+        return self.outbox_durability == "machine"
+
+    @model_validator(mode="after")
     def _workers_need_a_shared_store(self) -> Settings:
         # Each worker process would keep its own token buckets, budget ledger and replay window, so
         # N workers would admit N times the configured limits (measured: 4/min allowed 7 of 12).
@@ -367,3 +391,8 @@ class Settings(BaseSettings):
                 "more pods), or point the router at Redis."
             )
         return self
+
+
+def secret_value(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret setting (for the client that sends it, never a log)."""
+    return value.get_secret_value() if value is not None else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from router_impl.health import CheckStatus, HealthCheck
+from router_impl.process_health import CheckStatus, HealthCheck
 
 Probe = Callable[[], Awaitable[tuple[CheckStatus, str]]]
 PING_TIMEOUT_SECONDS = 0.3  # inside HealthService's probe timeout, so the check decides the status

@@ -1,17 +1,19 @@
+"""HMAC request signatures (headers over method, path, timestamp and body) and inference body
+signatures (over the canonical JSON): what verifies, what is refused with which code, the replay
+window and the nonces it keeps."""
+
+from __future__ import annotations
+
 import hashlib
 import hmac
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router_impl.auth.authenticator import Principal
 from router_impl.auth.nonces import MemoryNonceStore
-from router_impl.auth.secret_box import SecretBox
-from router_impl.auth.signature_gate import SignatureGate, SignedRequest
 from router_impl.auth.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -24,24 +26,8 @@ from router_impl.auth.signing import (
     string_to_sign,
 )
 from router_impl.errors import ApiError
-
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-T = int(NOW.timestamp())
-SECRET = b"rs_test-signing-secret"
-BODY = b'{"model":"m","payload":"hi"}'
-PATH = "/v1/inference"
-
-
-class Clock:
-    def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def verifier(clock: Clock | None = None, window: int = 300) -> SignatureVerifier:
-    return SignatureVerifier(MemoryNonceStore(), clock or Clock(), window_seconds=window)
+from tests.auth.signing_support import BODY, ENVELOPE, NOW, PATH, SECRET, T, verifier
+from tests.harness.clock import WallClock
 
 
 async def verify(v: SignatureVerifier, headers: dict[str, str | None], **overrides):
@@ -122,13 +108,13 @@ async def test_malformed_signature_headers_are_refused_as_signature_invalid(head
 @pytest.mark.parametrize("offset", [-300, 300, 0])
 async def test_timestamps_at_the_window_edges_are_accepted(offset):
     await verify(
-        verifier(Clock(NOW + timedelta(seconds=offset))), sign_request(SECRET, "POST", PATH, BODY, T)
+        verifier(WallClock(NOW + timedelta(seconds=offset))), sign_request(SECRET, "POST", PATH, BODY, T)
     )
 
 
 @pytest.mark.parametrize("offset", [-301, 301, -86_400])
 async def test_timestamps_just_outside_the_window_are_refused_as_expired(offset):
-    clock = Clock(NOW + timedelta(seconds=offset))
+    clock = WallClock(NOW + timedelta(seconds=offset))
     assert await code_of(verifier(clock), sign_request(SECRET, "POST", PATH, BODY, T)) == "SIGNATURE_EXPIRED"
 
 
@@ -148,7 +134,7 @@ async def test_same_signature_under_another_key_id_is_not_a_replay():
 
 async def test_forged_signatures_do_not_fill_the_nonce_store():
     nonces = MemoryNonceStore()
-    v = SignatureVerifier(nonces, Clock())
+    v = SignatureVerifier(nonces, WallClock(NOW))
     for i in range(20):
         with pytest.raises(ApiError):
             await verify(v, {TIMESTAMP_HEADER: str(T), SIGNATURE_HEADER: f"{i:064x}"})
@@ -167,7 +153,7 @@ async def test_replay_window_is_remembered_for_twice_the_window():
 
     store = Recording()
     headers = sign_request(SECRET, "POST", PATH, BODY, T)
-    await SignatureVerifier(store, Clock(), window_seconds=120).verify_headers(
+    await SignatureVerifier(store, WallClock(NOW), window_seconds=120).verify_headers(
         "key_9", SECRET, "POST", PATH, BODY, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
     )
     assert store.ttl == [240]
@@ -200,13 +186,6 @@ async def test_arbitrary_signature_headers_only_ever_raise_api_errors(
 
 
 # ---------------------------------------------------------------- body signature (/v1/inference)
-
-ENVELOPE = {
-    "request_id": "3f1c2a9e-8b7d-4c6e-9f0a-1b2c3d4e5f60",
-    "model": "m",
-    "payload": "héllo wörld",
-    "parameters": {"max_tokens": 64, "temperature": 0.2},
-}
 
 
 async def verify_body(v: SignatureVerifier, document: dict, key_id: str = "key_1") -> None:
@@ -273,7 +252,7 @@ async def test_a_body_signature_without_an_integer_timestamp_is_invalid(timestam
     ("offset", "code"), [(-300, None), (300, None), (-301, "SIGNATURE_EXPIRED"), (301, "SIGNATURE_EXPIRED")]
 )
 async def test_a_body_signature_has_the_same_window_as_the_headers(offset, code):
-    v = verifier(Clock(NOW + timedelta(seconds=offset)))
+    v = verifier(WallClock(NOW + timedelta(seconds=offset)))
     document = sign_body(SECRET, ENVELOPE, T)
     if code is None:
         await verify_body(v, document)
@@ -283,7 +262,7 @@ async def test_a_body_signature_has_the_same_window_as_the_headers(offset, code)
 
 async def test_a_forged_body_signature_is_not_remembered():
     nonces = MemoryNonceStore()
-    v = SignatureVerifier(nonces, Clock())
+    v = SignatureVerifier(nonces, WallClock(NOW))
     assert (
         await body_code(v, {**ENVELOPE, "hmac_timestamp": T, "hmac_signature": "0" * 64})
         == "SIGNATURE_INVALID"
@@ -331,128 +310,3 @@ async def test_arbitrary_signed_bodies_only_ever_raise_api_errors(document, sign
 def test_the_body_signature_is_read_from_inference_bodies(body, signature):
     found = body_signature_of(body)
     assert (found.signature if found else None) == signature
-
-
-# ---------------------------------------------------------------- memory nonces
-
-
-async def test_memory_nonce_is_accepted_once_then_again_after_its_ttl():
-    now = [0.0]
-    store = MemoryNonceStore(clock=lambda: now[0])
-    assert await store.first_use("n", 10)
-    assert not await store.first_use("n", 10)
-    now[0] = 9.9
-    assert not await store.first_use("n", 10)
-    now[0] = 10.0
-    assert await store.first_use("n", 10)
-
-
-async def test_memory_nonce_store_never_grows_past_its_bound():
-    now = [0.0]
-    store = MemoryNonceStore(max_entries=100, clock=lambda: now[0])
-    for i in range(1000):
-        assert await store.first_use(f"n{i}", 600)
-        assert len(store) <= 100
-    assert store.evicted_live == 900
-    assert not await store.first_use("n999", 600)  # the newest are kept
-
-
-async def test_memory_nonce_store_drops_expired_entries_as_time_passes():
-    now = [0.0]
-    store = MemoryNonceStore(clock=lambda: now[0])
-    for i in range(50):
-        await store.first_use(f"n{i}", 10)
-    now[0] = 11.0
-    await store.first_use("fresh", 10)
-    assert len(store) == 1
-    assert store.evicted_live == 0
-
-
-# ---------------------------------------------------------------- the gate
-
-
-BOX = SecretBox(b"k" * 32)
-
-
-def principal(required: bool, secret: str | None = "rs_gate-secret-123456") -> Principal:
-    return Principal(
-        key_id="key_1",
-        organization_id="org-a",
-        scopes=frozenset({"inference"}),
-        allowed_models=None,
-        signature_required=required,
-        signing_secret_enc=None if secret is None else BOX.encrypt(secret, context="key_1"),
-    )
-
-
-def gate() -> SignatureGate:
-    return SignatureGate(BOX, verifier())
-
-
-def signed(secret: str = "rs_gate-secret-123456", **overrides) -> SignedRequest:
-    headers = sign_request(secret, "POST", PATH, BODY, T)
-    fields = {
-        "method": "POST",
-        "path": PATH,
-        "body": BODY,
-        "timestamp_header": headers[TIMESTAMP_HEADER],
-        "signature_header": headers[SIGNATURE_HEADER],
-    }
-    return SignedRequest(**(fields | overrides))
-
-
-async def gate_code(p: Principal, request: SignedRequest) -> str:
-    with pytest.raises(ApiError) as err:
-        await gate().verify(p, request)
-    return err.value.code
-
-
-async def test_key_that_must_sign_passes_with_a_good_signature_and_fails_without_one():
-    await gate().verify(principal(True), signed())
-    unsigned = signed(timestamp_header=None, signature_header=None)
-    assert await gate_code(principal(True), unsigned) == "SIGNATURE_MISSING"
-
-
-def body_signed(secret: str) -> BodySignature | None:
-    return body_signature_of(orjson.dumps(sign_body(secret, ENVELOPE, T)))
-
-
-async def test_key_that_must_sign_may_sign_the_inference_body_instead():
-    good = signed(
-        timestamp_header=None, signature_header=None, payload_signature=body_signed("rs_gate-secret-123456")
-    )
-    await gate().verify(principal(True), good)
-    bad = signed(
-        timestamp_header=None, signature_header=None, payload_signature=body_signed("rs_other-secret-00000")
-    )
-    assert await gate_code(principal(True), bad) == "SIGNATURE_INVALID"
-
-
-async def test_key_that_need_not_sign_is_not_checked_unless_it_sends_a_signature():
-    await gate().verify(principal(False), signed(timestamp_header=None, signature_header=None))
-    await gate().verify(principal(False, secret=None), signed(timestamp_header=None, signature_header=None))
-    await gate().verify(principal(False), signed())
-    assert await gate_code(principal(False), signed("rs_wrong-secret-000000")) == "SIGNATURE_INVALID"
-
-
-async def test_signature_sent_with_a_key_that_has_no_signing_secret_is_refused():
-    assert await gate_code(principal(False, secret=None), signed()) == "SIGNATURE_INVALID"
-    assert await gate_code(principal(True, secret=None), signed()) == "SIGNATURE_INVALID"
-
-
-async def test_unreadable_sealed_secret_is_an_internal_error_not_the_clients_fault():
-    p = Principal("key_1", "org-a", frozenset({"inference"}), None, True, "v1.garbage")
-    assert await gate_code(p, signed()) == "INTERNAL_ERROR"
-    moved = Principal(
-        "key_2", "org-a", frozenset({"inference"}), None, True, principal(True).signing_secret_enc
-    )
-    assert await gate_code(moved, signed()) == "INTERNAL_ERROR"
-
-
-async def test_a_body_signature_is_checked_for_a_key_that_need_not_sign():
-    request = signed(timestamp_header=None, signature_header=None)
-    await gate().verify(
-        principal(False), replace(request, payload_signature=body_signed("rs_gate-secret-123456"))
-    )
-    wrong = replace(request, payload_signature=body_signed("rs_other-secret-00000"))
-    assert await gate_code(principal(False), wrong) == "SIGNATURE_INVALID"

@@ -14,13 +14,13 @@ from router_impl.auth.fleet_keys import BOOTSTRAP_KEY_ID, bootstrap_keys, import
 from router_impl.auth.keys import hash_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.auth.store_config import ConfigKeyStore
-from router_impl.auth.store_lmdb import LmdbKeyStore
 from router_impl.config.file_source import FileSource, load_file
 from router_impl.config.holder import ConfigHolder
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.service import ConfigService
 from router_impl.errors import ApiError
 from router_impl.settings import Settings
+from tests.harness.legacy_keys import write_legacy_keys
 
 NOW = datetime.now(UTC)
 BOX = SecretBox(b"k" * 32)
@@ -117,10 +117,9 @@ async def test_keys_and_revocations_an_older_router_kept_in_lmdb_are_written_to_
     config_service, holder, _ = service
     keys = store(service)
     from_file, _, _ = await keys.create("acme", "in the config", ["inference"], None, None, False, NOW)
-    legacy = LmdbKeyStore(tmp_path / "keys", [from_file])
-    old, _, _ = await legacy.create("acme", "old", ["inference"], None, None, False, NOW)
-    await legacy.revoke(from_file.id, NOW, "revoked by the old router")  # a marker over a config key
-    legacy.close()
+    old = from_file.model_copy(update={"id": "key_old", "key_hash": hash_secret("rk_old"), "name": "old"})
+    # a key the old router created, and its marker revoking a config key
+    write_legacy_keys(tmp_path / "keys", [old], {from_file.id: (NOW, "revoked by the old router")})
     assert await import_legacy_keys(tmp_path / "keys", holder.current, config_service.put) == 2
     imported = {r.id: r for r in holder.current().api_keys}
     assert imported[old.id] == old and imported[from_file.id].revoked  # no revoked key comes back

@@ -34,7 +34,7 @@ import pytest
 from router_impl.auth.keys import hash_secret
 from router_impl.config.layout import explode, object_key
 from router_impl.config.model import RuntimeConfig
-from router_impl.config.source import Kind
+from router_impl.config.source import ObjectKind
 from tests.conftest import _started
 from tests.harness import bodies
 from tests.harness.backend import MockBackend
@@ -103,7 +103,7 @@ class EtcdKv:
         """Put ``prefix + key``; the new revision."""
         return self._revision("put", {"key": _b64(self.prefix + key), "value": _b64(value)})
 
-    def put_object(self, kind: Kind, object_id: str, document: Mapping[str, Any]) -> int:
+    def put_object(self, kind: ObjectKind, object_id: str, document: Mapping[str, Any]) -> int:
         return self.put(object_key(kind, object_id), orjson.dumps(document))
 
     def revision(self) -> int:

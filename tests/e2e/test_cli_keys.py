@@ -43,20 +43,33 @@ def chat(router: RouterProcess, secret: str) -> httpx.Response:
 
 
 def test_a_key_created_with_the_cli_works_until_the_cli_revokes_it(demo):
-    created = router_cli(demo, "create", "--org", "acme", "--scope", "inference", "--name", "ci")
+    created = router_cli(demo, "create", "--json", "--org", "acme", "--scope", "inference", "--name", "ci")
     assert created.returncode == 0, created.stderr
     answer = json.loads(created.stdout)
     secret, key_id = answer["secret"], answer["key"]["id"]
     assert chat(demo, secret).status_code == 200
 
-    listed = json.loads(router_cli(demo, "list", "--org", "acme").stdout)
+    listed = json.loads(router_cli(demo, "list", "--json", "--org", "acme").stdout)
     assert [k["id"] for k in listed["items"]] == [key_id]
     assert secret not in json.dumps(listed)
 
-    revoked = router_cli(demo, "revoke", key_id, "--reason", "rotated")
+    revoked = router_cli(demo, "revoke", key_id, "--json", "--reason", "rotated")
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
     refused = chat(demo, secret)
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "INVALID_API_KEY")
+
+
+def test_keys_print_tables_by_default(demo):
+    created = router_cli(demo, "create", "--org", "tables", "--name", "table-key")
+    assert created.returncode == 0, created.stderr
+    fields = dict(row.split(maxsplit=1) for row in created.stdout.splitlines()[1:-1])
+    assert fields["organization_id"] == "tables" and fields["secret"].startswith("rk_")
+    assert created.stdout.splitlines()[-1] == "the secret is shown once: keep it now"
+    header, row = router_cli(demo, "list", "--org", "tables").stdout.splitlines()
+    assert header.split()[:3] == ["ID", "ORGANIZATION_ID", "NAME"]
+    assert row.split()[:3] == [fields["id"], "tables", "table-key"]
+    revoked = router_cli(demo, "revoke", fields["id"]).stdout.splitlines()
+    assert ["revoked", "True"] in [r.split() for r in revoked]
 
 
 def test_the_cli_reports_refusals_and_exits_non_zero(demo):

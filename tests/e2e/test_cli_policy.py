@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -48,9 +49,8 @@ def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, 
 
     applied = policy(demo, "apply", str(path))
     assert applied.returncode == 0, applied.stderr
-    assert (
-        "applied backend policy-backend" in applied.stdout and "applied model policy-model" in applied.stdout
-    )
+    rows = [row.split(maxsplit=1) for row in applied.stdout.splitlines()]
+    assert rows == [["KIND", "ID"], ["backend", "policy-backend"], ["model", "policy-model"]]
 
     response = httpx.post(
         demo.base_url + "/v1/chat/completions",
@@ -127,15 +127,19 @@ def test_org_limits_and_write_only_credentials_are_applied_and_never_shown(demo,
         ],
         "org_limits": {"policy-org": {"rate_limits": {"requests_per_minute": 77}}},
     }
-    applied = policy(demo, "apply", str(write(tmp_path / "full.yaml", document)))
+    applied = policy(demo, "apply", "--json", str(write(tmp_path / "full.yaml", document)))
     assert applied.returncode == 0, applied.stderr
-    assert "applied limits policy-org" in applied.stdout
+    assert json.loads(applied.stdout)["applied"] == [
+        {"kind": "backend", "id": "cred-backend"},
+        {"kind": "limits", "id": "policy-org"},
+    ]
     headers = {"X-API-Key": ADMIN}
     limits = httpx.get(demo.base_url + "/v1/admin/orgs/policy-org/limits", headers=headers, timeout=10).json()
     assert limits["limits"]["rate_limits"]["requests_per_minute"] == 77
     shown = httpx.get(demo.base_url + "/v1/admin/backends/cred-backend", headers=headers, timeout=10).text
     assert "POLICY_CLI_UPSTREAM_TOKEN" not in shown and "api_key_env" not in shown
     assert "POLICY_CLI_UPSTREAM_TOKEN" not in policy(demo, "dump").stdout
+    assert json.loads(policy(demo, "dump", "--json").stdout)["backends"]
     # A later write without credential fields keeps the reference: readiness still names it as missing.
     replaced = httpx.put(
         demo.base_url + "/v1/admin/backends/cred-backend",

@@ -21,7 +21,7 @@ import yaml
 from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
 from tests.harness.process import ServiceStartError
-from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.router_proc import RouterProcess
 from tests.harness.wait import wait_until
 
 ROUTER_BIN = Path(sys.executable).with_name("router")
@@ -35,13 +35,6 @@ FILE_TOKEN = "tok-from-file-9876543210"
 def upstream() -> Iterator[MockBackend]:
     with MockBackend(models=("cfg-model",)) as backend:
         yield backend
-
-
-@pytest.fixture
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFleet]:
-    routers = RouterFleet(tmp_path_factory.mktemp("config-bootstrap"))
-    yield routers
-    routers.close()
 
 
 @pytest.fixture
@@ -108,11 +101,11 @@ def admin_get(router: RouterProcess, path: str) -> httpx.Response:
 
 
 def test_config_apply_writes_every_kind_of_a_file_to_etcd_and_the_fleet_serves_it(
-    fleet, etcd_env, upstream, tmp_path
+    router_factory, etcd_env, upstream, tmp_path
 ):
     token_file = tmp_path / "upstream-token"
     token_file.write_text(FILE_TOKEN + "\n")
-    a = fleet.start(env=etcd_env)
+    a = router_factory(env=etcd_env)
     assert chat(a, "env-model").status_code == 401  # an empty etcd: no keys but the bootstrap admin
 
     applied = config_apply(etcd_env, write_yaml(tmp_path / "full.yaml", full_document(upstream, token_file)))
@@ -133,16 +126,16 @@ def test_config_apply_writes_every_kind_of_a_file_to_etcd_and_the_fleet_serves_i
     )
 
     # A second router joining later gets everything; applying the same file again changes nothing.
-    b = fleet.start(env=etcd_env)
+    b = router_factory(env=etcd_env)
     assert chat(b, "file-model").status_code == 200
     again = config_apply(etcd_env, tmp_path / "full.yaml")
     assert again.returncode == 0 and '"applied": 0' in again.stdout
 
 
 def test_config_apply_refuses_a_file_it_cannot_apply_whole_and_names_every_problem(
-    fleet, etcd_env, upstream, tmp_path
+    router_factory, etcd_env, upstream, tmp_path
 ):
-    a = fleet.start(env=etcd_env)
+    a = router_factory(env=etcd_env)
     document = full_document(upstream, tmp_path / "token")
     document["backends"][0]["api_key"] = "sk-live-secret-never-echoed"  # not a field: a token in a file
     document["org_limits"]["acme"]["budget"] = {"daily_tokens": 5}  # misspelt `budgets`
@@ -158,13 +151,13 @@ def test_config_apply_refuses_a_file_it_cannot_apply_whole_and_names_every_probl
 
 
 def test_config_file_with_etcd_seeds_an_empty_prefix_and_a_different_file_is_refused_at_start(
-    fleet, etcd_env, upstream, tmp_path
+    router_factory, etcd_env, upstream, tmp_path
 ):
     path = write_yaml(tmp_path / "seed.yaml", full_document(upstream, tmp_path / "token"))
     (tmp_path / "token").write_text(FILE_TOKEN)
-    a = fleet.start(env=etcd_env, args=("--config", str(path)))
+    a = router_factory(env=etcd_env, args=("--config", str(path)))
     assert chat(a, "env-model").status_code == 200  # seeded: the file's key and route
-    b = fleet.start(env=etcd_env, args=("--config", str(path)))  # the same file: it matches, b starts
+    b = router_factory(env=etcd_env, args=("--config", str(path)))  # the same file: it matches, b starts
     assert chat(b, "env-model").status_code == 200
 
     changed = httpx.put(
@@ -175,17 +168,17 @@ def test_config_file_with_etcd_seeds_an_empty_prefix_and_a_different_file_is_ref
     )
     assert changed.status_code == 200, changed.text
     with pytest.raises(ServiceStartError) as refused:
-        fleet.start(env=etcd_env, args=("--config", str(path)))
+        router_factory(env=etcd_env, args=("--config", str(path)))
     assert "differs from the config in etcd" in str(refused.value) and "backends/b-env" in str(refused.value)
 
 
 def test_a_missing_credential_is_named_in_readiness_and_a_refused_one_is_a_clear_backend_error(
-    fleet, upstream, tmp_path
+    router_factory, upstream, tmp_path
 ):
     document = full_document(upstream, tmp_path / "absent-token-file")
     del document["backend_states"]
     path = write_yaml(tmp_path / "creds.yaml", document)
-    router = fleet.start(env={"UPSTREAM_TOKEN": ENV_TOKEN}, args=("--config", str(path)))
+    router = router_factory(env={"UPSTREAM_TOKEN": ENV_TOKEN}, args=("--config", str(path)))
 
     ready = httpx.get(router.base_url + "/v1/status/readyz", timeout=5).json()
     check = next(c for c in ready["checks"] if c["name"] == "credentials")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.backend import MockBackend
 from tests.harness.bodies import chat_body
-from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.router_proc import RouterProcess
 from tests.harness.wait import wait_until
 
 ADMIN = {"X-API-Key": "rk-demo-admin-key"}
@@ -26,13 +26,6 @@ USER = {"Authorization": "Bearer rk-demo-key"}
 def upstream() -> Iterator[MockBackend]:
     with MockBackend(models=("etcd-model",)) as backend:
         yield backend
-
-
-@pytest.fixture
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFleet]:
-    routers = RouterFleet(tmp_path_factory.mktemp("etcd-routers"))
-    yield routers
-    routers.close()
 
 
 def readiness_of_config(router: RouterProcess) -> dict[str, Any]:
@@ -61,9 +54,11 @@ def put_route(router: RouterProcess, upstream: MockBackend, model: str = "etcd-m
     assert response.is_success, response.text
 
 
-def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(etcd_server, fleet, upstream):
+def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(
+    etcd_server, router_factory, upstream
+):
     env = {"ROUTER_ETCD_ENDPOINTS": etcd_server.endpoints, "ROUTER_ETCD_PREFIX": f"/e2e-{uuid.uuid4()}/"}
-    router = fleet.start(env=env, args=("--demo",))
+    router = router_factory(env=env, args=("--demo",))
     put_route(router, upstream)
     assert chat(router).status_code == 200
     assert readiness_of_config(router)["status"] == "pass"
@@ -85,10 +80,12 @@ def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(e
     assert httpx.get(router.base_url + "/v1/admin/models/etcd-model-2", headers=ADMIN, timeout=5).is_success
 
 
-def test_a_change_made_while_one_router_was_down_reaches_it_when_it_returns(etcd_server, fleet, upstream):
+def test_a_change_made_while_one_router_was_down_reaches_it_when_it_returns(
+    etcd_server, router_factory, upstream
+):
     env = {"ROUTER_ETCD_ENDPOINTS": etcd_server.endpoints, "ROUTER_ETCD_PREFIX": f"/e2e-{uuid.uuid4()}/"}
-    a = fleet.start(env=env, args=("--demo",))
-    b = fleet.start(env=env, args=("--demo",))
+    a = router_factory(env=env, args=("--demo",))
+    b = router_factory(env=env, args=("--demo",))
     put_route(a, upstream)
     assert wait_until(lambda: chat(b).status_code == 200, timeout=10)
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from router_impl.auth.keys import hash_secret
 from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
+from tests.harness.config_docs import failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
@@ -28,28 +26,10 @@ KEY = "rk_e2e_failover_key"
 
 
 @pytest.fixture(scope="module")
-def backends() -> Iterator[tuple[MockBackend, MockBackend]]:
-    with MockBackend(models=(MODEL,)) as primary, MockBackend(models=(MODEL,)) as standby:
-        yield primary, standby
-
-
-@pytest.fixture
-def pair(backends: tuple[MockBackend, MockBackend]) -> Iterator[tuple[MockBackend, MockBackend]]:
-    for backend in backends:
-        backend.start()
-        backend.reset_controls()
-        backend.reset_counters()
-    yield backends
-    for backend in backends:
-        backend.start()
-        backend.reset_controls()
-
-
-@pytest.fixture(scope="module")
 def router(
-    tmp_path_factory: pytest.TempPathFactory, backends: tuple[MockBackend, MockBackend]
+    tmp_path_factory: pytest.TempPathFactory, primary_and_standby: tuple[MockBackend, MockBackend]
 ) -> Iterator[RouterProcess]:
-    primary, standby = backends
+    primary, standby = primary_and_standby
     config: dict[str, Any] = {
         "backends": [
             {
@@ -67,29 +47,11 @@ def router(
                 "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
             },
         ],
-        "models": [
-            {
-                "model": MODEL,
-                "backends": [
-                    {"backend_id": "primary", "weight": 100},
-                    {"backend_id": "standby", "weight": 0},
-                ],
-                "failover_threshold": 3,
-                "warmup_seconds": 0,
-            }
-        ],
-        "api_keys": [
-            {
-                "id": "key-fo",
-                "organization_id": "org-fo",
-                "key_hash": hash_secret(KEY),
-                "scopes": ["inference"],
-            }
-        ],
+        "models": [failover_model(MODEL, "primary", "standby", failover_threshold=3, warmup_seconds=0)],
+        "api_keys": [key_record("key-fo", "org-fo", KEY)],
     }
     workdir = tmp_path_factory.mktemp("failover")
-    path = Path(workdir) / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(workdir, config, "config.yaml")
     fleet = RouterFleet(workdir)
     yield fleet.start(
         env={

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,19 +18,12 @@ import httpx
 import pytest
 
 from router_impl.auth.keys import hash_secret
-from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.router_proc import RouterProcess
 
 BOOTSTRAP_SECRET = "rk_bootstrap-" + "b" * 40  # what an operator keeps in a password manager
 SECRET_KEY = "fleet-router-secret-key-0123456789abcdef"
 ROUTER_BIN = Path(sys.executable).with_name("router")
 PROPAGATION_S = 1.0
-
-
-@pytest.fixture
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFleet]:
-    routers = RouterFleet(tmp_path_factory.mktemp("fleet-keys"))
-    yield routers
-    routers.close()
 
 
 @pytest.fixture
@@ -82,7 +74,18 @@ def p99(samples: list[float]) -> float:
 
 def cli_list(router: RouterProcess, admin: str) -> set[str]:
     listed = subprocess.run(
-        [str(ROUTER_BIN), "keys", "--url", router.base_url, "--admin-key", admin, "list", "--limit", "1000"],
+        [
+            str(ROUTER_BIN),
+            "keys",
+            "--url",
+            router.base_url,
+            "--admin-key",
+            admin,
+            "list",
+            "--json",
+            "--limit",
+            "1000",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -92,9 +95,9 @@ def cli_list(router: RouterProcess, admin: str) -> set[str]:
 
 
 def test_a_key_created_on_one_replica_works_on_the_others_and_a_revoke_anywhere_holds_everywhere(
-    fleet, fleet_env
+    router_factory, fleet_env
 ):
-    a, b, c = (fleet.start(env=fleet_env) for _ in range(3))
+    a, b, c = (router_factory(env=fleet_env) for _ in range(3))
     # An empty etcd: the only way in is the bootstrap admin key, on every replica.
     assert all(models(r, BOOTSTRAP_SECRET) == 403 for r in (a, b, c))  # admin scope only: known, not allowed
     assert all(models(r, "rk_unknown") == 401 for r in (a, b, c))  # the first 401 of a process is slow
@@ -139,8 +142,10 @@ def test_a_key_created_on_one_replica_works_on_the_others_and_a_revoke_anywhere_
     assert cli_list(a, admin) == lists[1]
 
 
-def test_key_changes_are_audited_with_the_admin_and_the_key_id_but_never_the_secret(fleet, fleet_env):
-    a = fleet.start(env=fleet_env)
+def test_key_changes_are_audited_with_the_admin_and_the_key_id_but_never_the_secret(
+    router_factory, fleet_env
+):
+    a = router_factory(env=fleet_env)
     began = datetime.now(UTC) - timedelta(seconds=5)
     admin_answer = create_key(a, BOOTSTRAP_SECRET, org="operators", scopes=["admin", "audit"]).json()
     admin, admin_id = admin_answer["secret"], admin_answer["key"]["id"]
@@ -166,17 +171,17 @@ def test_key_changes_are_audited_with_the_admin_and_the_key_id_but_never_the_sec
         assert secret not in text
 
 
-def test_a_signing_key_is_refused_in_a_fleet_without_a_shared_secret_key(fleet, fleet_env):
+def test_a_signing_key_is_refused_in_a_fleet_without_a_shared_secret_key(router_factory, fleet_env):
     env = {k: v for k, v in fleet_env.items() if k != "ROUTER_SECRET_KEY"}
-    a = fleet.start(env=env)
+    a = router_factory(env=env)
     refused = create_key(a, BOOTSTRAP_SECRET, signature_required=True)
     assert refused.status_code == 503
     assert refused.json()["code"] == "SERVICE_UNAVAILABLE" and "ROUTER_SECRET_KEY" in refused.json()["error"]
     assert create_key(a, BOOTSTRAP_SECRET).status_code == 201  # keys without a signing secret are fine
 
 
-def test_revoking_the_bootstrap_admin_key_holds_on_every_replica(fleet, fleet_env):
-    a, b = fleet.start(env=fleet_env), fleet.start(env=fleet_env)
+def test_revoking_the_bootstrap_admin_key_holds_on_every_replica(router_factory, fleet_env):
+    a, b = router_factory(env=fleet_env), router_factory(env=fleet_env)
     admin = create_key(a, BOOTSTRAP_SECRET, org="operators", scopes=["admin"]).json()["secret"]
     revoked = httpx.post(
         b.base_url + "/v1/admin/keys/bootstrap-admin/revoke", headers=auth(admin), timeout=10
@@ -186,10 +191,12 @@ def test_revoking_the_bootstrap_admin_key_holds_on_every_replica(fleet, fleet_en
     assert create_key(b, BOOTSTRAP_SECRET).status_code == 401
 
 
-def test_keys_created_concurrently_on_two_replicas_all_succeed_and_both_list_them_all(fleet, fleet_env):
+def test_keys_created_concurrently_on_two_replicas_all_succeed_and_both_list_them_all(
+    router_factory, fleet_env
+):
     from concurrent.futures import ThreadPoolExecutor
 
-    a, b = fleet.start(env=fleet_env), fleet.start(env=fleet_env)
+    a, b = router_factory(env=fleet_env), router_factory(env=fleet_env)
 
     def create(index: int) -> httpx.Response:
         return create_key((a, b)[index % 2], BOOTSTRAP_SECRET, name=f"burst-{index}")

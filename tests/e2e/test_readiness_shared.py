@@ -7,13 +7,10 @@ while every /v1/inference answered 503 "Idempotency store unavailable".
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
 
-from tests.conftest import _started
 from tests.e2e.conftest import KEYS, MODEL, Clients, auth, dumps
 from tests.harness.errors import error_code
 from tests.harness.ports import free_port
@@ -34,13 +31,6 @@ def inference(http: httpx.Client) -> httpx.Response:
         content=dumps(body),
         headers={"Content-Type": "application/json", **auth(KEYS["user"])},
     )
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = _started(lambda: RedisServer(workdir=tmp_path / "redis"))
-    yield server
-    server.close()
 
 
 def test_redis_pointing_at_nothing_makes_readiness_fail_and_name_it(

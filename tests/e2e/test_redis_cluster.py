@@ -35,7 +35,7 @@ from router_impl.limits.store_redis import RedisLimitStore
 from router_impl.redis_cluster_mux import ClusterMux
 from router_impl.redis_mux import RedisAddress
 from tests.harness.redis_cluster import RedisClusterServer
-from tests.limits.test_limit_stores import World, decide_alike, operations, worlds
+from tests.limits.test_limit_store_parity import World, decide_alike, operations, worlds
 
 pytestmark = pytest.mark.services
 

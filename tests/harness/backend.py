@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import json
 import random
-import signal
 import socket
 import struct
 import threading
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from tests.harness import backend_responses as responses
 from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer
+from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -376,15 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-chunks", type=int, default=4)
     parser.add_argument("--model", action="append", dest="models", help="repeatable; default mock-model")
     args = parser.parse_args(argv)
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before the server thread inherits the mask
     backend = MockBackend(port=args.port, models=tuple(args.models or ["mock-model"]))
     backend.configure(
         latency_ms=args.latency_ms, error_rate=args.error_rate, stream_chunks=args.stream_chunks
     )
-    with backend:
-        print(f"mock backend listening on {backend.base_url}", flush=True)
-        signal.sigwait(stop_signals)
+    serve_until_signalled(backend, "mock backend")
 
 
 if __name__ == "__main__":

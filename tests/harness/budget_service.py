@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import signal
 import socket
 import threading
 from collections import Counter
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from tests.harness.backend import _drop_connection
 from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer
+from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
 
 BUDGET_ROUTE = "/v1/orgs/{org_id}/budget"
 
@@ -170,16 +169,23 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return web.json_response({"error": message, "code": code}, status=status, headers=headers)
 
 
+def raw_answer(org_id: str = "org-a", **fields: str) -> bytes:
+    """An answer body with numbers exactly as written (the mock would re-serialise floats)."""
+    body = {
+        "organization_id": f'"{org_id}"',
+        "currency": '"USD"',
+        "updated_at": '"2026-11-27T12:00:00Z"',
+        "cache_ttl_seconds": "60",
+    } | fields
+    return ("{" + ", ".join(f'"{k}": {v}' for k, v in body.items()) + "}").encode()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the mock budget service until interrupted.")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default="budget-test-token")
     args = parser.parse_args(argv)
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    with MockBudgetService(port=args.port, token=args.token) as service:
-        print(f"mock budget service listening on {service.base_url}", flush=True)
-        signal.sigwait(stop_signals)
+    serve_until_signalled(MockBudgetService(port=args.port, token=args.token), "mock budget service")
 
 
 if __name__ == "__main__":

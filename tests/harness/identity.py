@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import hashlib
 import re
-import signal
 import socket
 import threading
 from collections import Counter
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from tests.harness.backend import _drop_connection
 from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer
+from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
 
 VALIDATE_PATH = "/v1/keys/validate"
 REVOCATIONS_PATH = "/v1/keys/revocations"
@@ -210,11 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default="identity-test-token")
     args = parser.parse_args(argv)
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    with MockIdentityService(port=args.port, token=args.token) as service:
-        print(f"mock identity service listening on {service.base_url}", flush=True)
-        signal.sigwait(stop_signals)
+    serve_until_signalled(MockIdentityService(port=args.port, token=args.token), "mock identity service")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 from types import TracebackType
 from typing import Self
@@ -58,3 +59,12 @@ class ThreadedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def serve_until_signalled(server: ThreadedServer, what: str) -> None:
+    """Run ``server`` until SIGINT or SIGTERM: the ``python -m`` entry point of a mock service."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before the server thread inherits the mask
+    with server:
+        print(f"{what} listening on {getattr(server, 'base_url', '?')}", flush=True)
+        signal.sigwait(stop_signals)

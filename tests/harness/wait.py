@@ -3,7 +3,8 @@
 ``wait_until`` blocks (for tests driving subprocesses and threads); ``eventually`` awaits (for tests
 on the event loop, which keeps running while it waits; its predicate may also be a coroutine
 function). Both return the predicate's first truthy value, so ``record = wait_until(lambda:
-find(...))`` waits and fetches in one step.
+find(...))`` waits and fetches in one step. ``last_reading`` returns the last reading at the deadline
+instead, for a caller whose own assertion on it says more than a timeout would.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def wait_until(
             return value
         if time.monotonic() >= deadline:
             raise _timed_out(what, timeout, value)
+        time.sleep(interval)
+
+
+def last_reading(
+    read: Callable[[], T], done: Callable[[T], bool], timeout: float, interval: float = DEFAULT_INTERVAL_S
+) -> T:
+    """Poll ``read`` until ``done(reading)`` holds: that reading, or the last one at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
 
 

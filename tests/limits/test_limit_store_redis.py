@@ -22,6 +22,7 @@ from router_impl.limits.store import (
     CounterAdjust,
     CounterRefused,
     CounterSpec,
+    Lease,
     LimitStoreUnavailable,
     LockedOut,
     Snapshot,
@@ -240,3 +241,26 @@ async def test_two_routers_whose_clocks_differ_by_2_s_admit_at_most_the_configur
         assert admitted <= allowed + 1, (admitted, allowed)
     else:  # on each router's own clock (before): the skewed one refills the bucket ahead of time
         assert admitted > allowed + 5, (admitted, allowed)
+
+
+@pytest.mark.parametrize("redis_clock", [True, False])
+async def test_a_router_whose_clock_is_an_hour_behind_redis_keeps_its_leases_for_their_term(
+    client: Redis, redis_clock: bool
+) -> None:
+    """A lease is due its term after the admit on the clock that reaps it. Before, the router's own
+    now + term was judged against Redis's TIME: a router more than the term behind had its in-flight
+    reservations given back by the next admit, and the budget overspent."""
+    tag = org_tag()
+    behind = int(time.time() * 1000) - 3_600_000  # an hour behind Redis (which runs on this machine)
+    counter = CounterSpec(f"budget:{{{tag}}}:DAILY:tokens", 100, 30, DAY_END, "DAILY", "tokens")
+    store = RedisLimitStore(client, redis_clock=redis_clock)
+
+    async def admit(n: int) -> object:
+        lease = Lease(f"lease:{{{tag}}}", f"lease:{{{tag}}}:held", f"lease-{n}", behind + 60_000)
+        return await store.admit(AdmitPlan(f"lockout:{{{tag}}}", (), (counter,), behind, lease))
+
+    assert await admit(1) == Admitted((), (30,))
+    # One minute's term on each store's clock: on Redis's, due in a minute; on the caller's (an hour
+    # behind), the first lease is already due when the caller's second admit is judged by it.
+    assert await admit(2) == Admitted((), (60,))
+    assert await client.zcard(f"lease:{{{tag}}}") == 2

@@ -8,7 +8,7 @@ import pytest
 
 from router_impl.limits.store import Admitted, BucketAdjust, BucketSpec, CounterAdjust, LimitStoreUnavailable
 from router_impl.limits.store_memory import MemoryLimitStore
-from tests.limits.test_limit_stores import T0, Org, bucket, counter, level_of, plan, tokens, used_of
+from tests.harness.limit_plans import T0, Org, bucket, counter, level_of, plan, tokens, used_of
 
 
 @pytest.fixture
@@ -192,3 +192,46 @@ async def test_a_key_of_another_kind_is_named_in_the_refusal(org: Org) -> None:
 async def test_clear_prefix_refuses_an_empty_prefix_with_the_reason() -> None:
     with pytest.raises(ValueError, match=r"^an empty prefix would clear every limit$"):
         await MemoryLimitStore().clear_prefix("")
+
+
+# ---------------------------------------------------------------------- the embedded store's bounds
+
+
+@pytest.mark.parametrize(("max_entries", "sweep_step"), [(1000, 2), (3, 0)])
+async def test_memory_store_collects_idle_entries_as_traffic_flows(
+    org: Org, max_entries: int, sweep_step: int
+) -> None:
+    store = MemoryLimitStore(max_entries=max_entries, sweep_step=sweep_step)
+    for i in range(50):  # each bucket is full again 2 ms after its take
+        spec = bucket(org.bucket(f"key:k{i}:requests"), cost=1.0, per_ms=0.5)
+        assert await store.admit(plan(org, T0 + 10 * i, (spec,))) == Admitted((9.0,), ())
+    assert len(store) <= 3
+    spent = counter(org.counter(), 1, expires_at_ms=T0 + 600)
+    assert await store.admit(plan(org, T0 + 500, (), (spent,))) == Admitted((), (1,))
+    assert store.sweep(T0 + 600) >= 1
+    assert await used_of(store, org.counter(), T0 + 599) == 0  # swept: gone (it had expired by T0+600)
+
+
+async def test_memory_sweep_examines_a_bounded_batch_and_goes_round_the_map(org: Org) -> None:
+    store = MemoryLimitStore(sweep_step=0)
+    slow = bucket(org.bucket("slow"), per_ms=1e-9)
+    quick = tuple(bucket(org.bucket(f"quick{i}"), per_ms=0.5) for i in range(4))  # full at T0 + 2
+    assert await store.admit(plan(org, T0, (slow, *quick))) == Admitted((9.0,) * 5, ())
+    assert store.sweep(T0 + 2, limit=3) == 2
+    assert len(store) == 3
+    assert store.sweep(T0 + 2, limit=3) == 2
+    assert len(store) == 1
+    assert await level_of(store, slow, T0) == 9.0
+
+
+async def test_memory_store_full_of_live_entries_refuses_and_takes_nothing(org: Org) -> None:
+    store = MemoryLimitStore(max_entries=2)
+    slow = (bucket(org.bucket("a"), per_ms=1e-9), bucket(org.bucket("b"), per_ms=1e-9))
+    assert await store.admit(plan(org, T0, slow)) == Admitted((9.0, 9.0), ())
+    third = bucket(org.bucket("c"), per_ms=1e-9)
+    with pytest.raises(LimitStoreUnavailable, match="live"):
+        await store.admit(plan(org, T0, (slow[0], third)))
+    assert await level_of(store, slow[0], T0) == 9.0
+    assert await store.admit(plan(org, T0, slow)) == Admitted((8.0, 8.0), ())  # known keys still work
+    assert await store.clear((org.bucket("a"),)) == (org.bucket("a"),)
+    assert await store.admit(plan(org, T0, (third,))) == Admitted((9.0,), ())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import orjson
 import pytest
 
@@ -177,6 +178,27 @@ async def test_a_full_pool_is_a_connect_timeout_and_safe_to_retry(client, mock_b
     # When the caller's deadline is what runs out while waiting, it is the request's timeout.
     error = await failure(client, backend, deadline=time.monotonic() + 0.05)
     assert (error.code, error.retry_safe) == ("BACKEND_TIMEOUT", True)
+    assert (await first).status == 200
+    assert mock_backend.inference_requests == 1
+
+
+async def test_a_stall_before_the_pool_wait_still_reads_as_nothing_sent(client, mock_backend, monkeypatch):
+    """The deadline ends both the total timer and the pool wait's, started a few statements apart;
+    a stall between them (the process descheduled on a busy machine, here 20 ms) lets the total
+    timer fire first. The call never got a connection, so it is still safe to retry."""
+    mock_backend.configure(latency_ms=600)
+    backend = backend_for(mock_backend, max_in_flight=1)
+    first = asyncio.create_task(call(client, backend))
+    await eventually(lambda: mock_backend.inference_requests == 1, what="the first call holding the pool")
+    connect = aiohttp.BaseConnector.connect
+
+    async def stalled_connect(self, *args, **kwargs):
+        time.sleep(0.02)
+        return await connect(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.BaseConnector, "connect", stalled_connect)
+    error = await failure(client, backend, deadline=time.monotonic() + 0.05)
+    assert (error.code, error.reason, error.retry_safe) == ("BACKEND_TIMEOUT", "connect_timeout", True)
     assert (await first).status == 200
     assert mock_backend.inference_requests == 1
 

@@ -1,18 +1,23 @@
 """Failover inside one request (issue 17.4): which failed attempts move on to the next backend,
-with an in-memory ``send`` in place of the HTTP call, and where each backend's model name comes from."""
+with the in-memory backend port (tests/harness/fake_backends.py) in place of HTTP, saturation and
+breakers, and where each backend's model name comes from."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
-from router_impl.routing.backend_client import BackendClient
+from router_impl.errors import ApiError
 from router_impl.routing.backend_errors import BackendCallError, FailureReason, error_for_status
+from router_impl.routing.backend_port import BackendReply, BackendRequest
 from router_impl.routing.dispatcher import Dispatcher
 from router_impl.routing.engine import Candidate, RouteDecision, RouteRequest, plan_route
 from router_impl.routing.health import BackendHealth
+from tests.harness.clock import ManualClock
+from tests.harness.fake_backends import Fails, FakeBackends, chat_reply
 
 BACKENDS = tuple(BackendConfig(id=name, base_url=f"http://{name}.invalid/v1") for name in ("a", "b"))
 
@@ -40,7 +45,7 @@ async def attempt(first_failure: BackendCallError, **policy: object) -> tuple[li
             raise first_failure
         return "answer from b"
 
-    dispatcher = Dispatcher(BackendClient(secrets={}), BackendHealth())
+    dispatcher = Dispatcher(FakeBackends(), BackendHealth())
     try:
         done = await dispatcher.call(decision(**policy), send)
     except BackendCallError as exc:
@@ -112,3 +117,39 @@ def test_upstream_model_names_the_model_for_one_backend_of_a_policy() -> None:
         ("vllm", "qwen2.5-7b"),
         ("other", "chat-small"),  # no mapping, lists no models: the public name
     ]
+
+
+def through(port: FakeBackends) -> Callable[[Candidate], Awaitable[BackendReply]]:
+    """The pipeline's ``send``: one call through the backend port."""
+
+    async def send(candidate: Candidate) -> BackendReply:
+        return await port.send(candidate.backend, BackendRequest("chat", b"{}", "", "r", None))
+
+    return send
+
+
+async def test_a_backend_at_its_max_in_flight_is_skipped_and_all_saturated_is_503() -> None:
+    port = FakeBackends(busy={"a": 256})
+    port.script("b", chat_reply())
+    dispatcher = Dispatcher(port, BackendHealth())
+    done = await dispatcher.call(decision(), through(port))
+    assert (done.candidate.backend.id, done.index, done.attempts) == ("b", 1, 1)
+    port.busy["b"] = 256
+    with pytest.raises(ApiError) as refused:
+        await dispatcher.call(decision(), through(port))
+    assert (refused.value.code, refused.value.headers) == ("SERVICE_UNAVAILABLE", {"Retry-After": "1"})
+    assert port.called() == ["b"]
+
+
+async def test_failures_open_the_breaker_and_later_requests_skip_the_backend_until_it_cools_down() -> None:
+    port, clock = FakeBackends(), ManualClock()
+    port.script("a", Fails(error_for_status("a", 503, b"{}", {})), chat_reply())
+    port.script("b", chat_reply())
+    dispatcher = Dispatcher(port, BackendHealth(clock, cool_down_s=30))
+    for _ in range(2):
+        assert (
+            await dispatcher.call(decision(failover_threshold=1), through(port))
+        ).candidate.backend.id == "b"
+    assert port.called() == ["a", "b", "b"]  # the open breaker kept the second request off a
+    clock.advance(31)
+    assert (await dispatcher.call(decision(failover_threshold=1), through(port))).candidate.backend.id == "a"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from router_impl.config.model import RuntimeConfig
 from router_impl.errors import ApiError
-from router_impl.routing.engine import RouteDecision, RouteRequest, plan_route
+from router_impl.routing.engine import RouteDecision, RouteRequest, RoutingEngine, plan_route
 from router_impl.routing.health import Availability
 from tests.routing.test_engine import FakeHealth
 
@@ -144,3 +144,28 @@ def test_weight_zero_is_never_first_while_a_healthy_weighted_backend_is_usable(
     ]
     if healthy_weighted:
         assert first_weight[decision.candidates[0].backend.id] > 0
+
+
+@given(worlds(), st.integers(0, 2**32))
+def test_the_engine_decides_what_plan_route_decides_up_to_the_draw(world: World, seed: int) -> None:
+    """The engine's cached plans give the same candidates, tiers, reason and skips as the full path."""
+    engine = RoutingEngine(world.health, random.Random(seed))
+    planned = decide(world, seed)
+    for _ in range(2):  # the second request is served from the cached plan
+        try:
+            decision = engine.candidates(world.config, RouteRequest("m", world.org, "k"))
+        except ApiError as error:
+            assert isinstance(planned, ApiError) and planned.code == error.code
+            return
+        assert isinstance(planned, RouteDecision)
+        assert (decision.policy, decision.reason, decision.skipped) == (
+            planned.policy,
+            planned.reason,
+            planned.skipped,
+        )
+        by_id = sorted(decision.candidates, key=lambda c: c.backend.id)
+        assert by_id == sorted(planned.candidates, key=lambda c: c.backend.id)
+        first_weight = weights_of(world)
+        ranks = [(c.degraded, first_weight[c.backend.id] == 0) for c in decision.candidates]
+        assert ranks == sorted(ranks)
+        assert decision.warning == decision.warning_at(0)

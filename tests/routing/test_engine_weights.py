@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from router_impl.routing.engine import RouteRequest, plan_route, weighted_order
+from router_impl.routing.engine import RouteRequest, RoutingEngine, plan_route, weighted_order
 from router_impl.routing.health import Availability
 from tests.routing.test_engine import FakeHealth, snapshot
 
@@ -40,13 +40,25 @@ def shares(weights: Mapping[str, float]) -> dict[str, float]:
     ],
     ids=["70-30", "900-100", "60-30-10", "5-3-1"],
 )
-def test_first_choice_follows_uneven_weights_over_ten_thousand_selections(weights: dict[str, int]) -> None:
+@pytest.mark.parametrize("path", ["plan_route", "engine"])
+def test_first_choice_follows_uneven_weights_over_ten_thousand_selections(
+    weights: dict[str, int], path: str
+) -> None:
+    """Both the full path and the engine's cached plan (cumulative weights, a draw per request)."""
     config = snapshot(weights)
     rng = random.Random(20_240_611)
     health = FakeHealth()
     request = RouteRequest("llama", "org-1", "key-1")
+    engine = RoutingEngine(health, rng)
     firsts = Counter(
-        plan_route(config, health, request, rng).candidates[0].backend.id for _ in range(SELECTIONS)
+        (
+            plan_route(config, health, request, rng)
+            if path == "plan_route"
+            else engine.candidates(config, request)
+        )
+        .candidates[0]
+        .backend.id
+        for _ in range(SELECTIONS)
     )
     statistic = chi_square(firsts, shares(weights))
     assert statistic < CHI2_CRITICAL_P001[len(weights) - 1], (firsts, statistic)
@@ -59,6 +71,15 @@ def test_second_choice_is_a_weighted_draw_from_the_rest() -> None:
     seconds = Counter(weighted_order(list(p), list(p.values()), rng)[1] for _ in range(SELECTIONS))
     expected = {j: sum(p[i] * p[j] / (1 - p[i]) for i in p if i != j) for j in p}
     assert sum(expected.values()) == pytest.approx(1.0)
+    assert chi_square(seconds, expected) < CHI2_CRITICAL_P001[2], seconds
+
+
+def test_the_engines_second_choice_is_a_weighted_draw_from_the_rest() -> None:
+    p = shares({"a": 60, "b": 30, "c": 10})
+    engine = RoutingEngine(FakeHealth(), random.Random(7))
+    config, request = snapshot({"a": 60, "b": 30, "c": 10}), RouteRequest("llama", "org-1", "key-1")
+    seconds = Counter(engine.candidates(config, request).candidates[1].backend.id for _ in range(SELECTIONS))
+    expected = {j: sum(p[i] * p[j] / (1 - p[i]) for i in p if i != j) for j in p}
     assert chi_square(seconds, expected) < CHI2_CRITICAL_P001[2], seconds
 
 

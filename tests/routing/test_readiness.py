@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.routing.health import BackendHealth
-from router_impl.routing.readiness import assess
+from router_impl.routing.readiness import assess, keys_check
 from tests.harness.clock import ManualClock
 
 
@@ -53,3 +57,30 @@ def test_an_open_breaker_takes_a_backend_out_until_its_trial() -> None:
     assert "a" not in assess(config(), health).ready + assess(config(), health).degraded
     clock.advance(11)
     assert assess(config(), health).degraded == ("a",)  # half-open: one trial allowed
+
+
+def test_no_model_at_all_warns_while_an_admin_can_add_one_else_fails() -> None:
+    none = assess(RuntimeConfig(), BackendHealth(ManualClock()))
+    assert none.check(admin_can_configure=True)[0] == "warn"
+    assert none.check(admin_can_configure=False)[0] == "fail"
+
+
+def test_keys_check_fails_without_a_usable_key() -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def key(name: str, **extra: Any) -> ApiKeyRecord:
+        return ApiKeyRecord(
+            id=name, organization_id="o", key_hash=hash_secret(name), scopes={"admin"}, **extra
+        )
+
+    dead = [
+        key("revoked", revoked=True),
+        key("expired", expires_at=now),
+        key("old", expires_at=now - timedelta(1)),
+    ]
+    assert keys_check(dead, now)[0] == "fail"
+    assert keys_check([], now)[0] == "fail"
+    assert keys_check([*dead, key("live", expires_at=now + timedelta(seconds=1))], now) == (
+        "pass",
+        "1 usable API key(s), 1 with scope admin",
+    )

@@ -9,7 +9,7 @@ percent-decoded, ``raw_path`` keeps the bytes as sent, and dot segments are left
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +44,22 @@ class RawAnswer:
 
 
 @asynccontextmanager
-async def demo_routers(root: Path, *lanes: bool, **settings: Any) -> AsyncIterator[list[InProcess]]:
+async def demo_routers(
+    root: Path, *lanes: bool, config: str | None = None, **settings: Any
+) -> AsyncIterator[list[InProcess]]:
     """One demo router per entry of ``lanes`` (fast lane on or off), each with its own data dir and
-    demo upstream. All are built before any starts: building blocks the event loop for a while, and
-    a started router's health probe would time out meanwhile and take its upstream out of service."""
+    demo upstream, and its own copy of ``config`` (runtime-config YAML) as its config file: admin
+    writes go to that file, which routers must not share. All are built before any starts: building
+    blocks the event loop for a while, and a started router's health probe would time out meanwhile
+    and take its upstream out of service."""
     async with AsyncExitStack() as stack:
         built = []
         for index, fast_lane in enumerate(lanes):
             upstream = await start_demo_upstream()
             stack.push_async_callback(upstream.stop)
+            if config is not None:
+                settings["config_path"] = root / f"router-{index}.yaml"
+                settings["config_path"].write_text(config, encoding="utf-8")
             components = build_components(
                 Settings(
                     data_dir=root / f"router-{index}",
@@ -87,15 +94,17 @@ async def raw_request(
     app: ASGIApp,
     method: str,
     target: bytes,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     body: bytes = b"",
 ) -> RawAnswer:
+    """``headers`` as a mapping, or as pairs (a name may repeat); values are sent as latin-1 bytes."""
     parsed = httptools.parse_url(target)
     raw_path: bytes = parsed.path
     path = raw_path.decode("ascii")
     if "%" in path:
         path = urllib.parse.unquote(path)
-    header_list = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    header_list = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     if body:
         header_list.append((b"content-length", str(len(body)).encode()))
     scope = {

@@ -358,3 +358,19 @@ async def test_concurrent_writes_on_the_pipelined_connection_each_land(redis_ser
     assert {e.request_id for e in page.items} == {e.request_id for e in events}
     await scripts.aclose()
     await client.aclose()
+
+
+async def test_lmdb_concurrent_records_are_each_stored_and_a_cancelled_callers_event_too(
+    tmp_path: Path,
+) -> None:
+    """The LMDB store group-commits the events of one turn of the loop: every caller's event lands,
+    including one whose caller gave up waiting."""
+    store = LmdbAuditLog(tmp_path / "audit", 64 << 20, RETENTION, clock=ManualClock(T0.timestamp()))
+    events = [event(f"req-{n}", n) for n in range(40)]
+    waiting = [asyncio.ensure_future(store.record(item)) for item in events]
+    await asyncio.sleep(0)  # every record has queued its event
+    waiting[0].cancel()
+    await asyncio.gather(*waiting[1:])
+    for item in events:
+        assert (await store.by_request(item.request_id, "org-a")) == item
+    store.close()

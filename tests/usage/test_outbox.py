@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router_impl.settings import Settings
 from router_impl.usage.outbox import LmdbOutbox, OutboxError, OutboxFull, read_backlog
 from tests.harness.clock import ManualClock
 
@@ -177,3 +178,35 @@ async def test_close_commits_what_is_queued_and_refuses_later_appends(tmp_path: 
     with pytest.raises(OutboxError):
         await outbox.append(TOPIC, b"org", b"late")
     assert read_backlog(tmp_path / "outbox").count == 50
+
+
+async def test_without_fsync_commits_group_on_the_loop_and_deletes_in_chunks(tmp_path: Path) -> None:
+    """Durability ``process``: the same group commit and order, the same backlog after a delete larger
+    than one delete transaction."""
+    outbox = LmdbOutbox(tmp_path / "outbox", max_bytes=1 << 24, sync=False)
+    await asyncio.gather(*(outbox.append(TOPIC, b"org", b"%d" % n) for n in range(600)))
+    assert outbox.commits <= 5, outbox.commits
+    entries = await outbox.read(1000)
+    assert [e.value for e in entries] == [b"%d" % n for n in range(600)]
+    await outbox.delete([e.seq for e in entries[:550]])
+    assert outbox.backlog().count == 50
+    assert outbox.backlog().stored_bytes == sum(entry_size(TOPIC, b"org", e.value) for e in entries[550:])
+    await outbox.close()
+    reopened = LmdbOutbox(tmp_path / "outbox", max_bytes=1 << 24, sync=False)
+    assert [e.value for e in await reopened.read(1000)] == [e.value for e in entries[550:]]
+    await reopened.close()
+
+
+def test_durability_defaults_to_process_and_the_old_sync_switch_still_chooses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("ROUTER_OUTBOX_DURABILITY", "ROUTER_OUTBOX_SYNC"):
+        monkeypatch.delenv(name, raising=False)
+    assert (Settings().outbox_durability, Settings().outbox_fsync) == ("process", False)
+    monkeypatch.setenv("ROUTER_OUTBOX_SYNC", "true")
+    assert (Settings().outbox_durability, Settings().outbox_fsync) == ("machine", True)
+    monkeypatch.setenv("ROUTER_OUTBOX_DURABILITY", "process")  # the new setting wins
+    assert Settings().outbox_durability == "process"
+    monkeypatch.setenv("ROUTER_OUTBOX_DURABILITY", "disk")
+    with pytest.raises(ValueError, match="outbox_durability"):
+        Settings()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from router_impl.cli.usage import jsonl_files
 from router_impl.lifecycle import Lifecycle
 from router_impl.settings import Settings
 from router_impl.usage.jsonl import JsonlTransport
@@ -12,7 +13,6 @@ from router_impl.usage.outbox import LmdbOutbox, read_backlog
 from router_impl.usage.publisher import Publisher
 from router_impl.usage.sink import OutboxUsageSink
 from router_impl.usage.wiring import build_usage
-from router_impl.usage_cli import jsonl_files
 from tests.harness.wait import eventually
 from tests.usage.outbox_support import usage_record
 

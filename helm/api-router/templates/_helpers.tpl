@@ -70,7 +70,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 Seconds `router serve` gives uvicorn to finish in-flight requests after SIGTERM
-(timeout_graceful_shutdown in src/router_impl/cli.py; tools/helm_check.py keeps them equal).
+(timeout_graceful_shutdown in src/router_impl/cli/commands.py; tools/helm_check.py keeps them equal).
 */}}
 {{- define "api-router.uvicornGracefulSeconds" -}}30{{- end }}
 

@@ -11,7 +11,7 @@ import structlog
 
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.auth.store_config import KeyWriter
-from router_impl.auth.store_lmdb import LmdbKeyStore
+from router_impl.auth.store_lmdb import read_legacy_keys
 from router_impl.config.model import RuntimeConfig
 from router_impl.settings import Settings
 
@@ -61,19 +61,7 @@ async def import_legacy_keys(
     its revocations of config keys, are written to the source, so an upgrade loses none and revives
     no revoked key; returns how many objects were written."""
     log = log if log is not None else structlog.get_logger("router.auth")
-    if not (path / "data.mdb").exists():
-        return 0
-    legacy = LmdbKeyStore(path, current().api_keys)  # lists config keys with their stored revocations
-    try:
-        records: list[ApiKeyRecord] = []
-        cursor: str | None = None
-        while True:
-            page, cursor = await legacy.list(None, 1000, cursor)
-            records.extend(page)
-            if cursor is None:
-                break
-    finally:
-        legacy.close()
+    records = read_legacy_keys(path, current().api_keys)
     known = {r.id: r for r in current().api_keys}
     hashes = {r.key_hash for r in current().api_keys}
     written = 0

@@ -29,10 +29,10 @@ from router_impl.auth.admin import (
 from router_impl.auth.keys import ApiKeyRecord, RandomBytes, Scope
 from router_impl.auth.secret_box import SecretBox
 from router_impl.config.model import RuntimeConfig
-from router_impl.config.source import ConfigConflict, ConfigInvalid, Kind, SourceUnavailable
+from router_impl.config.source import ConfigConflict, ConfigInvalid, ObjectKind, SourceUnavailable
 from router_impl.errors import ApiError
 
-KeyWriter = Callable[[Kind, str, BaseModel], Awaitable[int]]
+KeyWriter = Callable[[ObjectKind, str, BaseModel], Awaitable[int]]
 _ID_ATTEMPTS = 8
 
 
@@ -85,6 +85,10 @@ class ConfigKeyStore:
 
     async def by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         return self._current().by_hash.get(key_hash)
+
+    def records(self) -> list[ApiKeyRecord]:
+        """Every key this replica serves now, local ones included (readiness counts the usable ones)."""
+        return list(self._current().by_id.values())
 
     # -------------------------------------------------------------- ApiKeyAdmin
 

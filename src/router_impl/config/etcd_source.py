@@ -24,7 +24,7 @@ from router_impl.config.layout import Memo, assemble, encode, object_key, refere
 from router_impl.config.source import (
     ConfigConflict,
     ConfigInvalid,
-    Kind,
+    ObjectKind,
     ObjectNotFound,
     SourceUnavailable,
     Versioned,
@@ -107,11 +107,11 @@ class EtcdSource:
             self._follower = asyncio.create_task(self._follow(), name="etcd-config-follower")
         return self._feed.follow(since)
 
-    async def put(self, kind: Kind, object_id: str, obj: BaseModel) -> int:
+    async def put(self, kind: ObjectKind, object_id: str, obj: BaseModel) -> int:
         value = encode(kind, object_id, obj)
         return await self._write(kind, object_id, value, references(kind, object_id, obj))
 
-    async def delete(self, kind: Kind, object_id: str) -> int:
+    async def delete(self, kind: ObjectKind, object_id: str) -> int:
         return await self._write(kind, object_id, None, ())
 
     async def objects(self) -> dict[str, bytes]:
@@ -150,7 +150,9 @@ class EtcdSource:
 
     # ------------------------------------------------------------------ writes
 
-    async def _write(self, kind: Kind, object_id: str, value: bytes | None, required: Iterable[str]) -> int:
+    async def _write(
+        self, kind: ObjectKind, object_id: str, value: bytes | None, required: Iterable[str]
+    ) -> int:
         """Validate against a fresh listing, then write in a transaction that fails if anything under
         the prefix changed since (or a referenced object vanished): a lost race is retried from a new
         listing, so two admins' individually valid changes can never combine into an invalid one."""

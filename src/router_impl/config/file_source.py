@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from router_impl.config.feed import SnapshotFeed
 from router_impl.config.layout import assemble, encode, explode, object_key, summary, with_change
 from router_impl.config.model import RuntimeConfig
-from router_impl.config.source import ConfigInvalid, Kind, ObjectNotFound, SourceUnavailable, Versioned
+from router_impl.config.source import ConfigInvalid, ObjectKind, ObjectNotFound, SourceUnavailable, Versioned
 
 # libyaml's loader and dumper: an admin write re-reads and rewrites the file, and PyYAML's pure-Python
 # ones made that cost grow with the config (~2.5x the CPU, measured under contract fuzzing).
@@ -95,10 +95,10 @@ class FileSource:
             self._poller = asyncio.create_task(self._poll(), name="file-config-poller")
         return self._feed.follow(since)
 
-    async def put(self, kind: Kind, object_id: str, obj: BaseModel) -> int:
+    async def put(self, kind: ObjectKind, object_id: str, obj: BaseModel) -> int:
         return await self._write(kind, object_id, encode(kind, object_id, obj))
 
-    async def delete(self, kind: Kind, object_id: str) -> int:
+    async def delete(self, kind: ObjectKind, object_id: str) -> int:
         return await self._write(kind, object_id, None)
 
     async def close(self) -> None:
@@ -138,7 +138,7 @@ class FileSource:
         self._problem = None
         self._feed.publish(self._versioned(config))
 
-    async def _write(self, kind: Kind, object_id: str, value: bytes | None) -> int:
+    async def _write(self, kind: ObjectKind, object_id: str, value: bytes | None) -> int:
         """Apply one object change to the file as it is now (an invalid file must be fixed first)."""
         async with self._lock:
             _, data = await asyncio.to_thread(self._read)

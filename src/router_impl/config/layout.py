@@ -10,10 +10,10 @@ from pydantic import BaseModel, ValidationError
 
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, OrgLimits, RuntimeConfig
-from router_impl.config.source import KINDS, ConfigInvalid, Kind
+from router_impl.config.source import KINDS, ConfigInvalid, ObjectKind
 
 SNAPSHOT = "(snapshot)"  # the problem key when no single object is to blame
-_CLASSES: dict[Kind, type[BaseModel]] = {
+_CLASSES: dict[ObjectKind, type[BaseModel]] = {
     "backends": BackendConfig,
     "models": ModelPolicy,
     "backend_states": BackendState,
@@ -22,12 +22,12 @@ _CLASSES: dict[Kind, type[BaseModel]] = {
 }
 
 
-def object_key(kind: Kind, object_id: str) -> str:
+def object_key(kind: ObjectKind, object_id: str) -> str:
     """Ids are URL-quoted: model names may contain '/' (ids and names are otherwise key-safe)."""
     return f"{kind}/{quote(object_id, safe=':')}"
 
 
-def parse_key(key: str) -> tuple[Kind, str]:
+def parse_key(key: str) -> tuple[ObjectKind, str]:
     kind_name, sep, quoted = key.partition("/")
     kind = next((k for k in KINDS if k == kind_name), None)
     if kind is None or not sep or not quoted:
@@ -38,7 +38,7 @@ def parse_key(key: str) -> tuple[Kind, str]:
     return kind, object_id
 
 
-def encode(kind: Kind, object_id: str, obj: BaseModel) -> bytes:
+def encode(kind: ObjectKind, object_id: str, obj: BaseModel) -> bytes:
     """The stored value of one object; its own id must match ``object_id``."""
     if not isinstance(obj, _CLASSES[kind]):
         raise TypeError(f"a {kind} object must be a {_CLASSES[kind].__name__}, not {type(obj).__name__}")
@@ -49,7 +49,7 @@ def encode(kind: Kind, object_id: str, obj: BaseModel) -> bytes:
     return obj.model_dump_json().encode()
 
 
-def decode(kind: Kind, object_id: str, value: bytes) -> BaseModel:
+def decode(kind: ObjectKind, object_id: str, value: bytes) -> BaseModel:
     try:
         obj = _CLASSES[kind].model_validate_json(value)
     except ValidationError as exc:
@@ -61,7 +61,7 @@ def decode(kind: Kind, object_id: str, value: bytes) -> BaseModel:
 
 
 def with_change(
-    objects: Mapping[str, bytes], kind: Kind, object_id: str, value: bytes | None
+    objects: Mapping[str, bytes], kind: ObjectKind, object_id: str, value: bytes | None
 ) -> dict[str, bytes]:
     """A copy of ``objects`` with one object put (``value``) or removed (None)."""
     changed = dict(objects)
@@ -73,7 +73,7 @@ def with_change(
     return changed
 
 
-def references(kind: Kind, object_id: str, obj: BaseModel | None) -> tuple[str, ...]:
+def references(kind: ObjectKind, object_id: str, obj: BaseModel | None) -> tuple[str, ...]:
     """Object keys that must exist for ``obj`` to be valid (a concurrent delete must not slip by)."""
     if kind == "backend_states":
         return (object_key("backends", object_id),)
@@ -82,7 +82,7 @@ def references(kind: Kind, object_id: str, obj: BaseModel | None) -> tuple[str, 
     return ()
 
 
-def objects_of(config: RuntimeConfig) -> Iterator[tuple[Kind, str, BaseModel]]:
+def objects_of(config: RuntimeConfig) -> Iterator[tuple[ObjectKind, str, BaseModel]]:
     """Every object of a snapshot, backends first, so putting them in order keeps each step valid
     (how a file is seeded into etcd)."""
     for backend in config.backends:
@@ -111,7 +111,7 @@ def assemble(objects: Mapping[str, bytes], memo: Memo | None = None) -> RuntimeC
     ``memo`` (owned by the caller, reused across calls) keeps decoded objects, so a watcher
     re-decodes only what changed rather than every key on every change."""
     problems: dict[str, str] = {}
-    parsed: dict[Kind, dict[str, tuple[str, BaseModel]]] = {kind: {} for kind in KINDS}
+    parsed: dict[ObjectKind, dict[str, tuple[str, BaseModel]]] = {kind: {} for kind in KINDS}
     unreadable_backends: set[str] = set()  # already reported: references to them are no news
     for key in sorted(objects):
         try:
@@ -149,7 +149,7 @@ def assemble(objects: Mapping[str, bytes], memo: Memo | None = None) -> RuntimeC
         raise ConfigInvalid({SNAPSHOT: summary(exc)}) from None
 
 
-def _decoded(kind: Kind, object_id: str, key: str, value: bytes, memo: Memo | None) -> BaseModel:
+def _decoded(kind: ObjectKind, object_id: str, key: str, value: bytes, memo: Memo | None) -> BaseModel:
     remembered = memo.get(key) if memo is not None else None
     if remembered is not None and remembered[0] == value:
         return remembered[1]

@@ -17,8 +17,8 @@ from router_impl.config.holder import ConfigHolder
 from router_impl.config.layout import assemble, encode, explode, object_key, with_change
 from router_impl.config.lkg_cache import CachedSnapshot, LastKnownGood
 from router_impl.config.model import RuntimeConfig
-from router_impl.config.source import ConfigInvalid, ConfigSource, Kind, SourceUnavailable, Versioned
-from router_impl.health import CheckStatus
+from router_impl.config.source import ConfigInvalid, ConfigSource, ObjectKind, SourceUnavailable, Versioned
+from router_impl.process_health import CheckStatus
 
 OnApply = Callable[[RuntimeConfig], Awaitable[None]]
 Overlay = Callable[[RuntimeConfig], RuntimeConfig]
@@ -129,7 +129,7 @@ class ConfigService:
         if self._cache is not None:
             self._cache.close()
 
-    async def put(self, kind: Kind, object_id: str, obj: BaseModel, *, wait: float = 2.0) -> int:
+    async def put(self, kind: ObjectKind, object_id: str, obj: BaseModel, *, wait: float = 2.0) -> int:
         """Write one object through the source (every replica applies it), then wait until this
         replica has applied it, so the admin API reads its own writes. Raises ConfigInvalid,
         ConfigConflict, SourceUnavailable."""
@@ -138,14 +138,14 @@ class ConfigService:
         await self.wait_applied(revision, wait)
         return revision
 
-    async def delete(self, kind: Kind, object_id: str, *, wait: float = 2.0) -> int:
+    async def delete(self, kind: ObjectKind, object_id: str, *, wait: float = 2.0) -> int:
         """As ``put``; raises ObjectNotFound too."""
         self._check_overlay(kind, object_id, None)
         revision = await self._source.delete(kind, object_id)
         await self.wait_applied(revision, wait)
         return revision
 
-    def _check_overlay(self, kind: Kind, object_id: str, obj: BaseModel | None) -> None:
+    def _check_overlay(self, kind: ObjectKind, object_id: str, obj: BaseModel | None) -> None:
         """Refuse a change the overlay could not sit on (e.g. an object named like demo mode's own):
         the source would accept it, and this replica would then reject every later snapshot."""
         if self._overlay is None or self._base is None:

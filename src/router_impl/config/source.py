@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from router_impl.config.model import RuntimeConfig
 
 # One kind per object family; an object's key is ``<kind>/<id>`` under the source's prefix.
-Kind = Literal["backends", "models", "backend_states", "keys", "limits"]
-KINDS: tuple[Kind, ...] = ("backends", "models", "backend_states", "keys", "limits")
+ObjectKind = Literal["backends", "models", "backend_states", "keys", "limits"]
+KINDS: tuple[ObjectKind, ...] = ("backends", "models", "backend_states", "keys", "limits")
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ class ConfigSource(Protocol):
         """Every later snapshot, each complete and valid; intermediate ones may be coalesced."""
         ...
 
-    async def put(self, kind: Kind, object_id: str, obj: BaseModel) -> int:
+    async def put(self, kind: ObjectKind, object_id: str, obj: BaseModel) -> int:
         """Validate the would-be snapshot, then write one object; returns the write's revision."""
         ...
 
-    async def delete(self, kind: Kind, object_id: str) -> int:
+    async def delete(self, kind: ObjectKind, object_id: str) -> int:
         """Validate the would-be snapshot, then remove one object; returns the write's revision."""
         ...
 

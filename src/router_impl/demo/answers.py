@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 
 DEMO_MODEL = "demo"
-Kind = Literal["chat", "completion"]
+AnswerKind = Literal["chat", "completion"]
 
 
 class BadRequest(ValueError):
@@ -66,7 +66,7 @@ def demo_request(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def answer(kind: Kind, raw: bytes) -> Answer:
+def answer(kind: AnswerKind, raw: bytes) -> Answer:
     """The demo model's answer to a request body; ``BadRequest`` when the body is unusable."""
     body = demo_request(raw)
     if kind == "chat":
@@ -167,7 +167,7 @@ def error_body(error: BadRequest) -> bytes:
     )
 
 
-def whole_body(kind: Kind, answer: Answer, response_id: str, created: int) -> bytes:
+def whole_body(kind: AnswerKind, answer: Answer, response_id: str, created: int) -> bytes:
     """A chat.completion or text_completion body."""
     text = answer.text
     if kind == "chat":
@@ -193,7 +193,7 @@ def whole_body(kind: Kind, answer: Answer, response_id: str, created: int) -> by
     )
 
 
-def stream_events(kind: Kind, answer: Answer, response_id: str, created: int) -> list[bytes]:
+def stream_events(kind: AnswerKind, answer: Answer, response_id: str, created: int) -> list[bytes]:
     """SSE events: one chunk per word, a finish chunk, a usage chunk when asked, then [DONE]."""
     obj = b"chat.completion.chunk" if kind == "chat" else b"text_completion"
     usage_field = b',"usage":null' if answer.include_usage else b""
@@ -219,7 +219,7 @@ def stream_events(kind: Kind, answer: Answer, response_id: str, created: int) ->
     return events
 
 
-def _piece_choice(kind: Kind, piece: str, *, first: bool) -> bytes:
+def _piece_choice(kind: AnswerKind, piece: str, *, first: bool) -> bytes:
     text = orjson.dumps(piece)
     if kind == "completion":
         return b'{"index":0,"text":%s,"logprobs":null,"finish_reason":null}' % text

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from router_impl.demo.answers import (
     DEMO_MODEL,
+    AnswerKind,
     BadRequest,
-    Kind,
     answer,
     error_body,
     stream_events,
@@ -33,7 +33,7 @@ _MODELS = orjson.dumps(
     }
 )
 _HEALTHY = orjson.dumps({"status": "ok"})
-_ID_PREFIX: dict[Kind, str] = {"chat": "chatcmpl-demo-", "completion": "cmpl-demo-"}
+_ID_PREFIX: dict[AnswerKind, str] = {"chat": "chatcmpl-demo-", "completion": "cmpl-demo-"}
 
 
 class DemoModel:
@@ -53,7 +53,7 @@ class DemoModel:
         app.router.add_get("/health", _fixed(_HEALTHY))
         return app
 
-    def _inference(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _inference(self, kind: AnswerKind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         prefix = _ID_PREFIX[kind]
 
         async def handle(request: web.Request) -> web.StreamResponse:

@@ -12,9 +12,10 @@ from starlette.responses import Response
 from router_impl.auth.signing import BODY_SIGNATURE_FIELD, BODY_TIMESTAMP_FIELD
 from router_impl.components import Components
 from router_impl.errors import ApiError
-from router_impl.pipeline import Call, Completed, FinalReply, fingerprint, routing_headers
+from router_impl.pipeline import Call, Completed, FinalReply, fingerprint
 from router_impl.usage.cost import micro_to_usd
-from router_impl.web.current import current_document, current_method_and_path, current_state
+from router_impl.web.current import request_context
+from router_impl.web.replies import respond
 
 # Parameters are model-specific and passed on (top_k, min_p, ...), except those the envelope owns:
 # the router builds the chat call's model and messages, and an envelope answer is never a stream.
@@ -70,7 +71,7 @@ def _render(call: Call, completed: Completed) -> FinalReply:
         "backend_id": completed.routed.backend.id,
         "decision": completed.routed.decision,
     }
-    return FinalReply(status=200, body=orjson.dumps(body), headers=routing_headers(completed.routed))
+    return FinalReply(status=200, body=orjson.dumps(body), headers=completed.routed.headers)
 
 
 def canonical_request_id(value: Any) -> str:
@@ -84,23 +85,19 @@ def canonical_request_id(value: Any) -> str:
 
 
 async def route_inference(components: Components, token_info: dict[str, Any]) -> Response:
-    body = current_document()
+    request = request_context()
+    body = request.json_body()
     request_id = canonical_request_id(body["request_id"])
-    state = current_state()
-    method, path = current_method_and_path()
     principal = token_info["principal"]  # its signatures, headers and body field, were verified in security
     call = Call(
         principal=principal,
         kind="chat",
         body=_chat_body(body),
-        endpoint=path,
-        fingerprint=fingerprint(method, path, _fingerprinted(body, state.body)),
+        endpoint=request.path,
+        fingerprint=fingerprint(request.method, request.path, _fingerprinted(body, request.body)),
         idempotency_key=request_id,
         request_id=request_id,
-        trace_id=state.trace_id,
-        span_id=state.span_id,
+        trace_id=request.trace_id,
+        span_id=request.span_id,
     )
-    reply = await components.pipeline.complete(call, _render)
-    return Response(
-        reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
-    )
+    return respond(request, await components.pipeline.complete(call, _render))

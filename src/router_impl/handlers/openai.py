@@ -10,69 +10,49 @@ from starlette.responses import Response
 from router_impl.auth.authenticator import Principal
 from router_impl.components import Components
 from router_impl.errors import ApiError
-from router_impl.pipeline import (
-    Call,
-    Completed,
-    FinalReply,
-    Kind,
-    StreamingReply,
-    fingerprint,
-    routing_headers,
-)
-from router_impl.web.current import current_document, current_header, current_method_and_path, current_state
-from router_impl.web.event_stream import EventStreamResponse
+from router_impl.pipeline import Call, Completed, FinalReply, Kind, fingerprint
+from router_impl.web.current import RequestContext, request_context
+from router_impl.web.replies import respond
 from router_impl.web.responses import JSON
 
 
-def _call(kind: Kind, body: dict[str, Any], principal: Principal) -> Call:
-    state = current_state()
-    method, path = current_method_and_path()
+def _call(kind: Kind, request: RequestContext, principal: Principal) -> Call:
     return Call(
         principal=principal,
         kind=kind,
-        body=body,
-        endpoint=path,
-        fingerprint=fingerprint(method, path, state.body),
-        idempotency_key=current_header(b"idempotency-key"),
-        request_id=state.request_id,
-        trace_id=state.trace_id,
-        span_id=state.span_id,
+        body=request.json_body(),
+        endpoint=request.path,
+        fingerprint=fingerprint(request.method, request.path, request.body),
+        idempotency_key=request.header(b"idempotency-key"),
+        request_id=request.request_id,
+        trace_id=request.trace_id,
+        span_id=request.span_id,
     )
 
 
 def _passthrough(call: Call, completed: Completed) -> FinalReply:
     """The backend's OpenAI answer goes back as it came, plus our routing headers."""
-    return FinalReply(status=200, body=completed.raw, headers=routing_headers(completed.routed))
+    return FinalReply(status=200, body=completed.raw, headers=completed.routed.headers)
 
 
-async def _complete(
-    components: Components, kind: Kind, body: dict[str, Any], token_info: dict[str, Any]
-) -> Response:
-    call = _call(kind, body, token_info["principal"])
-    reply = await (
-        components.pipeline.stream(call) if call.stream else components.pipeline.complete(call, _passthrough)
-    )
-    if isinstance(reply, StreamingReply):
-        return EventStreamResponse(reply.events, headers=reply.headers, on_close=reply.abandon)
-    return Response(
-        reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
-    )
+async def _complete(components: Components, kind: Kind, token_info: dict[str, Any]) -> Response:
+    request = request_context()
+    call = _call(kind, request, token_info["principal"])
+    pipeline = components.pipeline
+    reply = await (pipeline.stream(call) if call.stream else pipeline.complete(call, _passthrough))
+    return respond(request, reply)
 
 
 async def create_chat_completion(components: Components, token_info: dict[str, Any]) -> Response:
-    return await _complete(components, "chat", current_document(), token_info)
+    return await _complete(components, "chat", token_info)
 
 
 async def create_completion(components: Components, token_info: dict[str, Any]) -> Response:
-    return await _complete(components, "completion", current_document(), token_info)
+    return await _complete(components, "completion", token_info)
 
 
 async def create_embedding(components: Components, token_info: dict[str, Any]) -> Response:
-    call = _call("embedding", current_document(), token_info["principal"])
-    reply = await components.pipeline.complete(call, _passthrough)
-    return Response(
-        reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.content_type
-    )
+    return await _complete(components, "embedding", token_info)
 
 
 async def list_models(components: Components, token_info: dict[str, Any]) -> Response:

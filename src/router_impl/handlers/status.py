@@ -7,7 +7,7 @@ from typing import Any
 from starlette.responses import Response
 
 from router_impl.components import Components
-from router_impl.health import Report
+from router_impl.process_health import Report
 from router_impl.telemetry.metrics import CONTENT_TYPE
 from router_impl.web.current import current_scope
 from router_impl.web.responses import json_response, timestamp

@@ -34,7 +34,7 @@ the caller's policy.
 
 ``now`` comes from the caller's injected wall clock, as an aware ``datetime`` or Unix seconds (never a
 monotonic clock: several processes and replicas compare the same stored instants); it is judged at
-millisecond granularity, and replicas skewed by *s* seconds shift leases and TTLs by *s*. Scope, key and
+millisecond granularity, and replicas skewed by *s* seconds shift leases and TTLs by *s*. Namespace, key and
 fingerprint may be arbitrary strings: stores keep them through ``compact``, which hashes anything long or
 unusual.
 """
@@ -113,12 +113,14 @@ Begin: TypeAlias = Proceed | Replay | Conflict
 
 class IdempotencyStore(Protocol):
     async def begin(
-        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+        self, namespace: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
     ) -> Begin: ...
 
-    async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool: ...
+    async def complete(
+        self, namespace: str, key: str, token: str, reply: StoredReply, now: Instant
+    ) -> bool: ...
 
-    async def release(self, scope: str, key: str, token: str) -> bool: ...
+    async def release(self, namespace: str, key: str, token: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +186,9 @@ def compact(text: str) -> str:
     return "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def entry_name(scope: str, key: str) -> str:
-    """``{scope}:key`` with both parts compacted; the braces are the Redis Cluster hash tag."""
-    return f"{{{compact(scope)}}}:{compact(key)}"
+def entry_name(namespace: str, key: str) -> str:
+    """``{namespace}:key`` with both parts compacted; the braces are the Redis Cluster hash tag."""
+    return f"{{{compact(namespace)}}}:{compact(key)}"
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:

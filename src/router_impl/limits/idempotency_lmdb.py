@@ -122,9 +122,9 @@ class LmdbIdempotencyStore:
             return txn.stat(self._records)["entries"]
 
     async def begin(
-        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+        self, namespace: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
     ) -> Begin:
-        name = entry_name(scope, key).encode()
+        name = entry_name(namespace, key).encode()
         now_ms = to_ms(now)
         fingerprint = compact(fingerprint)
         with self._writing() as txn:
@@ -141,8 +141,8 @@ class LmdbIdempotencyStore:
     def _owner_dead(self, owner: str) -> bool:
         return owner != self.owner and not self._owner_alive(owner)
 
-    async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
-        name = entry_name(scope, key).encode()
+    async def complete(self, namespace: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
+        name = entry_name(namespace, key).encode()
         until_ms = to_ms(now) + self._ttl_ms
         with self._writing() as txn:
             raw = txn.get(name, db=self._records)
@@ -152,8 +152,8 @@ class LmdbIdempotencyStore:
             self._replace(txn, name, held, Completed(held.fingerprint, reply, until_ms))
         return True
 
-    async def release(self, scope: str, key: str, token: str) -> bool:
-        name = entry_name(scope, key).encode()
+    async def release(self, namespace: str, key: str, token: str) -> bool:
+        name = entry_name(namespace, key).encode()
         with self._writing() as txn:
             raw = txn.get(name, db=self._records)
             held = None if raw is None else decode_entry(raw)

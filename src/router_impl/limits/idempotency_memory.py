@@ -69,9 +69,9 @@ class MemoryIdempotencyStore:
         return self._completed_bytes
 
     async def begin(
-        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+        self, namespace: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
     ) -> Begin:
-        name = entry_name(scope, key)
+        name = entry_name(namespace, key)
         now_ms = to_ms(now)
         fingerprint = compact(fingerprint)
         entry: InFlight | Completed | None = self._in_flight.get(name)
@@ -86,8 +86,8 @@ class MemoryIdempotencyStore:
         self._in_flight[name] = InFlight(fingerprint, token, lease_until_ms(now_ms, self._lease_ms, deadline))
         return Proceed(token)
 
-    async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
-        name = entry_name(scope, key)
+    async def complete(self, namespace: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
+        name = entry_name(namespace, key)
         until_ms = to_ms(now) + self._ttl_ms
         held = self._in_flight.get(name)
         if held is None or not held_by(held, token):
@@ -102,8 +102,8 @@ class MemoryIdempotencyStore:
             self._drop_completed(next(iter(self._completed)))
         return True
 
-    async def release(self, scope: str, key: str, token: str) -> bool:
-        name = entry_name(scope, key)
+    async def release(self, namespace: str, key: str, token: str) -> bool:
+        name = entry_name(namespace, key)
         if not held_by(self._in_flight.get(name), token):
             return False
         del self._in_flight[name]

@@ -1,6 +1,6 @@
 """The shared idempotency store on Redis: one Lua script begins, one completes or releases, atomically.
 
-Each key is one hash, ``<prefix>{<scope>}:<key>`` (default prefix ``idem:``). The scope is the Redis Cluster
+Each key is one hash, ``<prefix>{<org>}:<key>`` (default prefix ``idem:``). The org is the Redis Cluster
 hash tag, so a script only ever touches one slot. Fields: ``s`` state (``p`` in flight, ``d`` done), ``f``
 fingerprint, ``t`` holder's token, ``o`` holder's owner id, ``u`` end of lease or TTL in Unix ms, ``r``
 the encoded reply. A live router keeps ``<prefix>owner:<owner id>`` alive (``heartbeat``, TTL
@@ -113,7 +113,7 @@ class RedisIdempotencyStore:
         if decodes_responses(client):
             raise ValueError("RedisIdempotencyStore needs a client with decode_responses=False")
         if "{" in key_prefix or "}" in key_prefix:
-            raise ValueError("key_prefix must not contain '{' or '}': the scope is the hash tag")
+            raise ValueError("key_prefix must not contain '{' or '}': the namespace is the hash tag")
         self._ttl_ms = duration_ms(ttl, "ttl")
         self._lease_ms = duration_ms(lease, "lease")
         self._prefix = key_prefix
@@ -125,8 +125,8 @@ class RedisIdempotencyStore:
         self._begin = host.register_script(BEGIN_SCRIPT)
         self._settle = host.register_script(SETTLE_SCRIPT)
 
-    def redis_key(self, scope: str, key: str) -> str:
-        return self._prefix + entry_name(scope, key)
+    def redis_key(self, namespace: str, key: str) -> str:
+        return self._prefix + entry_name(namespace, key)
 
     def owner_key(self, owner: str) -> str:
         return f"{self._prefix}owner:{owner}"
@@ -163,12 +163,12 @@ class RedisIdempotencyStore:
             await self.forget_owners([self.owner])
 
     async def begin(
-        self, scope: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
+        self, namespace: str, key: str, fingerprint: str, now: Instant, deadline: Instant | None = None
     ) -> Begin:
         token = self._new_token()
         now_ms = to_ms(now)
         until_ms = lease_until_ms(now_ms, self._lease_ms, deadline)
-        name = self.redis_key(scope, key)
+        name = self.redis_key(namespace, key)
         args = (compact(fingerprint), token, now_ms, until_ms, until_ms - now_ms, self.owner)
         result = await self._run(self._begin, name, *args)
         wait_ms = None
@@ -196,15 +196,15 @@ class RedisIdempotencyStore:
             return Conflict("REQUEST_IN_PROGRESS", in_progress_retry_after(remaining_ms, cap))
         return _OUTCOMES[outcome]
 
-    async def complete(self, scope: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
+    async def complete(self, namespace: str, key: str, token: str, reply: StoredReply, now: Instant) -> bool:
         until_ms = to_ms(now) + self._ttl_ms
         stored = await self._run(
-            self._settle, self.redis_key(scope, key), token, until_ms, self._ttl_ms, encode_reply(reply)
+            self._settle, self.redis_key(namespace, key), token, until_ms, self._ttl_ms, encode_reply(reply)
         )
         return bool(stored)
 
-    async def release(self, scope: str, key: str, token: str) -> bool:
-        return bool(await self._run(self._settle, self.redis_key(scope, key), token))
+    async def release(self, namespace: str, key: str, token: str) -> bool:
+        return bool(await self._run(self._settle, self.redis_key(namespace, key), token))
 
     @staticmethod
     async def _command(pending: Awaitable[Any]) -> Any:

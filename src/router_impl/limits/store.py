@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Scope = Literal["org", "key"]
+BucketOwner = Literal["org", "key"]  # whose bucket: the organisation's or one API key's
 BucketKind = Literal["requests", "tokens"]
 Period = Literal["DAILY", "MONTHLY"]
 Unit = Literal["tokens", "micro_usd"]
@@ -62,7 +62,7 @@ class BucketSpec:
     capacity: float  # burst size; a new bucket starts full
     per_ms: float  # refill rate, units per millisecond (> 0)
     cost: float  # taken on admit (>= 0)
-    scope: Scope
+    owner: BucketOwner
     kind: BucketKind
 
 
@@ -81,7 +81,8 @@ class Lease:
     key: str  # the organisation's leases by deadline, e.g. "lease:{org-1}"
     held_key: str  # what each lease holds, by id, e.g. "lease:{org-1}:held"
     id: str  # unique per admit
-    until_ms: int  # reaped by the first admit of the organisation at or after this instant
+    until_ms: int  # reaped by the first admit of the organisation at or after this instant (a store on
+    # its own clock, Redis TIME, keeps the term: until_ms - the plan's now_ms after its admit)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ touches one Redis Cluster slot); the scripts use only ``KEYS[]``. Layout:
 Expiry is judged against the caller's ``now_ms`` exactly as the embedded store does it: a counter or
 lockout whose PEXPIRETIME is at or before ``now_ms`` reads as absent even if Redis has not dropped it
 yet. With ``redis_clock`` (what the router runs) ``now`` is Redis's own TIME instead, so every replica
-refills a shared bucket on one clock whatever its own says; budget periods (which counter key, when it
-expires) are still chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
+refills a shared bucket on one clock whatever its own says, and a lease is due its term after the admit
+by that clock too (``Lease.until_ms`` - ``now_ms``), so a replica whose clock is behind Redis's never
+has its live leases reaped; budget periods (which counter key, when it and a lockout expire) are still
+chosen by the caller's clock, so a replica skewed by *s* moves a period boundary by *s*.
 The scripts are ``limits/lua/*.lua`` (package data; ``buckets.lua`` holds the helpers they share), each
 taking its plan as one JSON argument with named fields (``admit_plan``, ``adjust_plan``). A script
 reads every key before it writes any, so a refusal or an error (a key of the wrong type)
@@ -210,7 +212,9 @@ def admit_plan(plan: AdmitPlan, margin_ms: int, redis_clock: bool = False) -> by
     if plan.lease is not None:
         lease = plan.lease
         held = _held(plan)
-        encoded["lease"] = {"id": lease.id, "until": lease.until_ms, "held": held, "batch": REAP_BATCH}
+        # The lease's term, not its instant: its deadline is set on the clock that reaps it (the script's).
+        term = lease.until_ms - plan.now_ms
+        encoded["lease"] = {"id": lease.id, "term": term, "held": held, "batch": REAP_BATCH}
         encoded["lease"]["keep"] = LEASE_KEEP_MS
     return orjson.dumps(encoded)
 

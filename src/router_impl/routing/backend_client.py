@@ -1,7 +1,8 @@
-"""Outbound HTTP to OpenAI-compatible backends: one pooled aiohttp session per backend.
+"""The backend port's aiohttp adapter: outbound HTTP to OpenAI-compatible backends, one pooled session each.
 
-Every failure leaves as a ``BackendCallError`` (an ``ApiError`` from the catalog) that says
-whether the backend may have processed the request, so the router knows when failover is safe.
+It knows the backends' URL paths (``BACKEND_PATHS``). Every failure leaves as a ``BackendCallError``
+(an ``ApiError`` from the catalog) that says whether the backend may have processed the request,
+so the router knows when failover is safe.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -18,25 +18,21 @@ import orjson
 
 from router_impl.config.model import BackendConfig
 from router_impl.routing.backend_errors import BackendCallError, StreamBroken, error_for_status
-from router_impl.routing.backend_pool import BackendPool, PoolSettings
-from router_impl.routing.backend_stream import BackendStream, StreamCall
+from router_impl.routing.backend_pool import CONNECTED, BackendPool, PoolSettings
+from router_impl.routing.backend_port import BackendReply, BackendRequest, Kind
+from router_impl.routing.backend_stream import BackendStream, OpenedBackendStream, StreamCall
 from router_impl.routing.backend_transport import map_transport_error, read_limited
 
 __all__ = ["BackendCallError", "BackendClient", "BackendReply", "BackendStream", "StreamBroken"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _MAX_ERROR_BODY_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class BackendReply:
-    """A backend's 2xx answer. ``document`` is ``body`` already parsed (always a JSON object)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-    elapsed_ms: float
-    document: dict[str, Any]
+# Under each backend's base URL (which ends in /v1 or the like).
+BACKEND_PATHS: dict[Kind, str] = {
+    "chat": "/chat/completions",
+    "completion": "/completions",
+    "embedding": "/embeddings",
+}
 
 
 class BackendClient:
@@ -99,6 +95,29 @@ class BackendClient:
         pool = self._pools.get(backend_id)
         return pool.in_flight if pool is not None else 0
 
+    async def send(self, backend: BackendConfig, request: BackendRequest) -> BackendReply:
+        """The port's non-streamed call: POST to the kind's path."""
+        return await self.post_json(
+            backend,
+            BACKEND_PATHS[request.kind],
+            request.body,
+            traceparent=request.traceparent,
+            request_id=request.request_id,
+            deadline=request.deadline,
+        )
+
+    async def open_stream(self, backend: BackendConfig, request: BackendRequest) -> OpenedBackendStream:
+        """The port's streamed call: errors before the first block surface here."""
+        opened = self.stream(
+            backend,
+            BACKEND_PATHS[request.kind],
+            request.body,
+            traceparent=request.traceparent,
+            request_id=request.request_id,
+            deadline=request.deadline,
+        )
+        return OpenedBackendStream(opened, await opened.__aenter__())
+
     async def post_json(
         self,
         backend: BackendConfig,
@@ -116,6 +135,7 @@ class BackendClient:
         headers = {**pool.json_headers, "traceparent": traceparent, "X-Request-ID": request_id}
         started = self._clock()
         pool.in_flight += 1
+        CONNECTED.set(False)
         try:
             try:
                 response = await pool.session.post(
@@ -123,7 +143,11 @@ class BackendClient:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:  # session.post returns with the headers
                 raise map_transport_error(
-                    exc, backend.id, deadline_bound=deadline_bound, before_response=True
+                    exc,
+                    backend.id,
+                    deadline_bound=deadline_bound,
+                    before_response=True,
+                    connected=CONNECTED.get(),
                 ) from None
             status = response.status
             failed = status < 200 or status >= 300

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from yarl import URL
 
 from router_impl.config.model import BackendConfig
@@ -15,8 +18,30 @@ _MAX_CACHED_URLS = 64
 # to the caller, so timers here fire when asked.
 _EXACT = float("inf")
 # When the deadline bounds the connect phase, the connect timeout fires this much earlier than
-# the total one, so running out while connecting still reads as "nothing was sent".
+# the total one, so running out while connecting usually reads as "nothing was sent" (CONNECTED
+# settles it when a stall lets the total timer fire first).
 _CONNECT_MARGIN_S = 0.002
+
+
+# Whether the current call holds a connection yet (set by the pool's connector; the caller resets it
+# before each call). The total timeout and the pool wait both end at a deadline, on two timers that
+# aiohttp starts a few statements apart: on a busy machine either may fire first. Which phase the
+# call was in, not which timer fired, says whether the backend can have received the request.
+CONNECTED: ContextVar[bool] = ContextVar("backend_call_connected", default=False)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector that records in ``CONNECTED`` that the calling task got its connection."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's signature
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        CONNECTED.set(True)
+        return connection
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,7 @@ class BackendPool:
         self.stream_headers = {**fixed, "Accept": "text/event-stream"}
         self._base = config.base_url.rstrip("/")
         self._urls: dict[str, URL] = {}
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
             limit=config.max_in_flight,
             limit_per_host=0,
             keepalive_timeout=settings.keepalive_s,

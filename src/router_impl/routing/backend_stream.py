@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -185,3 +185,22 @@ class BackendEvents:
             self._response.release()
         else:
             self._response.close()
+
+
+class OpenedBackendStream:
+    """A ``BackendStream`` once entered, as the backend port hands it out: its events and ``close``."""
+
+    __slots__ = ("_closed", "_events", "_stream")
+
+    def __init__(self, stream: BackendStream, events: BackendEvents) -> None:
+        self._stream = stream
+        self._events = events
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._stream.__aexit__(None, None, None)

@@ -8,7 +8,12 @@ from router_impl.routing.backend_errors import BackendCallError, FailureReason
 
 
 def map_transport_error(
-    exc: BaseException, backend_id: str, *, deadline_bound: bool, before_response: bool = False
+    exc: BaseException,
+    backend_id: str,
+    *,
+    deadline_bound: bool,
+    before_response: bool = False,
+    connected: bool = True,
 ) -> BackendCallError:
     """The catalog error for an aiohttp or timeout failure before a complete answer arrived.
 
@@ -16,8 +21,10 @@ def map_transport_error(
     the connect phase: running out of it is then the request's timeout, not an unreachable backend.
     ``before_response`` says no byte of the answer (not even its status line) had arrived: a
     broken connection is then a ``reset``, which may fail over (Envoy's ``retry_on: reset``).
+    ``connected`` says the call had its connection: a timeout before that (the total timer can beat
+    the pool wait's when both end at the deadline) is a connect timeout, nothing was sent.
     """
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (isinstance(exc, TimeoutError) and not connected):
         return BackendCallError(
             "BACKEND_TIMEOUT" if deadline_bound else "BACKEND_UNAVAILABLE",
             reason="connect_timeout",

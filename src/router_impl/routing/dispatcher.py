@@ -22,8 +22,8 @@ from typing import Generic, TypeVar
 import structlog
 
 from router_impl.errors import ApiError
-from router_impl.routing.backend_client import BackendClient
 from router_impl.routing.backend_errors import BackendCallError
+from router_impl.routing.backend_port import BackendPort
 from router_impl.routing.engine import Candidate, RouteDecision
 from router_impl.routing.health import BackendHealth
 from router_impl.telemetry.tracing import Tracing, mark_failed
@@ -52,7 +52,7 @@ def may_fail_over(error: BackendCallError, retry_on: Collection[int]) -> bool:
 class Dispatcher:
     def __init__(
         self,
-        backends: BackendClient,
+        backends: BackendPort,
         health: BackendHealth,
         *,
         observe: Callable[[str, str, float], None] | None = None,

@@ -10,18 +10,24 @@ Order of the candidate list (each tier after the previous one):
      one is left.
 Disabled backends (the kill switch) and backends whose breaker is open or whose health check
 fails never appear; a half-open backend appears at the warm-up floor weight, for its one trial.
+
+``RoutingEngine`` keeps, per configuration snapshot and (policy, override), what does not change
+between requests: the candidates and their cumulative weights. While every listed backend is fully
+available and none is flagged degraded, a request only draws its order from them (same weighted
+draws, fresh randomness per request); otherwise it takes ``plan_route``'s full path.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.errors import ApiError
-from router_impl.routing.health import Availability, AvailabilityReason, HealthView
+from router_impl.routing.health import FULLY_AVAILABLE, Availability, AvailabilityReason, HealthView
 
 RouteReason = Literal["PRIMARY", "FAILOVER", "OVERRIDE"]
 T = TypeVar("T")
@@ -76,9 +82,84 @@ class RoutingEngine:
     def __init__(self, health: HealthView, rng: random.Random) -> None:
         self._health = health
         self._rng = rng
+        self._snapshot: RuntimeConfig | None = None
+        self._plans: dict[tuple[str, str | None], _SteadyPlan | None] = {}
 
     def candidates(self, snapshot: RuntimeConfig, request: RouteRequest) -> RouteDecision:
-        return plan_route(snapshot, self._health, request, self._rng)
+        policy = snapshot.policy_for(request.model)
+        if policy is None or not policy.enabled:
+            return plan_route(snapshot, self._health, request, self._rng)  # raises the right error
+        _check_key(policy, request.key_id)
+        if snapshot is not self._snapshot:
+            self._snapshot, self._plans = snapshot, {}
+        org = request.organization_id if request.organization_id in policy.org_overrides else None
+        key = (policy.model, org)
+        try:
+            plan = self._plans[key]
+        except KeyError:
+            plan = self._plans[key] = _steady_plan(snapshot, policy, org)
+        health = self._health
+        warmup = policy.warmup_seconds
+        for backend_id in () if plan is None else plan.backend_ids:
+            availability = health.availability(backend_id, warmup)
+            if availability is not FULLY_AVAILABLE and availability != FULLY_AVAILABLE:
+                plan = None
+                break
+        if plan is None:
+            return plan_route(snapshot, health, request, self._rng)
+        return RouteDecision(policy, plan.draw(self._rng), plan.reason, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _SteadyPlan:
+    """The candidates of one (policy, override) while all are fully available and none degraded."""
+
+    backend_ids: tuple[str, ...]
+    weighted: tuple[Candidate, ...]  # weight > 0, in configuration order
+    cumulative: tuple[float, ...]  # running sums of their weights
+    alternates: tuple[Candidate, ...]  # weight 0, in configuration order
+    reason: RouteReason
+
+    def draw(self, rng: random.Random) -> tuple[Candidate, ...]:
+        """The weighted ones in weighted random order without replacement, then the alternates."""
+        weighted = self.weighted
+        if len(weighted) < 2:
+            return weighted + self.alternates
+        point = rng.random() * self.cumulative[-1]
+        first = min(bisect_right(self.cumulative, point), len(weighted) - 1)
+        rest = weighted[:first] + weighted[first + 1 :]
+        if len(rest) > 1:
+            rest = tuple(weighted_order(rest, [c.weight for c in rest], rng))
+        return (weighted[first], *rest, *self.alternates)
+
+
+def _steady_plan(snapshot: RuntimeConfig, policy: ModelPolicy, org: str | None) -> _SteadyPlan | None:
+    """None when an operator flag (degraded) makes the full path necessary, or nothing is listed."""
+    listed = policy.backends if org is None else policy.org_overrides[org].backends
+    weighted: list[Candidate] = []
+    alternates: list[Candidate] = []
+    ids: list[str] = []
+    for entry in _unique(listed):
+        backend = snapshot.backend(entry.backend_id)
+        operator = snapshot.state_of(entry.backend_id).state
+        if backend is None or operator == "disabled":
+            continue
+        if operator == "degraded":
+            return None
+        ids.append(backend.id)
+        candidate = Candidate(
+            backend, entry.upstream_model or backend_model(policy, backend), float(entry.weight)
+        )
+        (weighted if entry.weight > 0 else alternates).append(candidate)
+    if not ids:
+        return None
+    sums: list[float] = []
+    total = 0.0
+    for candidate in weighted:
+        total += candidate.weight
+        sums.append(total)
+    reason: RouteReason = "FAILOVER" if not weighted else "PRIMARY" if org is None else "OVERRIDE"
+    return _SteadyPlan(tuple(ids), tuple(weighted), tuple(sums), tuple(alternates), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +175,20 @@ class _Entry:
         return self.weight * self.availability.weight_factor
 
 
+def policy_named(
+    snapshot: RuntimeConfig, model: str, available: Callable[[], Sequence[str]] | None = None
+) -> ModelPolicy:
+    """The policy serving ``model`` (a name or an alias), or MODEL_NOT_FOUND (the one place it is
+    raised for a request), naming the ``available`` models when the caller knows them."""
+    policy = snapshot.policy_for(model)
+    if policy is None:
+        listed = (
+            "" if available is None else f" Available models: {', '.join(sorted(available())) or 'none'}."
+        )
+        raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{model}'.{listed}")
+    return policy
+
+
 def plan_route(
     snapshot: RuntimeConfig, health: HealthView, request: RouteRequest, rng: random.Random
 ) -> RouteDecision:
@@ -103,9 +198,7 @@ def plan_route(
     check first), ``FORBIDDEN`` when the policy's allow/deny lists exclude the key, and
     ``NO_BACKEND_AVAILABLE`` when the model is switched off or no backend is usable.
     """
-    policy = snapshot.policy_for(request.model)
-    if policy is None:
-        raise ApiError("MODEL_NOT_FOUND", f"Unknown model '{request.model}'.")
+    policy = policy_named(snapshot, request.model)
     _check_key(policy, request.key_id)
     if not policy.enabled:
         raise ApiError("NO_BACKEND_AVAILABLE", f"Model '{policy.model}' is switched off.")

@@ -227,9 +227,12 @@ class ForwardedAuditLog:
 
     async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
         data = data or audit_record_json(event)  # encoded (and validated) once for both copies
-        await asyncio.gather(
-            self.store.record(event, data), self.forward(event.organization_id.encode(), data)
-        )
+        # Both writes at once with one task, not gather's two (the forward's commit is the longer wait).
+        forwarded = asyncio.ensure_future(self.forward(event.organization_id.encode(), data))
+        try:
+            await self.store.record(event, data)
+        finally:
+            await forwarded
 
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         return await self.store.by_request(request_id, organization_id)

@@ -12,11 +12,17 @@ from typing import IO, Protocol
 
 from router_contract.models import UsageRecord
 
-from router_impl.usage.outbox import LmdbOutbox
+from router_impl.usage.outbox import LmdbOutbox, OutboxError
+
+
+class UsageNotStored(Exception):
+    """The sink could not commit the record: the request must not be billed without it."""
 
 
 class UsageSink(Protocol):
-    async def emit(self, record: UsageRecord) -> None: ...
+    async def emit(self, record: UsageRecord) -> None:
+        """Returns once the record is durable; ``UsageNotStored`` when it is not."""
+        ...
 
 
 class JsonlWriter:
@@ -97,4 +103,7 @@ class OutboxUsageSink:
 
     async def emit(self, record: UsageRecord) -> None:
         value = record.model_dump_json(exclude_none=True).encode()
-        await self.outbox.append(self.topic, record.organization_id.encode(), value)
+        try:
+            await self.outbox.append(self.topic, record.organization_id.encode(), value)
+        except OutboxError as exc:
+            raise UsageNotStored(str(exc)) from exc

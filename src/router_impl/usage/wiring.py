@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router_impl.health import CheckStatus
 from router_impl.lifecycle import Lifecycle
+from router_impl.process_health import CheckStatus
 from router_impl.settings import Settings
+from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.jsonl import JsonlTransport
 from router_impl.usage.kafka import KafkaTransport, producer_config
 from router_impl.usage.outbox import LmdbOutbox
@@ -43,13 +44,16 @@ class UsageParts:
 
 
 def build_usage(
-    settings: Settings, lifecycle: Lifecycle, on_round: Callable[[str, int, int], None] | None = None
+    settings: Settings,
+    lifecycle: Lifecycle,
+    on_round: Callable[[str, int, int], None] | None = None,
+    tracer: Tracing | None = None,
 ) -> UsageParts:
     """Open the outbox in this (worker) process; the publisher starts and drains with ``lifecycle``."""
     outbox = LmdbOutbox(
         settings.data_dir / "outbox",
         max_bytes=settings.outbox_max_bytes,
-        sync=settings.outbox_sync,
+        sync=settings.outbox_fsync,
         warn_fraction=settings.outbox_warn_fraction,
         warn_age_seconds=settings.outbox_warn_age_seconds,
     )
@@ -65,9 +69,11 @@ def build_usage(
         transport = JsonlTransport(
             settings.data_dir / "usage",
             {settings.usage_topic: "usage", settings.audit_topic: "audit"},
-            fsync=settings.outbox_sync,
+            fsync=settings.outbox_fsync,
         )
-    publisher = Publisher(outbox, transport, publish_timeout=publish_timeout, on_round=on_round)
+    publisher = Publisher(
+        outbox, transport, publish_timeout=publish_timeout, on_round=on_round, tracer=tracer
+    )
 
     async def stop() -> None:
         try:

@@ -25,6 +25,8 @@ class RequestState:
     body: bytes = b""
     # The parsed JSON body, once the body validator has checked it against the generated model.
     document: Any = None
+    # The generated model's instance the body validated as (web/intake.py), beside ``document``.
+    accepted: Any = None
     # The machine-readable code of the error this request was answered with, if any (metrics).
     error_code: str | None = None
     # The W3C trace-flags of the caller's traceparent (0 without one): its sampling decision.
@@ -32,6 +34,9 @@ class RequestState:
     # Who the request authenticated as, once the security check has run (logs and spans; ids only).
     organization_id: str | None = None
     api_key_id: str | None = None
+    # The backend that answered and the routing decision, as the handler reports them (logs, span).
+    backend_id: str | None = None
+    decision: str | None = None
 
 
 def new_state(

@@ -6,7 +6,8 @@
 --   margin    ms a bucket outlives its refill to full
 --   buckets   [{cap, per, cost}] in KEYS order
 --   counters  [{limit, amount, expires, period}] in KEYS order
---   lease     absent without a lease; {id, until, held (JSON, '' when nothing), batch, keep}
+--   lease     absent without a lease; {id, term (ms after now: its deadline on this script's clock),
+--             held (JSON, '' when nothing), batch, keep}
 -- Returns {'ok', levels..., usages...}, {'bucket', i, level}, {'counter', j, used} or
 -- {'locked', until_ms, period}.
 local p = cjson.decode(ARGV[1])
@@ -44,7 +45,7 @@ for j, c in ipairs(counters) do
   out[#out + 1] = used[j]
 end
 if lease and lease.held ~= '' then
-  redis.call('ZADD', lease_key, string.format('%d', lease['until']), lease.id)
+  redis.call('ZADD', lease_key, string.format('%d', now + lease.term), lease.id)
   redis.call('HSET', held_key, lease.id, lease.held)
   redis.call('PEXPIRE', lease_key, string.format('%d', lease.keep))
   redis.call('PEXPIRE', held_key, string.format('%d', lease.keep))

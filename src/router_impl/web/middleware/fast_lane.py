@@ -1,6 +1,7 @@
 """The fast lane: the certain happy path of the hot operations, served without Connexion's plumbing.
 
-Built at start-up from the same generated operation table, handlers, authenticator and models.
+Built at start-up from the same generated operation table, handlers, authenticator and models;
+it takes a request in through the same intake as Connexion's path (``web/intake.py``).
 It serves a request only when it is certain Connexion would reach the handler with the same
 inputs: exact route, ``application/json``, no query string, a valid key with the operation's
 scope, no signature material (signatures are verified on the Connexion path, where a nonce is
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from router_impl.auth.authenticator import Authenticator, Principal
 from router_impl.errors import ApiError
 from router_impl.telemetry.tracing import Tracing
-from router_impl.web.json_body import parse_json
+from router_impl.web.intake import accept_body, authenticate
 from router_impl.web.request_state import state_of
 from router_impl.web.responses import error_response
 
@@ -88,8 +89,8 @@ def _credential(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, boo
             read[name] = value
         elif name in _SIGNATURE_HEADERS or (name == b"idempotency-key" and not _IDEMPOTENCY_KEY.match(value)):
             return None, False
-    if read.get(b"content-type") != _JSON:
-        return None, False
+    if read.get(b"content-type") != _JSON or (b"x-api-key" in read and b"authorization" in read):
+        return None, False  # two credentials: Connexion's check refuses two different ones
     api_key = read.get(b"x-api-key")
     if api_key is not None:
         return api_key.decode("latin-1"), True
@@ -143,24 +144,20 @@ class FastLaneMiddleware:
             return None
         started_ns = time.time_ns()
         try:
-            principal = await self.authenticator.authenticate(credential)
-            self.authenticator.authorize(principal, route.scope)
+            principal = await authenticate(self.authenticator, credential, route.scope, state)
         except ApiError:
             return None
         authenticated_ns = time.time_ns()
         if principal.signature_required:
             return None
         try:
-            route.model.model_validate_json(state.body, strict=True)
+            document = accept_body(route.model, state.body, state)
         except ValidationError:
             return None
-        document = state.document if state.document is not None else parse_json(state.body)
         if isinstance(document, dict) and _PAYLOAD_SIGNATURE in document:
             # Decided on the parsed body, as Connexion's security check reads it: an escaped key
             # ("hmac\u005fsignature") is the same field and must not skip its verification.
             return None
-        state.document = document  # BodyGuardMiddleware usually parsed it already
-        state.organization_id, state.api_key_id = principal.organization_id, principal.key_id
         if self.tracing.enabled:
             # Recorded only once the lane takes the request: on a hand-over Connexion authenticates
             # again and records its own span, so each request shows one ``authenticate`` span.

@@ -1,5 +1,9 @@
 """Outermost middleware: request id and trace ids for every request, the ingress span (when tracing),
-X-Request-ID out, one access log line, and the request's RED metrics (by route template)."""
+X-Request-ID out, one access log line, and the request's RED metrics (by route template).
+
+``request_id`` and ``trace_id`` are bound with structlog's context variables for the request's
+duration, so every event logged below carries them without being passed by hand; who served the
+request (backend, routing decision) is read from the request state the handler filled in."""
 
 from __future__ import annotations
 
@@ -70,31 +74,24 @@ class RequestContextMiddleware:
             state.trace_id, state.span_id = ingress.trace_id, ingress.span_id
         scope.setdefault("state", {})[STATE_KEY] = state
         CURRENT_SCOPE.set(scope)
+        bound = structlog.contextvars.bind_contextvars(request_id=state.request_id, trace_id=state.trace_id)
         request_id_header = (b"x-request-id", state.request_id.encode("ascii"))
         status = 500
         response_started = False
-        backend: str | None = None  # X-Routing-Backend and X-Routing-Decision, as the router answered
-        decision: str | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started, backend, decision
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = message.get("headers", [])
-                for name, value in headers:
-                    if name == b"x-routing-backend":
-                        backend = value.decode("latin-1")
-                    elif name == b"x-routing-decision":
-                        decision = value.decode("latin-1")
-                message["headers"] = [*headers, request_id_header]
+                message["headers"] = [*message.get("headers", []), request_id_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
             # Connexion renders its own errors; this only catches failures outside it.
-            self.log.exception("unhandled_error", request_id=state.request_id, trace_id=state.trace_id)
+            self.log.exception("unhandled_error")
             if not response_started:
                 await send_error(scope, send_with_id, ApiError("INTERNAL_ERROR"))
         finally:
@@ -105,8 +102,8 @@ class RequestContextMiddleware:
                         "http.route": self.routes(scope["path"]),
                         "router.organization_id": state.organization_id,
                         "router.api_key_id": state.api_key_id,
-                        "router.backend.id": backend,
-                        "router.routing.decision": decision,
+                        "router.backend.id": state.backend_id,
+                        "router.routing.decision": state.decision,
                         "router.error_code": state.error_code,
                     },
                 )
@@ -119,18 +116,10 @@ class RequestContextMiddleware:
                     state.error_code,
                 )
             if self.access_log:
-                self._log(scope, state, status, started, backend=backend, decision=decision)
+                self._log(scope, state, status, started)
+            structlog.contextvars.reset_contextvars(**bound)
 
-    def _log(
-        self,
-        scope: Scope,
-        state: RequestState,
-        status: int,
-        started: float,
-        *,
-        backend: str | None,
-        decision: str | None,
-    ) -> None:
+    def _log(self, scope: Scope, state: RequestState, status: int, started: float) -> None:
         """Ids, codes and timings only: never a credential, a signature or a body."""
         fields: dict[str, Any] = {
             "method": scope["method"],
@@ -142,8 +131,8 @@ class RequestContextMiddleware:
             "span_id": state.span_id,
             "organization_id": state.organization_id,
             "api_key_id": state.api_key_id,
-            "backend": backend,
-            "decision": decision,
+            "backend": state.backend_id,
+            "decision": state.decision,
             "error_code": state.error_code,
         }
         self.log.info("request", **fields)

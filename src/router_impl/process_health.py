@@ -1,4 +1,5 @@
-"""Liveness and readiness: named component checks, aggregated, cached so probes stay cheap."""
+"""The router process's own health (not a backend's): liveness and readiness from named component
+checks, aggregated, cached so probes stay cheap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`router usage backlog` (what waits in the outbox) and `router usage tail` (what was published).
+"""`router usage backlog` (what waits in the outbox) and `router usage tail` (what was published),
+as tables, or with `--json` as JSON (tail: one record per line, as published).
 
 ``backlog`` opens the outbox LMDB read-only, so it works while the router runs. ``tail`` reads Kafka (a
 consumer with a random group that assigns partitions itself: no group join, no committed offsets) or
@@ -18,8 +19,50 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from router_impl.cli.ops import AUDIT_COLUMNS, add_json_flag, cell, fields, line, show
+
 _FOLLOW_POLL_SECONDS = 0.2
 _CATCH_UP_SECONDS = 30.0  # how long tail waits for a partition to reach its end before printing
+# tail's table: records stream, so columns have fixed widths (a longer value widens its row only)
+USAGE_WIDTHS = {
+    "timestamp": 24,
+    "request_id": 36,
+    "organization_id": 15,
+    "model": 15,
+    "backend_id": 15,
+    "status_code": 6,
+    "tokens_input": 6,
+    "tokens_output": 6,
+    "cost_usd": 10,
+    "decision_reason": 0,
+}
+AUDIT_WIDTHS = dict(zip(AUDIT_COLUMNS, (24, 15, 15, 15, 36, 0), strict=True))
+
+
+class Records:
+    """Where tail writes: each record as its JSON line (``--json``), or as a table row, the column
+    names before the first."""
+
+    def __init__(self, out: TextIO, as_json: bool, widths: dict[str, int]) -> None:
+        self.out, self.as_json = out, as_json
+        self.widths = [max(w, len(name)) for name, w in widths.items()]
+        self.columns = list(widths)
+        self.started = False
+
+    def write(self, value: bytes | None) -> None:
+        text = (value or b"").decode(errors="replace")
+        if not self.as_json:
+            if not self.started:
+                self.out.write(line([c.upper() for c in self.columns], self.widths) + "\n")
+                self.started = True
+            try:
+                record = json.loads(text)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                text = line([cell(record.get(c)) for c in self.columns], self.widths)
+        self.out.write(text + "\n")
+        self.out.flush()
 
 
 def add_commands(sub: Any) -> None:
@@ -27,9 +70,11 @@ def add_commands(sub: Any) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     backlog = actions.add_parser("backlog", help="records waiting in the outbox: count, bytes, oldest age")
     backlog.add_argument("--data-dir", type=Path, help="router data dir (default: ROUTER_DATA_DIR)")
+    add_json_flag(backlog)
     backlog.set_defaults(func=run_backlog)
 
-    tail = actions.add_parser("tail", help="print published usage records (or audit events) as JSON lines")
+    tail = actions.add_parser("tail", help="print published usage records (or audit events)")
+    add_json_flag(tail)
     source = tail.add_mutually_exclusive_group()
     source.add_argument("--kafka", metavar="BOOTSTRAP", help="read Kafka (default: ROUTER_KAFKA_BOOTSTRAP)")
     source.add_argument("--dir", type=Path, help="read JSON Lines files (default: DATA_DIR/usage)")
@@ -65,8 +110,7 @@ def run_backlog(args: argparse.Namespace) -> int:
         "bytes": backlog.stored_bytes,
         "oldest_age_seconds": round(backlog.oldest_age_seconds, 3),
     }
-    print(json.dumps(report, indent=2, sort_keys=True))
-    return 0
+    return show(report, args.json, fields)
 
 
 def run_tail(args: argparse.Namespace) -> int:
@@ -79,15 +123,16 @@ def run_tail(args: argparse.Namespace) -> int:
         settings = _settings()
         kafka = settings.kafka_bootstrap
         directory = None if kafka else settings.data_dir / "usage"
+    out = Records(sys.stdout, args.json, AUDIT_WIDTHS if args.audit else USAGE_WIDTHS)
     try:
         if directory is not None:
             prefix = "audit" if args.audit else "usage"
-            return tail_files(directory, prefix, args.lines, args.from_beginning, args.follow, sys.stdout)
+            return tail_files(directory, prefix, args.lines, args.from_beginning, args.follow, out)
         topic = args.topic
         if topic is None:
             settings = settings or _settings()
             topic = settings.audit_topic if args.audit else settings.usage_topic
-        return tail_kafka(kafka, topic, args.lines, args.from_beginning, args.follow, sys.stdout)
+        return tail_kafka(kafka, topic, args.lines, args.from_beginning, args.follow, out)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # e.g. piped into head
@@ -114,7 +159,7 @@ def tail_files(
     lines: int,
     from_beginning: bool,
     follow: bool,
-    out: TextIO,
+    out: Records,
     poll_seconds: float = _FOLLOW_POLL_SECONDS,
 ) -> int:
     if not directory.is_dir() and not follow:
@@ -130,16 +175,14 @@ def tail_files(
         collected = found[max(len(found) - (lines - len(collected)), 0) :] + collected
         if len(collected) >= lines:
             break
-    for line in collected:
-        out.write(line.decode(errors="replace") + "\n")
-    out.flush()
+    for record in collected:
+        out.write(record)
     if not follow:
         return 0
     current = files[-1] if files else None
     offset = current.stat().st_size if current is not None else 0
-    for line in _follow_files(directory, prefix, current, offset, poll_seconds):
-        out.write(line.decode(errors="replace") + "\n")
-        out.flush()
+    for record in _follow_files(directory, prefix, current, offset, poll_seconds):
+        out.write(record)
     return 0
 
 
@@ -166,7 +209,7 @@ def _follow_files(
 
 
 def tail_kafka(
-    bootstrap: str, topic: str, lines: int, from_beginning: bool, follow: bool, out: TextIO
+    bootstrap: str, topic: str, lines: int, from_beginning: bool, follow: bool, out: Records
 ) -> int:
     from confluent_kafka import Consumer, KafkaException
 
@@ -193,18 +236,18 @@ def tail_kafka(
             if message is None:
                 continue
             if from_beginning:
-                _write(out, message.value())
+                out.write(message.value())
                 continue
             partition, offset = message.partition() or 0, message.offset() or 0
             item = (message.timestamp()[1], partition, offset, message.value() or b"")
             recent.setdefault(partition, deque(maxlen=lines)).append(item)
         latest = sorted(item for items in recent.values() for item in items)
         for *_, value in latest[max(len(latest) - lines, 0) :]:
-            _write(out, value)
+            out.write(value)
         while follow:
             message = _next_message(consumer, set())
             if message is not None:
-                _write(out, message.value())
+                out.write(message.value())
         return 0
     except KafkaException as exc:
         print(f"router: Kafka error: {exc}", file=sys.stderr)
@@ -243,8 +286,3 @@ def _next_message(consumer: Any, pending: set[int]) -> Any:
         pending.discard(message.partition() or 0)
         return None
     raise KafkaException(error)
-
-
-def _write(out: TextIO, value: bytes | None) -> None:
-    out.write((value or b"").decode(errors="replace") + "\n")
-    out.flush()

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_impl import __version__, config_cli, ops_cli, usage_cli
+from router_impl import __version__
+from router_impl.cli import config as config_cli
+from router_impl.cli import ops as ops_cli
+from router_impl.cli import usage as usage_cli
 
 
 def _share_metrics(directory: Path) -> None:
@@ -147,7 +150,7 @@ def _print_demo_banner(settings: Any) -> None:
 
 
 def _admin(args: argparse.Namespace) -> Any:
-    from router_impl.admin_client import AdminClient
+    from router_impl.cli.admin_client import AdminClient
 
     key = args.admin_key or os.environ.get("ROUTER_ADMIN_KEY")
     if not key:
@@ -155,9 +158,12 @@ def _admin(args: argparse.Namespace) -> Any:
     return AdminClient(args.url, key)
 
 
-def _print_json(value: Any) -> int:
-    print(json.dumps(value, indent=2, sort_keys=True))
-    return 0
+KEY_COLUMNS = ("id", "organization_id", "name", "prefix", "scopes", "expires_at", "revoked", "created_at")
+
+
+def _created(answer: dict[str, Any]) -> str:
+    secrets = {k: v for k, v in answer.items() if k != "key"}
+    return ops_cli.fields({**answer["key"], **secrets}) + "\nthe secret is shown once: keep it now"
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -170,17 +176,19 @@ def _keys_create(args: argparse.Namespace) -> int:
         body["expires_at"] = args.expires_at
     if args.signature_required:
         body["signature_required"] = True
-    return _print_json(_admin(args).request("POST", "/v1/admin/keys", body))
+    return ops_cli.show(_admin(args).request("POST", "/v1/admin/keys", body), args.json, _created)
 
 
 def _keys_list(args: argparse.Namespace) -> int:
     query = {"organization_id": args.org, "limit": args.limit, "cursor": args.cursor}
-    return _print_json(_admin(args).request("GET", "/v1/admin/keys", query=query))
+    answer = _admin(args).request("GET", "/v1/admin/keys", query=query)
+    return ops_cli.show(answer, args.json, lambda r: ops_cli.page(r, KEY_COLUMNS))
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else None
-    return _print_json(_admin(args).request("POST", f"/v1/admin/keys/{args.key_id}/revoke", body))
+    answer = _admin(args).request("POST", f"/v1/admin/keys/{args.key_id}/revoke", body)
+    return ops_cli.show(answer, args.json, ops_cli.fields)
 
 
 def _admin_parser(sub: Any, name: str, help_text: str) -> Any:
@@ -191,18 +199,20 @@ def _admin_parser(sub: Any, name: str, help_text: str) -> Any:
 
 
 def _add_policy_commands(sub: Any) -> None:
-    from router_impl import policy_cli
+    from router_impl.cli import policy as policy_cli
 
     actions = _admin_parser(
         sub, "policy", "routing config (backends, model policies, states) over the admin API"
     )
     dump = actions.add_parser("dump", help="print the applied routing config as runtime-config YAML")
     dump.add_argument("--output", "-o", help="write to this file instead of stdout")
+    ops_cli.add_json_flag(dump)
     dump.set_defaults(func=lambda args: policy_cli.run_dump(_admin(args), args))
     apply = actions.add_parser(
         "apply", help="apply a runtime-config YAML file (backends, models, states, org_limits)"
     )
     apply.add_argument("file")
+    ops_cli.add_json_flag(apply)
     apply.set_defaults(func=lambda args: policy_cli.run_apply(_admin(args), args))
 
 
@@ -225,6 +235,8 @@ def _add_keys_commands(sub: Any) -> None:
     revoke.add_argument("key_id")
     revoke.add_argument("--reason")
     revoke.set_defaults(func=_keys_revoke)
+    for action in (create, listing, revoke):
+        ops_cli.add_json_flag(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from router_impl.admin_client import AdminApiError
+    from router_impl.cli.admin_client import AdminApiError
 
     args = build_parser().parse_args(argv)
     try:

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from router_impl.admin_client import AdminClient
+from router_impl.cli.admin_client import AdminClient
+from router_impl.cli.ops import show, table
 
 BACKEND_FIELDS = (
     "base_url",
@@ -66,23 +67,23 @@ def unappliable(document: dict[str, Any]) -> list[str]:
     return problems
 
 
-def apply(client: AdminClient, document: dict[str, Any]) -> list[str]:
-    """PUT every object of ``document``; returns one line per object written."""
-    done: list[str] = []
+def apply(client: AdminClient, document: dict[str, Any]) -> list[dict[str, str]]:
+    """PUT every object of ``document``; returns one row (kind, id) per object written."""
+    done: list[dict[str, str]] = []
     for backend in document.get("backends") or []:
         body = {k: v for k, v in backend.items() if k in BACKEND_FIELDS or k in WRITE_ONLY_FIELDS}
         client.request("PUT", f"/v1/admin/backends/{_quote(backend['id'])}", body)
-        done.append(f"backend {backend['id']}")
+        done.append({"kind": "backend", "id": backend["id"]})
     for policy in document.get("models") or []:
         client.request("PUT", f"/v1/admin/models/{_quote(policy['model'])}", policy)
-        done.append(f"model {policy['model']}")
+        done.append({"kind": "model", "id": policy["model"]})
     for backend_id, state in (document.get("backend_states") or {}).items():
         body = {"state": state["state"], "reason": state.get("reason") or "set by router policy apply"}
         client.request("POST", f"/v1/admin/backends/{_quote(backend_id)}/state", body)
-        done.append(f"backend state {backend_id}={state['state']}")
+        done.append({"kind": "backend state", "id": f"{backend_id}={state['state']}"})
     for org, limits in (document.get("org_limits") or {}).items():
         client.request("PUT", f"/v1/admin/orgs/{_quote(org)}/limits", limits)
-        done.append(f"limits {org}")
+        done.append({"kind": "limits", "id": org})
     return done
 
 
@@ -91,7 +92,9 @@ def _quote(segment: str) -> str:
 
 
 def run_dump(client: AdminClient, args: argparse.Namespace) -> int:
-    text = yaml.safe_dump(dump(client), sort_keys=False)
+    """The runtime-config YAML ``apply`` takes (a document to keep and diff), or with ``--json`` JSON."""
+    document = dump(client)
+    text = json.dumps(document, indent=2) + "\n" if args.json else yaml.safe_dump(document, sort_keys=False)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -112,7 +115,6 @@ def run_apply(client: AdminClient, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    for line in apply(client, document):
-        print(f"applied {line}")
-    print(json.dumps({"applied": True}))
-    return 0
+    return show(
+        {"applied": apply(client, document)}, args.json, lambda r: table(r["applied"], ("kind", "id"))
+    )

@@ -1,5 +1,6 @@
-"""Operator commands over the admin and audit APIs: `router limits`, `router backends`, `router audit`.
-Human-readable tables by default; `--json` prints the API's answer for scripts."""
+"""Operator commands over the admin and audit APIs: `router limits`, `router backends`, `router audit`,
+and the one renderer every `router` command prints with: human-readable tables by default, `--json`
+for scripts."""
 
 from __future__ import annotations
 
@@ -9,32 +10,57 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_impl import limits_cli
+from router_impl.cli import limits as limits_cli
 
 Run = Callable[[Any, argparse.Namespace], Any]
+AUDIT_COLUMNS = ("timestamp", "action", "organization_id", "api_key_id", "request_id", "decision_reason")
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as aligned text columns; absent values print as '-'."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
+    return "\n".join(line(r, widths) for r in [[c.upper() for c in columns], *cells])
 
 
-def _cell(value: Any) -> str:
+def fields(answer: dict[str, Any]) -> str:
+    """One object as a two-column table of its fields."""
+    return table([{"field": k, "value": v} for k, v in answer.items()], ("field", "value"))
+
+
+def page(answer: dict[str, Any], columns: Sequence[str]) -> str:
+    """A list answer's items, and the flag that fetches the next page if there is one."""
+    more = f"\nnext: --cursor {answer['next_cursor']}" if answer.get("next_cursor") else ""
+    return table(answer["items"], columns) + more
+
+
+def line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """One row of cells, each padded to its width (the last one's padding trimmed)."""
+    return "  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def show(answer: Any, as_json: bool, render: Callable[[Any], str]) -> int:
+    """What every CLI prints: ``render``'s table, or with ``--json`` the answer as indented JSON."""
+    print(json.dumps(answer, indent=2, sort_keys=True) if as_json else render(answer))
+    return 0
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+
+
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list | tuple):
-        return ",".join(_cell(v) for v in value) or "-"
+        return ",".join(cell(v) for v in value) or "-"
     if isinstance(value, dict):
-        return " ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+        return " ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
     return str(value)
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from router_impl.admin_client import AdminClient
+    from router_impl.cli.admin_client import AdminClient
 
     key = args.key or os.environ.get(args.key_env) or os.environ.get("ROUTER_ADMIN_KEY")
     if not key:
@@ -44,14 +70,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _command(actions: Any, name: str, help_text: str, run: Run, render: Callable[[Any], str]) -> Any:
     parser = actions.add_parser(name, help=help_text)
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    add_json_flag(parser)
     parser.add_argument("--url", default=os.environ.get("ROUTER_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--key", "--admin-key", dest="key", help="API key (default: ROUTER_ADMIN_KEY)")
 
     def func(args: argparse.Namespace) -> int:
-        answer = run(_client(args), args)
-        print(json.dumps(answer, indent=2, sort_keys=True) if args.json else render(answer))
-        return 0
+        return show(run(_client(args), args), args.json, render)
 
     parser.set_defaults(func=func)
     return parser
@@ -143,7 +167,7 @@ def _add_backends(sub: Any) -> None:
 
 def _add_audit(sub: Any) -> None:
     actions = _group(sub, "audit", "the audit trail (a key with scope audit)", "ROUTER_API_KEY")
-    columns = ("timestamp", "action", "organization_id", "api_key_id", "request_id", "decision_reason")
+    columns = AUDIT_COLUMNS
     events = _command(
         actions,
         "events",
@@ -160,10 +184,7 @@ def _add_audit(sub: Any) -> None:
                 "cursor": a.cursor,
             },
         ),
-        lambda r: (
-            table(r["items"], columns)
-            + (f"\nnext: --cursor {r['next_cursor']}" if r.get("next_cursor") else "")
-        ),
+        lambda r: page(r, columns),
     )
     events.add_argument("--org")
     events.add_argument("--action", dest="event_action", help="REQUEST_ALLOWED, REQUEST_DENIED, ...")
@@ -176,7 +197,7 @@ def _add_audit(sub: Any) -> None:
         "request",
         "what happened to one request",
         lambda c, a: c.request("GET", f"/v1/audit/requests/{a.request_id}"),
-        lambda r: table([{"field": k, "value": v} for k, v in r.items()], ("field", "value")),
+        fields,
     )
     request.add_argument("request_id")
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""CPU profile shares per pipeline stage from py-spy's raw (collapsed) stacks (`bench/run.py --profile DIR`).
+
+Each sample goes to the stage of its innermost frame that names one (so LMDB work inside the outbox
+counts as the outbox, pydantic inside the usage record as the record). Idle thread-pool workers
+(py-spy sees a thread blocked in the pool's queue as busy) are counted apart and left out of the shares.
+
+    .venv/bin/python bench/profile_shares.py DIR/router-embedded-c64.txt [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from pathlib import Path
+
+# (stage, pattern on a frame "function (path:line)"), innermost match wins.
+STAGES: list[tuple[str, str]] = [
+    (
+        "outbox and publisher (LMDB, files, Kafka)",
+        r"usage/(outbox|publisher|jsonl|kafka|sink)\.py|confluent_kafka",
+    ),
+    ("audit event (build, validate, LMDB/Redis)", r"usage/audit"),
+    ("usage record (build, validate, JSON)", r"usage/(record|tokens|cost)\.py|_write_usage"),
+    ("idempotency (begin, complete)", r"limits/idempotency"),
+    ("limits and budgets", r"router_impl/limits/|redis_mux"),
+    ("backend call (aiohttp client)", r"routing/backend_|aiohttp/|routing/dispatcher"),
+    ("routing engine", r"routing/engine\.py"),
+    ("metrics (prometheus-client)", r"prometheus_client|telemetry/metrics"),
+    ("tracing (OpenTelemetry)", r"opentelemetry|telemetry/tracing"),
+    ("logging (structlog)", r"structlog"),
+    ("auth", r"router_impl/auth/"),
+    ("pipeline and handlers (own code)", r"router_impl/(pipeline|handlers)"),
+    (
+        "HTTP server and middlewares (uvicorn, fast lane, request context)",
+        r"router_impl/web/|uvicorn/|starlette/|connexion/",
+    ),
+]
+_IDLE_WORKER = re.compile(r"^_worker \(concurrent/futures/thread\.py")
+_COMPILED = [(stage, re.compile(pattern)) for stage, pattern in STAGES]
+
+
+def shares(path: Path) -> tuple[Counter[str], int, int]:
+    counts: Counter[str] = Counter()
+    idle = total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # the first is the process
+        loop = [n for n, frame in enumerate(frames) if frame.startswith("Runner.run (asyncio/runners.py")]
+        if loop:  # what runs under the event loop; the frames around it (CLI, uvicorn.run) say nothing
+            frames = frames[loop[-1] + 1 :]
+        if frames and _IDLE_WORKER.match(frames[-1]):
+            idle += int(n)
+            continue
+        total += int(n)
+        counts[_stage(frames)] += int(n)
+    return counts, total, idle
+
+
+def _stage(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for stage, pattern in _COMPILED:
+            if pattern.search(frame):
+                return stage
+    return "event loop (uvloop, asyncio) and other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("profiles", nargs="+", type=Path)
+    args = parser.parse_args()
+    for path in args.profiles:
+        counts, total, idle = shares(path)
+        print(f"\n{path.name}: {total} busy samples (+{idle} idle pool-worker samples left out)\n")
+        print("| stage | share |\n|---|---|")
+        for stage, n in counts.most_common():
+            print(f"| {stage} | {n / total:.1%} |")
+
+
+if __name__ == "__main__":
+    main()

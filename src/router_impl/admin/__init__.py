@@ -1,0 +1,1 @@
+"""Admin application services: config, organisation-limit and API-key administration, HTTP-free."""

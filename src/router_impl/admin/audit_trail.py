@@ -1,0 +1,43 @@
+"""Who asked for an admin change, and the audit event that records it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from router_impl.usage.audit import AuditAction, AuditEvent
+
+# Writes one audit event; never fatal to the change (the writer logs its own failures).
+RecordAudit = Callable[[AuditEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The administrator behind a change: their key id (None when unknown) and the request's ids."""
+
+    actor: str | None
+    request_id: str
+    trace_id: str | None = None
+
+    def event(
+        self,
+        action: AuditAction,
+        reason: str,
+        at: datetime,
+        *,
+        organization_id: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> AuditEvent:
+        """The audit event of this caller's change (``reason`` cut to the contract's 500)."""
+        return AuditEvent(
+            request_id=self.request_id,
+            organization_id=organization_id,
+            api_key_id=self.actor or "",
+            action=action,
+            decision_reason=reason[:500],
+            timestamp=at,
+            actor=self.actor,
+            trace_id=self.trace_id,
+            metadata=metadata or {},
+        )

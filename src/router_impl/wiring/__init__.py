@@ -1,0 +1,1 @@
+"""Per-area wiring for the composition root (``app.py``): each module builds one area's parts."""

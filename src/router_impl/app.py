@@ -160,7 +160,7 @@ def build_components(settings: Settings, *, tracing: Tracing | None = None) -> C
             config.service,
             auth.identity,
             shared_store_checks(
-                ping=redis.client.ping if redis is not None else None,
+                ping=redis.ping if redis is not None else None,
                 limits=limits.readiness,
                 idempotency_store=settings.idempotency_store,
             ),

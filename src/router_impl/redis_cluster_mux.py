@@ -94,6 +94,13 @@ class ClusterMux:
                     asking_node = target
         raise RedisConnectionError(f"Redis Cluster redirected slot {slot} more than {MAX_REDIRECTS} times")
 
+    async def ping(self) -> None:
+        """Readiness: read the slot map again, then PING every master it names (raises when one does
+        not answer, as the scripts of its slots would fail)."""
+        await self._refresh()
+        masters = {name for name in self._slots if name is not None}
+        await asyncio.gather(*(self._node(name).execute("PING") for name in masters))
+
     def _node(self, name: str) -> RedisMux:
         mux = self._nodes.get(name)
         if mux is None:

@@ -25,11 +25,12 @@ from tests.e2e.limits.limits_support import (
     LIMITS,
     PER_REQUEST,
     RESERVED,
-    burst,
     chat,
     headers,
-    key_record_of,
 )
+from tests.e2e.limits.limits_support import burst as _burst
+from tests.e2e.limits.limits_support import key_record_of as _key_record
+from tests.e2e.test_readiness_shared import readiness
 from tests.harness.backend import MockBackend
 from tests.harness.errors import error_code
 from tests.harness.redis_cluster import RedisClusterServer
@@ -67,7 +68,7 @@ def cluster_config(
 ) -> tuple[Path, str]:
     org = failover_org(redis_cluster)
     config = runtime_config(backend_a, backend_f)
-    config["api_keys"].extend(key_record_of(o) for o in ("org-bucket250", "org-budget100", org))
+    config["api_keys"].extend(_key_record(o) for o in ("org-bucket250", "org-budget100", org))
     config["org_limits"] = {
         **{o: LIMITS[o] for o in ("org-bucket250", "org-budget100")},
         org: FAILOVER_LIMITS,
@@ -83,7 +84,12 @@ def pair(
     redis_cluster: RedisClusterServer,
     cluster_config: tuple[Path, str],
 ) -> tuple[RouterProcess, RouterProcess]:
-    env = {**redis_cluster.router_env, "ROUTER_CONFIG_POLL_SECONDS": "0.2"}
+    # Exactness is under test, not timeouts: a loaded CI machine must not turn slow answers into 503s.
+    env = {
+        **redis_cluster.router_env,
+        "ROUTER_CONFIG_POLL_SECONDS": "0.2",
+        "ROUTER_REDIS_TIMEOUT_SECONDS": "5",
+    }
     return start_router(env=env, config=cluster_config[0]), start_router(env=env, config=cluster_config[0])
 
 
@@ -96,9 +102,9 @@ def budget_used(router: RouterProcess, org: str) -> int:
 
 async def test_two_routers_on_a_cluster_take_exactly_the_bucket_and_never_overspend_a_budget(pair, mock):
     calls = mock.inference_requests
-    bucket = [a.status_code for a in await burst(pair, "org-bucket250", 500)]
+    bucket = [a.status_code for a in await _burst(pair, "org-bucket250", 500)]
     assert (bucket.count(200), bucket.count(429)) == (250, 250)
-    budget = [a.status_code for a in await burst(pair, "org-budget100", 300)]
+    budget = [a.status_code for a in await _burst(pair, "org-budget100", 300)]
     admitted = budget.count(200)
     assert 100 * PER_REQUEST // RESERVED <= admitted <= 100, budget
     assert budget.count(402) == 300 - admitted
@@ -180,3 +186,23 @@ async def test_a_failover_under_load_answers_every_request_and_loses_or_doubles_
     expected = used_before + statuses.count(200) * PER_REQUEST
     await eventually(lambda: budget_used(pair[0], org) == expected, timeout=10)
     assert budget_used(pair[1], org) == expected
+
+
+def test_readiness_fails_while_any_master_of_the_cluster_does_not_answer(pair, redis_cluster):
+    """Each master in turn stops answering clients (CLIENT PAUSE: the cluster itself sees no failure):
+    readiness fails its idempotency check, whichever master it is, and recovers by itself. Before,
+    readiness pinged one node only and passed while another master was down."""
+    http = httpx.Client(base_url=pair[0].base_url, trust_env=False, timeout=10)
+    masters = [port for port, role in redis_cluster.roles().items() if role == "master"]
+    assert len(masters) == 3
+    for port in masters:
+        assert readiness(http)[0] == 200
+        assert "OK" in redis_cluster.cli_run(port, "client", "pause", "4000", "all")
+        # Within the pause: readiness is cached for 1 s, then the PING of every master fails.
+        # Polled every 0.1 s: the probe guard refuses a client probing over 20 times a second.
+        _, checks = wait_until(
+            lambda: (r := readiness(http))[0] == 503 and r, timeout=3, interval=0.1, what=str(port)
+        )
+        assert checks["idempotency"][0] == "fail", checks
+        wait_until(lambda: readiness(http)[0] == 200, timeout=10, interval=0.1)
+    http.close()

@@ -25,6 +25,15 @@ class SharedRedis:
     client: Redis | RedisCluster
     scripts: RedisMux | ClusterMux
 
+    async def ping(self) -> object:
+        """Readiness's PING: on a Redis Cluster every master of the request path's current slot map
+        must answer (one that does not fails the requests of the organisations whose slots it holds;
+        redis-py's own view of the masters may predate a failover)."""
+        if isinstance(self.scripts, ClusterMux):
+            await self.scripts.ping()
+            return True
+        return await self.client.ping()
+
 
 def shared_redis(settings: Settings, lifecycle: Lifecycle) -> SharedRedis | None:
     if not settings.redis_url:

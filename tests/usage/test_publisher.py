@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from router_impl.usage.outbox import LmdbOutbox, OutboxEntry
+from router_impl.usage.outbox import LmdbOutbox
+from router_impl.usage.outbox_entry import OutboxEntry
 from router_impl.usage.publisher import Publisher
 from tests.harness.wait import eventually
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from router_impl.usage.outbox import OutboxEntry
+from router_impl.usage.outbox_entry import OutboxEntry
 from router_impl.usage.sink import JsonlWriter
 
 log = structlog.get_logger("router.usage.jsonl")

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from router_impl.usage.outbox import OutboxEntry
+from router_impl.usage.outbox_entry import OutboxEntry
 
 log = structlog.get_logger("router.usage.kafka")
 

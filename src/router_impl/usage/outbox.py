@@ -36,13 +36,15 @@ from typing import Literal
 import lmdb
 import structlog
 
+from router_impl.usage.outbox_entry import HEAD as _HEAD
+from router_impl.usage.outbox_entry import SEQ as _SEQ
+from router_impl.usage.outbox_entry import OutboxEntry, decode_entry, encode_entry, stored_size
+
 log = structlog.get_logger("router.usage.outbox")
 
 # 24 h at 1,000 records/s of ~600 bytes (+14 bytes of header, +8 of key) is ~53 GB.
 DEFAULT_MAX_BYTES = 64 * 1024**3
 DEFAULT_MAX_BATCH = 4096
-_SEQ = struct.Struct(">Q")
-_HEAD = struct.Struct(">QHI")  # append time (ms since the epoch), topic length, key length
 _STATE = struct.Struct(">QQ")  # next sequence number, stored bytes
 _STATE_KEY = b"state"
 _REFRESH_SECONDS = 1.0  # how stale the in-memory view may get when other processes write too
@@ -57,15 +59,6 @@ class OutboxError(RuntimeError):
 
 class OutboxFull(OutboxError):
     """The outbox reached its hard limit; the entry was not stored."""
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    seq: int
-    topic: str
-    key: bytes
-    value: bytes
-    appended_at: float  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -90,26 +83,6 @@ class _Pending:
     appended_ms: int
     size: int  # as counted in stored bytes
     future: asyncio.Future[None]
-
-
-def encode_entry(topic: bytes, key: bytes, value: bytes, appended_ms: int) -> bytes:
-    return _HEAD.pack(appended_ms, len(topic), len(key)) + topic + key + value
-
-
-def decode_entry(seq_key: bytes, data: bytes) -> OutboxEntry:
-    appended_ms, topic_len, key_len = _HEAD.unpack_from(data)
-    start = _HEAD.size
-    return OutboxEntry(
-        seq=_SEQ.unpack(seq_key)[0],
-        topic=data[start : start + topic_len].decode(),
-        key=data[start + topic_len : start + topic_len + key_len],
-        value=data[start + topic_len + key_len :],
-        appended_at=appended_ms / 1000,
-    )
-
-
-def _stored_size(data: bytes) -> int:
-    return len(data) + _SEQ.size
 
 
 def default_map_size(hard_limit: int) -> int:
@@ -251,7 +224,7 @@ class LmdbOutbox:
                     data = encode_entry(pending.topic, pending.key, pending.value, pending.appended_ms)
                     cursor.put(_SEQ.pack(next_seq), data, append=True)
                     next_seq += 1
-                    stored += _stored_size(data)
+                    stored += stored_size(data)
                 txn.put(_STATE_KEY, _STATE.pack(next_seq, stored), db=self._meta)
                 return self._view_in(txn, stored)
         except lmdb.MapFullError as exc:
@@ -307,7 +280,7 @@ class LmdbOutbox:
                 for key in keys:
                     data = txn.pop(key, db=self._entries)
                     if data is not None:
-                        stored -= _stored_size(data)
+                        stored -= stored_size(data)
                 stored = max(stored, 0)
                 txn.put(_STATE_KEY, _STATE.pack(next_seq, stored), db=self._meta)
                 return self._view_in(txn, stored)

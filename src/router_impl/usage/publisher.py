@@ -23,7 +23,8 @@ import orjson
 import structlog
 
 from router_impl.telemetry.tracing import Tracing, link_to
-from router_impl.usage.outbox import LmdbOutbox, OutboxEntry, OutboxError
+from router_impl.usage.outbox import LmdbOutbox, OutboxError
+from router_impl.usage.outbox_entry import OutboxEntry
 
 log = structlog.get_logger("router.usage.publisher")
 # A span keeps at most 128 links (OpenTelemetry's default limit); a round links its first records.

@@ -46,9 +46,10 @@ run: $(RUN_STAMP)
 # Test files are spread over PYTEST_WORKERS processes (pytest-xdist, whole files per worker so module
 # fixtures are built once); each worker starts its own Redis, etcd and Tansu. More workers than cores:
 # most tests wait on routers, sockets and outages rather than compute. PYTEST_WORKERS=0 runs serially.
+# --no-loadscope-reorder keeps tests/conftest.py's order: the longest files (contract fuzzing) first.
 PYTEST_WORKERS ?= 3
 test: $(STAMP) services
-	$(BIN)/pytest $(PYTEST_FLAGS) -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest $(PYTEST_FLAGS) -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The same suite with the date moved ahead (default a year): every process the harness starts that
 # libfaketime can shift (pytest, routers, mock backends, Redis) sees the later date, the monotonic clock

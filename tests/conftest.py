@@ -48,11 +48,30 @@ def _started(create: Callable[[], ServiceT]) -> ServiceT:
         raise
 
 
+# The files that take longest (minutes of two cores each), run first so that xdist does not leave
+# them for last: `make test` passes --no-loadscope-reorder, which keeps this order; xdist's own
+# order (most tests first) put the one-test fuzzing files at the very end of the run.
+LONGEST_FIRST = (
+    "tests/contract/test_fuzz_fixed_seed.py",
+    "tests/contract/test_fuzz_random_seed.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests that need real servers so `-m "not services"` can deselect them."""
+    """Mark tests that need real servers so `-m "not services"` can deselect them; order the files
+    LONGEST_FIRST, then by their number of tests, most first (xdist's default order)."""
     for item in items:
         if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def rank(path: str) -> tuple[int, int]:
+        first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+        return first, -len(files[path])
+
+    items[:] = [item for path in sorted(files, key=rank) for item in files[path]]
 
 
 @pytest.fixture(scope="session")

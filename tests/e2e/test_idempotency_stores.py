@@ -10,6 +10,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -110,12 +111,15 @@ async def test_a_replay_answers_faster_than_the_backend(store_router, clients, m
     body, headers = request_for(INFERENCE, str(uuid.uuid4()), "quick replay")
 
     async with clients.async_http(store_router) as client:
-        await client.post(INFERENCE, json=body, headers=headers)
+        first = await client.post(INFERENCE, json=body, headers=headers)
         replay = await client.post(INFERENCE, json=body, headers=headers)
 
-    assert replay.headers["Idempotent-Replayed"] == "true"
-    assert replay.elapsed.total_seconds() < 0.3
-    assert mock.inference_requests == 1
+    assert first.status_code == 200, first.text
+    assert (replay.status_code, replay.headers.get("Idempotent-Replayed")) == (200, "true"), replay.text
+    assert mock.inference_requests == 1  # the backend was not called again
+    # Its latency was not paid again: the replay is quicker than the backend alone (measured against
+    # the first answer, not a wall-clock constant, so a busy machine slows both alike).
+    assert replay.elapsed < first.elapsed - timedelta(milliseconds=200)
 
 
 @pytest.mark.parametrize("path", [CHAT, INFERENCE])

@@ -30,7 +30,7 @@ from tests.harness.chaos_pipeline import (
     pipeline_config,
 )
 from tests.harness.service_proxy import ServiceProxy
-from tests.harness.wait import wait_until
+from tests.harness.wait import PROBE_INTERVAL_S, wait_until
 
 PARTITION_S = 30.0
 APPLY_WITHIN_S = 5.0
@@ -100,7 +100,9 @@ def test_etcd_partitioned_30s_and_compacted_the_router_keeps_routing_and_applies
         assert kv.revision() > watch_began
         first_switch = switch_to(kv, "chaos-b")
         written_at = load.now()
-        assert wait_until(lambda: applied(router, first_switch), timeout=APPLY_WITHIN_S)
+        assert wait_until(
+            lambda: applied(router, first_switch), timeout=APPLY_WITHIN_S, interval=PROBE_INTERVAL_S
+        )
         live_apply_s = load.now() - written_at
         time.sleep(0.5)  # requests already on their way to chaos-a finish
         backends["chaos-a"].stop()
@@ -122,9 +124,9 @@ def test_etcd_partitioned_30s_and_compacted_the_router_keeps_routing_and_applies
             proxy.heal()
             etcd.start()
         healed_at = load.now()
-        assert wait_until(lambda: applied(router, newest), timeout=APPLY_WITHIN_S), (
-            "newest config never applied"
-        )
+        assert wait_until(
+            lambda: applied(router, newest), timeout=APPLY_WITHIN_S, interval=PROBE_INTERVAL_S
+        ), "newest config never applied"
         healed_apply_s = load.now() - healed_at
         time.sleep(0.5)
         backends["chaos-b"].stop()

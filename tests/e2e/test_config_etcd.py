@@ -16,7 +16,7 @@ import pytest
 from tests.harness.backend import MockBackend
 from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess
-from tests.harness.wait import wait_until
+from tests.harness.wait import PROBE_INTERVAL_S, wait_until
 
 ADMIN = {"X-API-Key": "rk-demo-admin-key"}
 USER = {"Authorization": "Bearer rk-demo-key"}
@@ -74,7 +74,9 @@ def test_a_router_started_while_etcd_is_down_serves_the_last_known_good_config(
     finally:
         etcd_server.start()
 
-    assert wait_until(lambda: readiness_of_config(router)["status"] == "pass", timeout=10), "never caught up"
+    assert wait_until(
+        lambda: readiness_of_config(router)["status"] == "pass", timeout=10, interval=PROBE_INTERVAL_S
+    ), "never caught up"
     # Changes go through again once etcd is back, and are applied.
     put_route(router, upstream, model="etcd-model-2")
     assert httpx.get(router.base_url + "/v1/admin/models/etcd-model-2", headers=ADMIN, timeout=5).is_success

@@ -17,7 +17,7 @@ from tests.e2e.conftest import MODEL, ORG, Clients, auth, dumps
 from tests.harness.errors import error_code
 from tests.harness.identity import MockIdentityService
 from tests.harness.router_proc import RouterProcess
-from tests.harness.wait import wait_until
+from tests.harness.wait import PROBE_INTERVAL_S, wait_until
 
 CHAT = "/v1/chat/completions"
 INFERENCE = "/v1/inference"
@@ -80,6 +80,7 @@ def test_identity_outage_is_a_retryable_503_and_never_a_bad_key(
                 )
                 or None
             ),
+            interval=PROBE_INTERVAL_S,
         )
         assert readiness is not None
     finally:

@@ -19,6 +19,10 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_INTERVAL_S = 0.02
+# Polling the unauthenticated probes (/v1/status/*, /metrics): the router's probe guard lets one client
+# make 20 a second (burst 40) and answers 429 past that, so a poll at the default interval for more
+# than a second or two reads its own refusals.
+PROBE_INTERVAL_S = 0.1
 
 
 class WaitTimeout(AssertionError):

@@ -47,7 +47,12 @@ from router_impl.telemetry.tracing import Tracing
 from router_impl.usage.auditing import Auditing
 from router_impl.usage.wiring import build_usage
 from router_impl.web.errors import error_handlers
-from router_impl.web.middleware.api_docs import ApiDocsMiddleware, contract_pages, swagger_ui_dir
+from router_impl.web.middleware.api_docs import (
+    ApiDocsMiddleware,
+    contract_pages,
+    read_contract,
+    swagger_ui_dir,
+)
 from router_impl.web.middleware.body_guard import BodyGuardMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware, build_routes
 from router_impl.web.middleware.path_guard import PathGuardMiddleware
@@ -200,7 +205,7 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
     app = AsyncApp(__name__, middlewares=list(_CONNEXION_MIDDLEWARES), lifespan=lifespan)
     resolver = OperationTableResolver(OPERATIONS, components)
     app.add_api(
-        SPEC_PATH,
+        read_contract(SPEC_PATH),
         resolver=resolver,
         security_map=security_map(
             components.authenticator, components.signatures, OPERATIONS, components.tracing

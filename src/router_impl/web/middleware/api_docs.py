@@ -42,10 +42,17 @@ window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLi
 Page = tuple[bytes, bytes]  # content type, body
 
 
+def read_contract(spec_path: Path) -> dict[str, Any]:
+    """The contract as a document, parsed by libyaml's safe loader where PyYAML has it: ~10x less CPU
+    than the pure-Python loader Connexion uses when handed the file (~0.35 s of every start)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec: dict[str, Any] = yaml.load(spec_path.read_bytes(), Loader=loader)  # noqa: S506 -- a SafeLoader
+    return spec
+
+
 def contract_pages(spec_path: Path, swagger_ui_dir: Path | None) -> dict[str, Page]:
     """The pages by path: the spec as JSON, and the docs page when Swagger UI's files are there."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    spec: Any = yaml.load(spec_path.read_bytes(), Loader=loader)  # noqa: S506 -- a SafeLoader
+    spec = read_contract(spec_path)
     pages = {"/openapi.json": (b"application/json", json.dumps(spec, default=str).encode())}
     if swagger_ui_dir is not None and all((swagger_ui_dir / name).is_file() for name in _STATIC):
         pages["/docs"] = (b"text/html; charset=utf-8", _INDEX.encode())

@@ -7,15 +7,11 @@ one stream. ``requests`` maps (request id, organisation) to the position (time, 
 request's latest event in that organisation, so another organisation reusing the id never hides it;
 an unrestricted lookup takes the newest across the id's organisations (one short prefix scan).
 
-Like the idempotency store, transactions run inline on the event loop. An event is five small puts,
-but a commit writes every page it dirtied (one event's index keys land on several pages), so the
-events recorded within one turn of the loop are group-committed: ``record`` queues its event, the
-first of a turn schedules one transaction for all, and each returns once it committed (at 64
-concurrent requests about half the CPU per event of a transaction each). Commits are not fsynced by
-default, so a process crash loses nothing and an OS crash may lose the last few events. Reads judge
-retention themselves; ``sweep`` reclaims the space of events past retention in bounded batches,
-oldest first. A full map fails writes with AuditUnavailable (size ``map_size`` for the retention
-and traffic expected).
+Like the idempotency store, transactions are a few microseconds (five small puts per event) and run
+inline on the event loop; commits are not fsynced by default, so a process crash loses nothing and
+an OS crash may lose the last few events. Reads judge retention themselves; ``sweep`` reclaims the
+space of events past retention in bounded batches, oldest first. A full map fails writes with
+AuditUnavailable (size ``map_size`` for the retention and traffic expected).
 """
 
 from __future__ import annotations
@@ -98,7 +94,6 @@ class LmdbAuditLog:
             raise ValueError("retention_seconds must be positive")
         self._retention = retention_seconds
         self._clock = clock
-        self._queued: list[tuple[AuditEvent, bytes, asyncio.Future[None]]] = []
         Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._env = lmdb.open(
@@ -120,42 +115,15 @@ class LmdbAuditLog:
 
     async def record(self, event: AuditEvent, data: bytes | None = None) -> None:
         data = data or audit_record_json(event)
-        loop = asyncio.get_running_loop()
-        committed: asyncio.Future[None] = loop.create_future()
-        self._queued.append((event, data, committed))
-        if len(self._queued) == 1:
-            loop.call_soon(self._commit_queued)
-        await committed
-
-    def _commit_queued(self) -> None:
-        """One write transaction for every event queued during this turn of the loop."""
-        queued, self._queued = self._queued, []
-        failure: AuditUnavailable | None = None
-        try:
-            with self._writing() as txn:
-                for event, data, _ in queued:
-                    self._put(txn, event, data)
-        except Exception as exc:  # every waiter must hear how its event fared
-            failure = (
-                exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(f"audit write failed: {exc}")
-            )
-        for _, _, committed in queued:
-            if committed.done():  # its caller was cancelled; the event is stored all the same
-                continue
-            if failure is None:
-                committed.set_result(None)
-            else:
-                committed.set_exception(failure)
-
-    def _put(self, txn: lmdb.Transaction[bytes], event: AuditEvent, data: bytes) -> None:
         at = _at(*position(event))
         request = _request_key(event.request_id, event.organization_id)
-        txn.put(event.event_id.encode(), data, db=self._events)
-        for stream in _streams(event):
-            txn.put(stream + at, b"", db=self._index)
-        latest = txn.get(request, db=self._requests)
-        if latest is None or bytes(latest) < at:
-            txn.put(request, at, db=self._requests)
+        with self._writing() as txn:
+            txn.put(event.event_id.encode(), data, db=self._events)
+            for stream in _streams(event):
+                txn.put(stream + at, b"", db=self._index)
+            latest = txn.get(request, db=self._requests)
+            if latest is None or bytes(latest) < at:
+                txn.put(request, at, db=self._requests)
 
     async def by_request(self, request_id: str, organization_id: str | None) -> AuditEvent | None:
         cutoff = retention_cutoff_ms(self._clock(), self._retention)

@@ -62,7 +62,10 @@ def _date_time(value: str | None, name: str) -> datetime | None:
         micros = int((fraction or "0")[:6].ljust(6, "0"))
         # A leap second (:60) is the last instant of its minute.
         moment = datetime(year, month, day, hour, minute, min(second, 59), micros, timezone(offset))
-        return moment.astimezone(UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:  # an offset pushes the calendar's first or last day past its edge: clamp
+            return (datetime.min if moment.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise ApiError(
             "VALIDATION_ERROR",

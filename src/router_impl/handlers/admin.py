@@ -15,6 +15,7 @@ from router_impl.admin.audit_trail import Caller
 from router_impl.auth.keys import ApiKeyRecord
 from router_impl.components import Components
 from router_impl.errors import ApiError
+from router_impl.handlers.times import utc_instant
 from router_impl.limits.state import ResetTarget
 from router_impl.web.current import current_document, current_state
 from router_impl.web.responses import json_response, timestamp
@@ -61,11 +62,7 @@ def _parse_time(value: str | None) -> datetime | None:
         raise ApiError("VALIDATION_ERROR", "expires_at is not an RFC 3339 date-time.") from exc
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    try:  # the instant in UTC, as it is stored and listed
-        return parsed.astimezone(UTC)
-    except OverflowError:  # an offset pushes the calendar's first or last day past its edge: clamp to it
-        edge = datetime.min if parsed.year == datetime.min.year else datetime.max
-        return edge.replace(tzinfo=UTC)
+    return utc_instant(parsed)  # the instant in UTC, as it is stored and listed
 
 
 # ---------------------------------------------------------------- keys

@@ -8,7 +8,7 @@ request id is looked up per organisation (an admin reads the id's newest event a
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from router_impl.auth.authenticator import Principal
 from router_impl.components import Components
 from router_impl.errors import ApiError
+from router_impl.handlers.times import utc_instant
 from router_impl.usage.audit import (
     AuditAction,
     AuditPage,
@@ -62,10 +63,7 @@ def _date_time(value: str | None, name: str) -> datetime | None:
         micros = int((fraction or "0")[:6].ljust(6, "0"))
         # A leap second (:60) is the last instant of its minute.
         moment = datetime(year, month, day, hour, minute, min(second, 59), micros, timezone(offset))
-        try:
-            return moment.astimezone(UTC)
-        except OverflowError:  # an offset pushes the calendar's first or last day past its edge: clamp
-            return (datetime.min if moment.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
+        return utc_instant(moment)
     except (ValueError, OverflowError) as exc:
         raise ApiError(
             "VALIDATION_ERROR",

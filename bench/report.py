@@ -21,6 +21,7 @@ class Row:
     p90_ms: float | None = None
     p99_ms: float | None = None
     cpu_us_per_req: float | None = None
+    cpu_us_per_chunk: float | None = None  # streaming: CPU µs/req over the answer's chunk events
     upstream_cpu_us_per_req: float | None = None
     rss_mib: float | None = None
     requests: int | None = None
@@ -59,16 +60,25 @@ def add_comparisons(rows: Sequence[Row]) -> None:
 
 
 COLUMNS = ("target", "c", "RPS", "p50 ms", "p99 ms", "CPU µs/req", "RSS MiB", "errors", "x thin", "+p50 ms")
+CHUNK_COLUMN = "CPU µs/chunk"
 
 
-def _cells(row: Row) -> list[str]:
+def _columns(rows: Sequence[Row]) -> list[str]:
+    """The columns; CPU per chunk after CPU per request when the run streamed."""
+    columns = list(COLUMNS)
+    if any(row.cpu_us_per_chunk is not None for row in rows):
+        columns.insert(columns.index("CPU µs/req") + 1, CHUNK_COLUMN)
+    return columns
+
+
+def _cells(row: Row, columns: Sequence[str]) -> list[str]:
     if row.error is not None and row.rps is None:
-        return [row.target, str(row.conc), "FAILED", "", "", "", "", "", "", ""]
+        return [row.target, str(row.conc), "FAILED", *[""] * (len(columns) - 3)]
 
     def num(value: float | None, spec: str) -> str:
         return "—" if value is None else format(value, spec)
 
-    return [
+    cells = [
         row.target,
         str(row.conc),
         num(row.rps, ",.0f"),
@@ -80,11 +90,15 @@ def _cells(row: Row) -> list[str]:
         num(row.rps_vs_thin, ".2f"),
         num(row.added_p50_ms, "+.2f"),
     ]
+    if CHUNK_COLUMN in columns:
+        cells.insert(columns.index(CHUNK_COLUMN), num(row.cpu_us_per_chunk, ",.1f"))
+    return cells
 
 
 def text_table(rows: Sequence[Row]) -> str:
-    cells = [list(COLUMNS), *(_cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    columns = _columns(rows)
+    cells = [columns, *(_cells(row, columns) for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = []
     for n, line in enumerate(cells):
         lines.append(
@@ -99,8 +113,9 @@ def text_table(rows: Sequence[Row]) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    columns = _columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(row, columns)) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ from targets import (
     start_thin_proxy,
     start_upstream,
 )
+from upstream import DEFAULT_STREAM_CHUNKS
 from wrkrun import WrkRunner
 
 TARGET_KINDS = ("direct", "thin-proxy", "router", "litellm")
@@ -91,11 +92,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="also run each variant from this checkout (`git archive main`), as router:<variant>@base",
     )
-    parser.add_argument("--router-bin", type=Path, default=None, help="default: <repo>/.venv/bin/router")
+    parser.add_argument(
+        "--router-bin",
+        type=Path,
+        action="append",
+        default=[],
+        help="default: <repo>/.venv/bin/router; given more than once (another venv each, e.g. "
+        ".venv-3.12/bin/router), each variant runs from each, as router:<variant>@py<X.Y>",
+    )
     parser.add_argument(
         "--litellm-venv", type=Path, default=None, help="a venv with `litellm[proxy]` installed"
     )
     parser.add_argument("--stream", action="store_true", help='"stream": true (bench/chat_stream.lua)')
+    parser.add_argument(
+        "--stream-chunks",
+        type=int,
+        default=DEFAULT_STREAM_CHUNKS,
+        help=f"chunk events per streamed answer ({DEFAULT_STREAM_CHUNKS}: the role, six words, the finish "
+        "reason); CPU µs per chunk is reported",
+    )
+    parser.add_argument(
+        "--stream-gap-ms",
+        type=float,
+        default=0.0,
+        help="ms between the upstream's stream events (0: the whole stream in one write)",
+    )
     parser.add_argument("--idempotency", action="store_true", help="a unique Idempotency-Key per request")
     parser.add_argument("--upstream-delay-ms", type=float, default=0.0)
     parser.add_argument("--upstream-cpus", default="1", help="taskset list for the fake upstream (1)")
@@ -125,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown target or variant: {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
+    if args.stream_chunks < 2:
+        parser.error("--stream-chunks must be at least 2 (the role and the finish reason)")
     return args
 
 
@@ -170,7 +193,9 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
     Each target lands in `started` as soon as its process exists, so the caller can always stop it.
     """
     python = sys.executable
-    upstream = start_upstream(python, logs, pins.upstream, args.upstream_delay_ms)
+    upstream = start_upstream(
+        python, logs, pins.upstream, args.upstream_delay_ms, args.stream_chunks, args.stream_gap_ms
+    )
     started.append(upstream)
     upstream.wait_ready(args.stream)
     if upstream.failed:
@@ -178,24 +203,23 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
     if "thin-proxy" in args.targets:
         started.append(start_thin_proxy(python, logs, pins.servers, upstream))
     if "router" in args.targets:
-        router_bin = args.router_bin or REPO / ".venv" / "bin" / "router"
-        if not router_bin.exists():
-            router_bin = Path(sys.executable).parent / "router"
         overrides = dict(args.router_env)
         for variant in args.variants:
             for source in [None] if args.baseline is None else [args.baseline.resolve(), None]:
-                started.append(
-                    start_router(
-                        router_bin,
-                        variant,
-                        logs,
-                        pins.servers,
-                        upstream,
-                        overrides,
-                        args.router_workers,
-                        source,
+                for router_bin, label in router_bins(args.router_bin):
+                    started.append(
+                        start_router(
+                            router_bin,
+                            variant,
+                            logs,
+                            pins.servers,
+                            upstream,
+                            overrides,
+                            args.router_workers,
+                            source,
+                            label,
+                        )
                     )
-                )
     if "litellm" in args.targets and args.litellm_venv is not None:
         if (args.litellm_venv / "bin" / "litellm").exists():
             started.append(start_litellm(args.litellm_venv, logs, pins.servers, upstream))
@@ -210,6 +234,30 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
         status = f"FAILED: {target.error}" if target.failed else f"ready at {target.url}"
         _log(f"{target.name:<16} {status}")
     return measured
+
+
+def router_bins(given: list[Path]) -> list[tuple[Path, str]]:
+    """(router executable, label): one unlabelled; several, each labelled with its interpreter (`@py3.12`)."""
+    if not given:
+        default = REPO / ".venv" / "bin" / "router"
+        return [(default if default.exists() else Path(sys.executable).parent / "router", "")]
+    if len(given) == 1:
+        return [(given[0], "")]
+    return [(path, "@py" + interpreter_version(path)) for path in given]
+
+
+def interpreter_version(router_bin: Path) -> str:
+    """X.Y of the Python next to a console script (its venv's `python`)."""
+    python = router_bin.parent / "python"
+    done = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{python}: {done.stderr.strip() or 'does not run'}")
+    return done.stdout.strip()
 
 
 def measure(target: Target, upstream: Target, conc: int, args: argparse.Namespace, runner: WrkRunner) -> Row:
@@ -245,6 +293,8 @@ def measure(target: Target, upstream: Target, conc: int, args: argparse.Namespac
         row.cpu_us_per_req = (cpu_after - cpu_before) * 1e6 / result.requests
         if target is not upstream:
             row.upstream_cpu_us_per_req = (upstream_after - upstream_before) * 1e6 / result.requests
+        if args.stream:
+            row.cpu_us_per_chunk = row.cpu_us_per_req / args.stream_chunks
     if target.process.exited():
         target.fail(f"exited during the run (status {target.process.exit_status()})")
         row.error = target.error
@@ -339,13 +389,21 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(logs, ignore_errors=True)
 
 
+def stream_note(args: argparse.Namespace) -> str:
+    gap = f"{args.stream_gap_ms:g} ms apart" if args.stream_gap_ms > 0 else "written at once"
+    return (
+        f"streaming, {args.stream_chunks} chunk events per answer ({gap}; + a usage event when asked, "
+        "+ [DONE]); CPU µs/chunk = CPU µs/req / chunk events"
+    )
+
+
 def write_outputs(args: argparse.Namespace, rows: list[Row], measured: list[Target], pin_note: str) -> None:
     now = datetime.datetime.now(datetime.UTC)
     commit = git_commit()
     notes = (
         f"{os.cpu_count()} CPUs, {pin_note}; router workers {args.router_workers}, others 1; wrk 1 thread; "
         f"warm-up {args.warmup:g} s, measured {args.duration:g} s per row, median of {args.rounds} round(s); "
-        f"{'streaming' if args.stream else 'non-streaming'}"
+        f"{stream_note(args) if args.stream else 'non-streaming'}"
         f"{', an Idempotency-Key per request' if args.idempotency else ''}. "
         "CPU µs/req = Δ(utime+stime) of the server's process tree over the measured window / requests; "
         "x thin = RPS / thin-proxy RPS and +p50 = p50 - direct p50, at the same c."
@@ -361,6 +419,9 @@ def write_outputs(args: argparse.Namespace, rows: list[Row], measured: list[Targ
             "warmup_s": args.warmup,
             "rounds": args.rounds,
             "stream": args.stream,
+            "stream_chunks": args.stream_chunks if args.stream else None,
+            "stream_gap_ms": args.stream_gap_ms if args.stream else None,
+            "router_workers": args.router_workers,
             "idempotency": args.idempotency,
             "notes": notes,
         }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from procs import ServerProcess, free_port, post_json, wait_listening
+from upstream import DEFAULT_STREAM_CHUNKS
 
 HOST = "127.0.0.1"  # loopback only, for every server and every client
 BENCH_KEY = "sk-bench-master"
@@ -128,11 +129,19 @@ def _pinned(command: list[str], cpus: str | None) -> list[str]:
     return command if cpus is None else ["taskset", "-c", cpus, *command]
 
 
-def start_upstream(python: str, logs: Path, cpus: str | None, delay_ms: float) -> Target:
+def start_upstream(
+    python: str,
+    logs: Path,
+    cpus: str | None,
+    delay_ms: float,
+    stream_chunks: int = DEFAULT_STREAM_CHUNKS,
+    stream_gap_ms: float = 0.0,
+) -> Target:
     port = free_port()
     command = [python, str(HERE / "upstream.py"), "--host", HOST, "--port", str(port)]
     if delay_ms:
         command += ["--delay-ms", str(delay_ms)]
+    command += ["--stream-chunks", str(stream_chunks), "--stream-gap-ms", str(stream_gap_ms)]
     process = ServerProcess("upstream", _pinned(command, cpus), logs / "upstream.log")
     process.start()
     return Target("direct", port, "fake", process, "/v1/models", 15.0)
@@ -191,11 +200,13 @@ def start_router(
     overrides: Mapping[str, str],
     workers: int,
     source: Path | None = None,
+    label: str = "",
 ) -> Target:
     """``source``: another checkout whose ``src`` and ``generated`` the router imports first (the
-    target is then ``router:<variant>@base``), to compare two commits in one run."""
+    target is then ``router:<variant>@base``), to compare two commits in one run; ``label`` names
+    the executable when several run (``@py3.12``)."""
     port = free_port()
-    name = f"router:{variant_name}" + ("" if source is None else "@base")
+    name = f"router:{variant_name}" + ("" if source is None else "@base") + label
     data_dir = logs / f"{name.replace(':', '-')}-data"
     data_dir.mkdir(exist_ok=True)
     env, problem = router_env(variant_name, upstream, data_dir, overrides)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import shlex
 import shutil
@@ -84,7 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra router env",
     )
-    parser.add_argument("--router-workers", type=int, default=1)
+    parser.add_argument(
+        "--router-workers",
+        type=_csv_ints,
+        default=[1],
+        help="router worker processes (1); a list (1,2) runs each variant with each (router:<variant>@w<N>)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -206,7 +212,9 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
         overrides = dict(args.router_env)
         for variant in args.variants:
             for source in [None] if args.baseline is None else [args.baseline.resolve(), None]:
-                for router_bin, label in router_bins(args.router_bin):
+                for (router_bin, label), workers in itertools.product(
+                    router_bins(args.router_bin), args.router_workers
+                ):
                     started.append(
                         start_router(
                             router_bin,
@@ -215,9 +223,9 @@ def start_targets(args: argparse.Namespace, pins: Pinning, logs: Path, started: 
                             pins.servers,
                             upstream,
                             overrides,
-                            args.router_workers,
+                            workers,
                             source,
-                            label,
+                            label + (f"@w{workers}" if len(args.router_workers) > 1 else ""),
                         )
                     )
     if "litellm" in args.targets and args.litellm_venv is not None:
@@ -400,8 +408,9 @@ def stream_note(args: argparse.Namespace) -> str:
 def write_outputs(args: argparse.Namespace, rows: list[Row], measured: list[Target], pin_note: str) -> None:
     now = datetime.datetime.now(datetime.UTC)
     commit = git_commit()
+    workers = ",".join(map(str, args.router_workers))
     notes = (
-        f"{os.cpu_count()} CPUs, {pin_note}; router workers {args.router_workers}, others 1; wrk 1 thread; "
+        f"{os.cpu_count()} CPUs, {pin_note}; router workers {workers}, others 1; wrk 1 thread; "
         f"warm-up {args.warmup:g} s, measured {args.duration:g} s per row, median of {args.rounds} round(s); "
         f"{stream_note(args) if args.stream else 'non-streaming'}"
         f"{', an Idempotency-Key per request' if args.idempotency else ''}. "

@@ -41,7 +41,8 @@ _IDLE_WORKER = re.compile(r"^_worker \(concurrent/futures/thread\.py")
 _COMPILED = [(stage, re.compile(pattern)) for stage, pattern in STAGES]
 
 
-def shares(path: Path) -> tuple[Counter[str], int, int]:
+def shares(path: Path, leaves: Counter[tuple[str, str]] | None = None) -> tuple[Counter[str], int, int]:
+    """(samples per stage, busy samples, idle pool-worker samples); `leaves` counts (leaf frame, stage)."""
     counts: Counter[str] = Counter()
     idle = total = 0
     for line in path.read_text().splitlines():
@@ -56,7 +57,10 @@ def shares(path: Path) -> tuple[Counter[str], int, int]:
             idle += int(n)
             continue
         total += int(n)
-        counts[_stage(frames)] += int(n)
+        stage = _stage(frames)
+        counts[stage] += int(n)
+        if leaves is not None and frames:
+            leaves[frames[-1], stage] += int(n)
     return counts, total, idle
 
 
@@ -73,13 +77,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("profiles", nargs="+", type=Path)
+    parser.add_argument(
+        "--top", type=int, default=0, help="also list the N innermost frames with most samples"
+    )
     args = parser.parse_args()
     for path in args.profiles:
-        counts, total, idle = shares(path)
+        leaves: Counter[tuple[str, str]] = Counter()
+        counts, total, idle = shares(path, leaves)
         print(f"\n{path.name}: {total} busy samples (+{idle} idle pool-worker samples left out)\n")
         print("| stage | share |\n|---|---|")
         for stage, n in counts.most_common():
             print(f"| {stage} | {n / total:.1%} |")
+        if args.top:
+            print(f"\n| innermost frame (self samples, top {args.top}) | share | stage |\n|---|---|---|")
+            for (frame, stage), n in leaves.most_common(args.top):
+                print(f"| `{frame}` | {n / total:.1%} | {stage} |")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,9 @@ def test_memory_stays_bounded_under_64_concurrent_8_mib_requests(fleet, fast_ups
                         "models": ["big"],
                         "timeout_ms": 120000,
                         "connect_timeout_ms": 30000,
+                        # The upstream's health endpoint waits behind 512 MiB of uploads: a probe
+                        # failing there marked the backend down (503 on a Python 3.12 run at load 9).
+                        "health_check": {"interval_seconds": 3600, "timeout_ms": 60000},
                     }
                 ],
                 "models": [

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
-from tests.harness.config_docs import failover_model, key_record, write_config
+from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
@@ -30,22 +30,18 @@ def router(
     tmp_path_factory: pytest.TempPathFactory, primary_and_standby: tuple[MockBackend, MockBackend]
 ) -> Iterator[RouterProcess]:
     primary, standby = primary_and_standby
+    health = {"path": "/health", "interval_seconds": 1, "timeout_ms": 300}
     config: dict[str, Any] = {
         "backends": [
-            {
-                "id": "primary",
-                "base_url": primary.openai_base_url,
-                "models": [MODEL],
-                "connect_timeout_ms": 200,
-                "timeout_ms": 2000,
-                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
-            },
-            {
-                "id": "standby",
-                "base_url": standby.openai_base_url,
-                "models": [MODEL],
-                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
-            },
+            backend_doc(
+                "primary",
+                primary.openai_base_url,
+                MODEL,
+                connect_timeout_ms=200,
+                timeout_ms=2000,
+                health_check=health,
+            ),
+            backend_doc("standby", standby.openai_base_url, MODEL, health_check=dict(health)),
         ],
         "models": [failover_model(MODEL, "primary", "standby", failover_threshold=3, warmup_seconds=0)],
         "api_keys": [key_record("key-fo", "org-fo", KEY)],

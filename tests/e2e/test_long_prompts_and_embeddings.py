@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.e2e.conftest import (
     ALIAS,
@@ -31,6 +30,7 @@ from tests.e2e.conftest import (
     records_for,
 )
 from tests.harness.backend import EMBEDDINGS_PATH
+from tests.harness.config_docs import backend_doc, model_doc, write_config
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.wait import wait_until
 
@@ -179,31 +179,13 @@ def fast_upstream() -> Iterator[str]:
 
 @pytest.mark.timeout(300)
 def test_memory_stays_bounded_under_64_concurrent_8_mib_requests(fleet, fast_upstream, tmp_path):
-    config = tmp_path / "router.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                # Generous timeouts, no breaker: a busy machine must not fail a memory measurement.
-                "backends": [
-                    {
-                        "id": "fast",
-                        "base_url": fast_upstream,
-                        "models": ["big"],
-                        "timeout_ms": 120000,
-                        "connect_timeout_ms": 30000,
-                    }
-                ],
-                "models": [
-                    {
-                        "model": "big",
-                        "backends": [{"backend_id": "fast", "weight": 100}],
-                        "failover_threshold": 100,
-                    }
-                ],
-                "api_keys": [KEYS["user"].record],
-            }
-        )
-    )
+    document = {
+        # Generous timeouts, no breaker: a busy machine must not fail a memory measurement.
+        "backends": [backend_doc("fast", fast_upstream, "big", timeout_ms=120000, connect_timeout_ms=30000)],
+        "models": [model_doc("big", "fast", failover_threshold=100)],
+        "api_keys": [KEYS["user"].record],
+    }
+    config = write_config(tmp_path, document)
     # 512 MiB arrive at once on one event loop: on a busy machine an upload may take over 30 s.
     env = {
         "ROUTER_CONFIG_PATH": str(config),

@@ -1,5 +1,5 @@
 """Runtime-config documents as an operator writes them (YAML), for tests that start routers: API-key
-entries, a model with a failover-only standby, and the file a router reads."""
+entries, backends, model policies (one with a failover-only standby), and the file a router reads."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ def key_record(
         "scopes": list(scopes),
         **extra,
     }
+
+
+def backend_doc(backend_id: str, base_url: str, *models: str, **extra: Any) -> dict[str, Any]:
+    """A ``backends`` entry: ``backend_id`` at ``base_url`` (OpenAI base: ``.../v1``), serving ``models``."""
+    return {"id": backend_id, "base_url": base_url, "models": list(models), **extra}
+
+
+def model_doc(model: str, *backend_ids: str, weight: int | None = 100, **extra: Any) -> dict[str, Any]:
+    """A ``models`` entry: ``model`` on ``backend_ids``, each at ``weight`` (None: the default weight)."""
+    backends = [
+        {"backend_id": b} if weight is None else {"backend_id": b, "weight": weight} for b in backend_ids
+    ]
+    return {"model": model, "backends": backends, **extra}
 
 
 def failover_model(model: str, primary: str, standby: str, **extra: Any) -> dict[str, Any]:

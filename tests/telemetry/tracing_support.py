@@ -21,7 +21,7 @@ from router_impl.settings import Settings
 from router_impl.telemetry.tracing import Tracing
 from tests.harness.backend import MockBackend
 from tests.harness.bodies import chat_body
-from tests.harness.config_docs import failover_model, key_record, write_config
+from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
 from tests.harness.wait import eventually
 
 MODEL = "trace-model"
@@ -36,8 +36,8 @@ STAGES = {"authenticate", "route", "limits", "backend.attempt", "usage.write"}
 def router_config(tmp_path: Path, primary: MockBackend, standby: MockBackend) -> Path:
     config: dict[str, Any] = {
         "backends": [
-            {"id": "primary", "base_url": primary.openai_base_url, "models": [MODEL]},
-            {"id": "standby", "base_url": standby.openai_base_url, "models": [MODEL]},
+            backend_doc("primary", primary.openai_base_url, MODEL),
+            backend_doc("standby", standby.openai_base_url, MODEL),
         ],
         "models": [failover_model(MODEL, "primary", "standby", failover_threshold=100)],
         "api_keys": [key_record(KEY_ID, ORG, KEY)],

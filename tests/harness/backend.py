@@ -24,8 +24,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from tests.harness import backend_responses as responses
-from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
+from tests.harness.threaded_server import AppServer, serve_until_signalled
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -165,27 +164,21 @@ def _sse(payload: object) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-class MockBackend(ThreadedServer):
+class MockBackend(AppServer):
     """An OpenAI-compatible server on a loopback port, controllable from sync and async tests."""
 
     thread_name = "mock-backend"
+    shutdown_timeout_s = 1.0
 
     def __init__(
         self, port: int = 0, models: tuple[str, ...] = ("mock-model",), history: int = 200, seed: int = 0
     ) -> None:
-        super().__init__()
-        self.port = port
+        super().__init__(port)
         self.models = models
         self.controls = BackendControls()
         self.requests = RequestLog(history)
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def openai_base_url(self) -> str:
@@ -221,28 +214,14 @@ class MockBackend(ThreadedServer):
         found = [r for r in self.requests.recent if r.path in INFERENCE_PATHS]
         return found[-1] if found else None
 
-    async def _serve(self) -> None:
-        self._stopping = asyncio.Event()
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._inference(CHAT_ENDPOINT))
         app.router.add_post(COMPLETIONS_PATH, self._inference(COMPLETIONS_ENDPOINT))
         app.router.add_post(EMBEDDINGS_PATH, self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self.port))
-        self.port = sock.getsockname()[1]  # a restart reuses the port picked the first time
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def _shutdown(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()  # releases hanging handlers
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _record(self, request: web.Request) -> Any:
         raw = await request.read()

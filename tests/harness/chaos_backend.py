@@ -4,6 +4,8 @@
 request from those configured, so one backend can carry several faults at once. ``run_load`` sends
 chat, streamed chat and inference requests from ``concurrency`` clients, one connection each, and
 records every outcome (streams included: how each one ended) and one response per kind of answer.
+It is closed-loop (each client sends when answered); the paced, retrying generator of the outage
+scenarios is ``BoundedLoad`` (tests/harness/chaos_load.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from router_impl.auth.keys import hash_secret
+from router_impl.config.model import RuntimeConfig
 
 
 def key_record(
@@ -44,8 +45,12 @@ def failover_model(model: str, primary: str, standby: str, **extra: Any) -> dict
     return {"model": model, "backends": backends, **extra}
 
 
-def write_config(directory: Path, config: Mapping[str, Any], name: str = "router.yaml") -> Path:
-    """``config`` as YAML in ``directory``; its path (for ROUTER_CONFIG_PATH or ``--config``)."""
+def write_config(
+    directory: Path, config: Mapping[str, Any] | RuntimeConfig, name: str = "router.yaml"
+) -> Path:
+    """``config`` (a document, or the objects) as YAML in ``directory``; its path (for
+    ROUTER_CONFIG_PATH or ``--config``)."""
+    document = config.model_dump(mode="json") if isinstance(config, RuntimeConfig) else dict(config)
     path = directory / name
-    path.write_text(yaml.safe_dump(dict(config)), encoding="utf-8")
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path

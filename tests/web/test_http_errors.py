@@ -12,6 +12,7 @@ from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import RuntimeConfig
 from router_impl.settings import Settings
 from tests.contract.openapi_check import assert_conforms
+from tests.harness.config_docs import write_config
 from tests.harness.errors import error_code
 
 SECRETS = {"admin": "rk_admin_secret", "inference": "rk_inference_secret", "audit": "rk_audit_secret"}
@@ -45,10 +46,7 @@ def keys() -> tuple[ApiKeyRecord, ...]:
 
 @pytest.fixture
 async def client(tmp_path):
-    config = tmp_path / "config.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(RuntimeConfig(api_keys=keys()).model_dump(mode="json")))
+    config = write_config(tmp_path, RuntimeConfig(api_keys=keys()), "config.yaml")
     settings = Settings(config_path=config, data_dir=tmp_path, access_log=False)
     components = build_components(settings)
     app = build_app(components)

@@ -7,12 +7,12 @@ import socket
 
 import httpx
 import pytest
-import yaml
 
 from router_impl.app import build_app, build_components
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.settings import Settings
+from tests.harness.config_docs import write_config
 
 KEY = "rk_readable_errors"
 
@@ -34,8 +34,7 @@ async def client(tmp_path):
             ),
         ),
     )
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    path = write_config(tmp_path, config, "config.yaml")
     components = build_components(Settings(config_path=path, data_dir=tmp_path, access_log=False))
     app = build_app(components)
     await components.lifecycle.start()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import socket
 
-import httpx
 import pytest
 
-from router_impl.app import build_app, build_components
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.settings import Settings
 from tests.harness.config_docs import write_config
+from tests.harness.inprocess import in_process
 
 KEY = "rk_readable_errors"
 
@@ -35,17 +34,9 @@ async def client(tmp_path):
         ),
     )
     path = write_config(tmp_path, config, "config.yaml")
-    components = build_components(Settings(config_path=path, data_dir=tmp_path, access_log=False))
-    app = build_app(components)
-    await components.lifecycle.start()
-    try:
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://router", headers=headers
-        ) as c:
-            yield c
-    finally:
-        await components.lifecycle.stop()
+    settings = Settings(config_path=path, data_dir=tmp_path, access_log=False)
+    async with in_process(settings, headers={"Authorization": f"Bearer {KEY}"}) as router:
+        yield router.client
 
 
 @pytest.mark.parametrize(

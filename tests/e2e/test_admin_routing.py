@@ -24,6 +24,7 @@ from router_impl.config.layout import explode
 from router_impl.config.model import RuntimeConfig
 from tests.e2e.conftest import Clients, auth
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, key_record, write_config
 from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterFleet, RouterProcess
@@ -86,7 +87,7 @@ def ask(http: httpx.Client, model: str) -> httpx.Response:
     return http.post(
         "/v1/chat/completions",
         headers={**USER, "X-Request-ID": f"adm-{uuid.uuid4()}"},
-        json={"model": model, "messages": [{"role": "user", "content": "hello"}]},
+        json=chat_body(model, "hello"),
     )
 
 

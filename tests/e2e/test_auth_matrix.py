@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     records_for,
     signed_headers,
 )
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import key_record
 from tests.harness.errors import error_code
 from tests.harness.process import ServiceStartError
@@ -42,7 +43,7 @@ ENDPOINTS = [CHAT, INFERENCE]
 def body_for(path: str, model: str = MODEL, text: str = "may I pass") -> dict[str, Any]:
     if path == INFERENCE:
         return {"request_id": str(uuid.uuid4()), "model": model, "payload": text}
-    return {"model": model, "messages": [{"role": "user", "content": text}]}
+    return chat_body(model, text)
 
 
 def post(http, path: str, body: dict[str, Any], headers: dict[str, str]):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
@@ -53,7 +54,7 @@ def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, 
     response = httpx.post(
         demo.base_url + "/v1/chat/completions",
         headers={"Authorization": "Bearer rk-demo-key"},
-        json={"model": "policy-model", "messages": [{"role": "user", "content": "new route"}]},
+        json=chat_body("policy-model", "new route"),
         timeout=10,
     )
     assert (response.status_code, response.headers["x-routing-backend"]) == (200, "policy-backend")

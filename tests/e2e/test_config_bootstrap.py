@@ -19,6 +19,7 @@ import pytest
 
 from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.process import ServiceStartError
 from tests.harness.router_proc import RouterProcess
@@ -79,7 +80,7 @@ def chat(router: RouterProcess, model: str) -> httpx.Response:
     return httpx.post(
         router.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {USER_SECRET}"},
-        json={"model": model, "messages": [{"role": "user", "content": "bootstrap"}]},
+        json=chat_body(model, "bootstrap"),
         timeout=10,
     )
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
@@ -64,7 +65,7 @@ def ask(http: httpx.Client) -> tuple[httpx.Response, str]:
     response = http.post(
         "/v1/chat/completions",
         headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": request_id},
-        json={"model": MODEL, "messages": [{"role": "user", "content": "are you there"}]},
+        json=chat_body(MODEL, "are you there"),
     )
     return response, request_id
 

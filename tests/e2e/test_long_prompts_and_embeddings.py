@@ -30,6 +30,7 @@ from tests.e2e.conftest import (
     records_for,
 )
 from tests.harness.backend import EMBEDDINGS_PATH
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, model_doc, write_config
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.wait import wait_until
@@ -194,7 +195,7 @@ def test_memory_stays_bounded_under_64_concurrent_8_mib_requests(fleet, fast_ups
     }
     router = fleet.start(env=env)
     assert router.pid is not None
-    body = {"model": "big", "messages": [{"role": "user", "content": _prompt(8 * MiB - 512)}]}
+    body = chat_body("big", _prompt(8 * MiB - 512))
     payload = httpx.Request("POST", "/", json=body).content
     assert 8 * MiB - 1024 < len(payload) <= 8 * MiB
     headers = {**auth(KEYS["user"]), "Content-Type": "application/json"}

@@ -30,6 +30,7 @@ from tests.e2e.conftest import (
     usage_records,
 )
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
@@ -104,7 +105,7 @@ def client(compat_router: RouterProcess) -> Iterator[httpx.Client]:
 
 
 def chat(**extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "one two three"}], **extra}
+    return chat_body(MODEL, "one two three", **extra)
 
 
 def envelope(**extra: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from tests.harness import backend_responses as responses
 from tests.harness.backend import GARBAGE_BODY, BackendControls, MockBackend, _drop_connection
+from tests.harness.bodies import chat_body
 from tests.harness.errors import error_code
 
 PAIR_MODEL = "chaos-pair"
@@ -156,13 +157,8 @@ class Shot:
     def body(self, request_id: str) -> dict[str, Any]:
         if self.kind == "inference":  # its envelope's request_id is the one the router passes on
             return {"request_id": request_id, "model": self.model, "payload": "chaos under load"}
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
-        }
-        if self.kind == "chat-stream":
-            body["stream"] = True
-        return body
+        streamed = {"stream": True} if self.kind == "chat-stream" else {}
+        return chat_body(self.model, "one two three four five six seven eight", **streamed)
 
 
 MIXED_SHOTS = tuple(

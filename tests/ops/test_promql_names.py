@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import backend_doc, failover_model, key_record
 from tests.harness.ops_expressions import (
     CHART,
@@ -198,7 +199,7 @@ def _runtime_config(backend: MockBackend) -> dict[str, Any]:
 
 def _traffic(client: httpx.Client) -> None:
     def chat(key: str, **extra: Any) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "metrics"}], **extra}
+        body = chat_body(MODEL, "metrics", **extra)
         return client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
 
     user, limited, broke = (KEYS[name][2] for name in ("user", "limited", "broke"))

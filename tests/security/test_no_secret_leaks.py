@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     signed_headers,
 )
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import key_record, write_config
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
@@ -75,7 +76,7 @@ def leaky_run(
         def keep(response: httpx.Response) -> None:
             answers.append(response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items()))
 
-        chat = {"model": MODEL, "messages": [{"role": "user", "content": "leak check"}]}
+        chat = chat_body(MODEL, "leak check")
         keep(http.post(CHAT, json=chat, headers=auth(KEYS["user"])))
         keep(http.post(CHAT, json=chat, headers=auth(WRONG_KEY)))
         keep(http.post(CHAT, json=chat, headers={"X-API-Key": WRONG_KEY}))

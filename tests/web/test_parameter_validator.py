@@ -10,6 +10,7 @@ import pytest
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.settings import Settings
+from tests.harness.bodies import chat_body
 from tests.harness.config_docs import write_config
 from tests.harness.inprocess import in_process
 
@@ -70,7 +71,7 @@ async def test_a_bad_query_parameter_is_named_with_what_it_accepts(client, query
 
 async def test_backend_unavailable_says_when_to_retry(client):
     for path in ("/v1/chat/completions", "/v1/completions"):
-        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        body = chat_body("m", "hi")
         if path == "/v1/completions":
             body = {"model": "m", "prompt": "hi"}
         reply = await client.post(path, json=body)

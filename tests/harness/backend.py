@@ -233,17 +233,27 @@ class MockBackend(AppServer):
         self.requests.record(RecordedRequest(request.method, request.path, headers, body, raw))
         return body
 
+    async def _admit(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], BackendControls, web.StreamResponse | None]:
+        """A model call recorded, with the controls it is answered under; the injected fault or a 400
+        when it is not to be answered normally."""
+        body = await self._record(request)
+        controls = self.controls
+        fault = await self._fault(request, controls)
+        if fault is not None:
+            return {}, controls, fault
+        if not isinstance(body, dict):
+            return {}, controls, self._error(400, "request body must be a JSON object")
+        return body, controls, None
+
     def _inference(
         self, endpoint: InferenceEndpoint
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await self._record(request)
-            controls = self.controls
-            fault = await self._fault(request, controls)
-            if fault is not None:
-                return fault
-            if not isinstance(body, dict):
-                return self._error(400, "request body must be a JSON object")
+            body, controls, refusal = await self._admit(request)
+            if refusal is not None:
+                return refusal
             meta = responses.ResponseMeta(
                 response_id=f"{endpoint.id_prefix}-{next(self._ids)}",
                 model=str(body.get("model") or self.models[0]),
@@ -269,13 +279,9 @@ class MockBackend(AppServer):
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         """Deterministic vectors (``dimensions``, default 8) and usage; the faults apply as to inference."""
-        body = await self._record(request)
-        controls = self.controls
-        fault = await self._fault(request, controls)
-        if fault is not None:
-            return fault
-        if not isinstance(body, dict):
-            return self._error(400, "request body must be a JSON object")
+        body, controls, refusal = await self._admit(request)
+        if refusal is not None:
+            return refusal
         given = body.get("input")
         inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
         if not isinstance(inputs, list) or not inputs:

@@ -14,6 +14,8 @@ from router_impl.cli import main
 
 ROUTER_BIN = Path(sys.executable).with_name("router")
 HASH = "a" * 64
+# The files here are written as YAML text on purpose, not with tests/harness/config_docs.py: what is
+# tested is how the CLI reads an operator's text (flow style, broken syntax, line numbers, wrong fields).
 GOOD = """
 backends:
   - {id: vllm-a, base_url: "http://vllm-a:8000/v1", models: [llama]}

@@ -221,7 +221,7 @@ def build_app(components: Components, *, random_hex: Callable[[int], str] = secr
     if settings.api_docs:  # behind the fast lane: hot requests never look at it
         inner = ApiDocsMiddleware(inner, pages=lambda: contract_pages(SPEC_PATH, swagger_ui_dir()))
     if settings.fast_lane:
-        routes = build_routes(OPERATIONS, resolver.handler_for)
+        routes = build_routes(OPERATIONS, resolver.bound)
         inner = FastLaneMiddleware(
             inner, routes=routes, authenticator=components.authenticator, tracing=components.tracing
         )

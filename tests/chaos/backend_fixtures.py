@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.harness.backend import MockBackend
 from tests.harness.chaos_backend import (
@@ -44,7 +43,7 @@ from tests.harness.chaos_backend import (
     Shot,
     run_load,
 )
-from tests.harness.config_docs import failover_model, key_record
+from tests.harness.config_docs import backend_doc, failover_model, key_record, model_doc, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.router_resources import Resources, resources
 from tests.harness.wait import last_reading
@@ -94,16 +93,17 @@ class Rig:
 
 
 def _backend(backend_id: str, backend: MockBackend, model: str, timeout_ms: int) -> dict[str, Any]:
-    return {
-        "id": backend_id,
-        "base_url": backend.openai_base_url,
-        "models": [model],
-        "timeout_ms": timeout_ms,
-        # Loopback connects are instant: a short connect timeout would only time the router's own
-        # stalls (the pool caps it below timeout_ms anyway).
-        "connect_timeout_ms": 1_000,
-        "health_check": {"path": "/health", "interval_seconds": 60, "timeout_ms": 300},
-    }
+    # Loopback connects are instant: a short connect timeout would only time the router's own
+    # stalls (the pool caps it below timeout_ms anyway).
+    health = {"path": "/health", "interval_seconds": 60, "timeout_ms": 300}
+    return backend_doc(
+        backend_id,
+        backend.openai_base_url,
+        model,
+        timeout_ms=timeout_ms,
+        connect_timeout_ms=1_000,
+        health_check=health,
+    )
 
 
 def rig_config(flaky: MockBackend, standby: MockBackend, solo: MockBackend) -> dict[str, Any]:
@@ -117,12 +117,7 @@ def rig_config(flaky: MockBackend, standby: MockBackend, solo: MockBackend) -> d
             failover_model(
                 PAIR_MODEL, "chaos-flaky", "chaos-standby", failover_threshold=100, warmup_seconds=0
             ),
-            {
-                "model": SOLO_MODEL,
-                "backends": [{"backend_id": "chaos-solo", "weight": 100}],
-                "failover_threshold": 100,
-                "warmup_seconds": 0,
-            },
+            model_doc(SOLO_MODEL, "chaos-solo", failover_threshold=100, warmup_seconds=0),
         ],
         "api_keys": [key_record("key-chaos", "org-chaos", API_KEY)],
     }
@@ -139,8 +134,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     ):
         for backend in (flaky, standby, solo):
             backend.configure(latency_ms=HEALTHY_LATENCY_MS)
-        path = workdir / "router.yaml"
-        path.write_text(yaml.safe_dump(rig_config(flaky, standby, solo)), encoding="utf-8")
+        path = write_config(workdir, rig_config(flaky, standby, solo))
         fleet = RouterFleet(workdir)
         try:
             router = fleet.start(

@@ -24,7 +24,8 @@ import pytest
 
 from tests.e2e.conftest import records_for
 from tests.harness.backend_proc import BackendProcess
-from tests.harness.config_docs import failover_model, key_record, write_config
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 MODEL = "kill-model"
@@ -53,13 +54,13 @@ def kill_rig(tmp_path: Path) -> Iterator[tuple[RouterProcess, BackendProcess, Ba
         BackendProcess(MODEL, latency_ms=STANDBY_LATENCY_MS, workdir=tmp_path / "standby") as standby,
     ):
         backends = [
-            {
-                "id": backend_id,
-                "base_url": backend.openai_base_url,
-                "models": [MODEL],
-                "timeout_ms": 5_000,
-                "health_check": {"path": "/health", "interval_seconds": 60, "timeout_ms": 300},
-            }
+            backend_doc(
+                backend_id,
+                backend.openai_base_url,
+                MODEL,
+                timeout_ms=5_000,
+                health_check={"path": "/health", "interval_seconds": 60, "timeout_ms": 300},
+            )
             for backend_id, backend in (("primary", primary), ("standby", standby))
         ]
         config: dict[str, Any] = {
@@ -82,10 +83,7 @@ def kill_rig(tmp_path: Path) -> Iterator[tuple[RouterProcess, BackendProcess, Ba
 def _body(kind: str, request_id: str) -> tuple[str, dict[str, Any]]:
     if kind == "inference":
         return "/v1/inference", {"request_id": request_id, "model": MODEL, "payload": "are you there"}
-    return "/v1/chat/completions", {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "are you there"}],
-    }
+    return "/v1/chat/completions", chat_body(MODEL, "are you there")
 
 
 def _kill_while_it_holds_requests(

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router_impl.auth.keys import ApiKeyRecord, hash_secret
+from tests.harness.config_docs import key_record, write_config
 from tests.harness.router_proc import RouterFleet
 
 ORIGINAL = Path(__file__).resolve().parents[3] / "shared" / "seed" / "api-router.openapi.yaml"
@@ -62,14 +62,8 @@ def original_with_gaps_documented() -> dict[str, Any]:
 @pytest.mark.skipif(not ORIGINAL.exists(), reason="the original contract is not here")
 @pytest.mark.timeout(240)
 def test_the_original_contract_passes_every_check_but_its_own_gaps(tmp_path):
-    key = ApiKeyRecord(
-        id="k-original",
-        organization_id="org-original",
-        key_hash=hash_secret(FUZZ_KEY),
-        scopes={"inference", "audit"},
-    )
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"api_keys": [key.model_dump(mode="json")]}))
+    key = key_record("k-original", "org-original", FUZZ_KEY, ["inference", "audit"])
+    config = write_config(tmp_path, {"api_keys": [key]}, "config.yaml")
     spec = tmp_path / "original-with-gaps.yaml"
     spec.write_text(yaml.safe_dump(original_with_gaps_documented(), sort_keys=False))
     fleet = RouterFleet(tmp_path / "routers")

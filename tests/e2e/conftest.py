@@ -27,16 +27,15 @@ import httpx
 import httpx2
 import openai
 import pytest
-import yaml
 from aiohttp import web
 
-from router_impl.auth.keys import hash_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.auth.signing import sign_request
 from router_impl.usage.outbox import read_backlog
 from tests.contract.openapi_check import assert_conforms
 from tests.harness import backend_responses as responses
 from tests.harness.backend import BackendControls, MockBackend
+from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
@@ -65,14 +64,7 @@ class Key:
 
 
 def _key(key_id: str, secret: str, scopes: list[str], **extra: Any) -> Key:
-    record = {
-        "id": key_id,
-        "organization_id": ORG,
-        "key_hash": hash_secret(secret),
-        "scopes": scopes,
-        **extra,
-    }
-    return Key(key_id, secret, record)
+    return Key(key_id, secret, key_record(key_id, ORG, secret, scopes, **extra))
 
 
 def _signer_key() -> Key:
@@ -183,30 +175,21 @@ def runtime_config(backend: MockBackend, faulty_backend: MockBackend) -> dict[st
     pricing = {"input_usd_per_1m_tokens": str(PRICE_IN), "output_usd_per_1m_tokens": str(PRICE_OUT)}
     return {
         "backends": [
-            {"id": BACKEND_ID, "base_url": f"{backend.base_url}/v1", "models": [MODEL, OTHER_MODEL]},
-            {
-                "id": FAULTY_BACKEND_ID,
-                "base_url": f"{faulty_backend.base_url}/v1",
-                "models": [FAULTY_MODEL],
-                "timeout_ms": FAULTY_TIMEOUT_MS,
-                "connect_timeout_ms": 200,
-            },
+            backend_doc(BACKEND_ID, f"{backend.base_url}/v1", MODEL, OTHER_MODEL),
+            backend_doc(
+                FAULTY_BACKEND_ID,
+                f"{faulty_backend.base_url}/v1",
+                FAULTY_MODEL,
+                timeout_ms=FAULTY_TIMEOUT_MS,
+                connect_timeout_ms=200,
+            ),
         ],
         "models": [
-            {
-                "model": MODEL,
-                "backends": [{"backend_id": BACKEND_ID, "weight": 100}],
-                "aliases": [ALIAS],
-                "pricing": pricing,
-            },
-            {"model": OTHER_MODEL, "backends": [{"backend_id": BACKEND_ID, "weight": 100}]},
+            model_doc(MODEL, BACKEND_ID, aliases=[ALIAS], pricing=pricing),
+            model_doc(OTHER_MODEL, BACKEND_ID),
             # These tests break the backend on purpose to check error mapping; the breaker is tested
             # on its own (tests/e2e/test_failover.py), so it must not open here.
-            {
-                "model": FAULTY_MODEL,
-                "backends": [{"backend_id": FAULTY_BACKEND_ID, "weight": 100}],
-                "failover_threshold": 100,
-            },
+            model_doc(FAULTY_MODEL, FAULTY_BACKEND_ID, failover_threshold=100),
         ],
         "api_keys": [key.record for key in KEYS.values()],
     }
@@ -221,9 +204,7 @@ def make_config(
     def make(extra_keys: tuple[dict[str, Any], ...] = ()) -> Path:
         config = runtime_config(backend_a, backend_f)
         config["api_keys"].extend(extra_keys)
-        path = tmp_path_factory.mktemp("e2e-config") / "router.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        return path
+        return write_config(tmp_path_factory.mktemp("e2e-config"), config)
 
     return make
 

@@ -24,6 +24,8 @@ from router_impl.config.layout import explode
 from router_impl.config.model import RuntimeConfig
 from tests.e2e.conftest import Clients, auth
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, key_record, write_config
 from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer
@@ -35,17 +37,7 @@ ORG = "org-adm"
 
 
 def _keys() -> list[dict[str, Any]]:
-    from router_impl.auth.keys import hash_secret
-
-    return [
-        {"id": "key-adm", "organization_id": ORG, "key_hash": hash_secret(ADMIN_KEY), "scopes": ["admin"]},
-        {
-            "id": "key-adm-user",
-            "organization_id": ORG,
-            "key_hash": hash_secret(USER_KEY),
-            "scopes": ["inference"],
-        },
-    ]
+    return [key_record("key-adm", ORG, ADMIN_KEY, ["admin"]), key_record("key-adm-user", ORG, USER_KEY)]
 
 
 ADMIN = auth(ADMIN_KEY)
@@ -60,9 +52,7 @@ def upstreams() -> Iterator[tuple[MockBackend, MockBackend]]:
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("admin-routing") / "router.yaml"
-    path.write_text(yaml.safe_dump({"api_keys": _keys()}), encoding="utf-8")
-    return path
+    return write_config(tmp_path_factory.mktemp("admin-routing"), {"api_keys": _keys()})
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +87,7 @@ def ask(http: httpx.Client, model: str) -> httpx.Response:
     return http.post(
         "/v1/chat/completions",
         headers={**USER, "X-Request-ID": f"adm-{uuid.uuid4()}"},
-        json={"model": model, "messages": [{"role": "user", "content": "hello"}]},
+        json=chat_body(model, "hello"),
     )
 
 
@@ -320,7 +310,7 @@ def test_a_policy_put_on_one_router_is_applied_by_another_sharing_etcd(
     upstreams: tuple[MockBackend, MockBackend],
 ) -> None:
     prefix = f"/e2e-admin/{uuid.uuid4().hex}/"
-    backend = {"id": "etcd-bk", "base_url": upstreams[0].openai_base_url, "models": [MODEL]}
+    backend = backend_doc("etcd-bk", upstreams[0].openai_base_url, MODEL)
     asyncio.run(
         _seed(etcd_server, prefix, RuntimeConfig.model_validate({"backends": [backend], "api_keys": _keys()}))
     )

@@ -19,12 +19,12 @@ import httpx
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from router_impl.auth.keys import hash_secret
 from router_impl.settings import Settings
 from router_impl.usage.audit import AuditEvent
 from router_impl.usage.audit_lmdb import LmdbAuditLog
 from router_impl.usage.audit_redis import RedisAuditLog
 from tests.e2e.conftest import KEYS, MODEL, ORG, Clients, auth
+from tests.harness.config_docs import key_record
 from tests.harness.errors import error_code
 from tests.harness.router_proc import RouterProcess
 from tests.harness.wait import wait_until
@@ -34,11 +34,9 @@ OPS_ORG = "org-audit-ops"
 AUDIT_ADMIN = "rk_e2e_audit_admin"
 AUDIT_OTHER = "rk_e2e_audit_other"
 EXTRA_KEYS = (
-    {"id": "key-audit-admin", "organization_id": OPS_ORG, "key_hash": hash_secret(AUDIT_ADMIN),
-     "scopes": ["audit", "admin"]},
-    {"id": "key-audit-other", "organization_id": OTHER_ORG, "key_hash": hash_secret(AUDIT_OTHER),
-     "scopes": ["audit", "inference"]},
-)  # fmt: skip
+    key_record("key-audit-admin", OPS_ORG, AUDIT_ADMIN, ["audit", "admin"]),
+    key_record("key-audit-other", OTHER_ORG, AUDIT_OTHER, ["audit", "inference"]),
+)
 USER = KEYS["user"]  # scopes inference + audit, organisation ORG
 EVENTS = "/v1/audit/events"
 _windows = itertools.count()

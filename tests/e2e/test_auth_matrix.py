@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from router_impl.auth.keys import hash_secret
 from router_impl.auth.signing import sign_body
 from tests.e2e.conftest import (
     KEYS,
@@ -30,6 +29,8 @@ from tests.e2e.conftest import (
     records_for,
     signed_headers,
 )
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import key_record
 from tests.harness.errors import error_code
 from tests.harness.process import ServiceStartError
 from tests.harness.router_proc import RouterProcess
@@ -42,7 +43,7 @@ ENDPOINTS = [CHAT, INFERENCE]
 def body_for(path: str, model: str = MODEL, text: str = "may I pass") -> dict[str, Any]:
     if path == INFERENCE:
         return {"request_id": str(uuid.uuid4()), "model": model, "payload": text}
-    return {"model": model, "messages": [{"role": "user", "content": text}]}
+    return chat_body(model, text)
 
 
 def post(http, path: str, body: dict[str, Any], headers: dict[str, str]):
@@ -61,10 +62,6 @@ def assert_refused(router, mock, response, request_id: str, status: int, code: s
     assert (response.status_code, error_code(response)) == (status, code), response.text
     assert mock.inference_requests == 0, "a refused request reached the backend"
     assert records_for(router, request_id) == [], "a refused request was billed"
-
-
-def _key_record(key_id: str, secret: str) -> dict[str, Any]:
-    return {"id": key_id, "organization_id": ORG, "key_hash": hash_secret(secret), "scopes": ["inference"]}
 
 
 def wrong_signature(*_: Any) -> dict[str, str]:
@@ -304,8 +301,8 @@ def test_a_body_signature_without_its_timestamp_is_refused(lane_http, mock):
 
 
 def test_a_config_key_whose_expiry_has_no_time_zone_is_never_a_server_error(start_router, make_config, mock):
-    future = {**_key_record("key-naive-future", "rk_e2e_naive_future"), "expires_at": datetime(2099, 1, 1)}
-    past = {**_key_record("key-naive-past", "rk_e2e_naive_past"), "expires_at": datetime(2020, 1, 1)}
+    future = key_record("key-naive-future", ORG, "rk_e2e_naive_future", expires_at=datetime(2099, 1, 1))
+    past = key_record("key-naive-past", ORG, "rk_e2e_naive_past", expires_at=datetime(2020, 1, 1))
     config = make_config(extra_keys=(future, past))
     try:
         router = start_router(config=config)

@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     auth,
     records_for,
 )
+from tests.harness.bodies import chat_body
 from tests.harness.errors import error_code
 
 CHAT = "/v1/chat/completions"
@@ -31,7 +32,7 @@ VARIANTS = ["inference", "chat", "chat-stream"]
 def request_for(variant: str, text: str = "will this work") -> tuple[str, dict[str, Any]]:
     if variant == "inference":
         return INFERENCE, {"request_id": str(uuid.uuid4()), "model": FAULTY_MODEL, "payload": text}
-    body: dict[str, Any] = {"model": FAULTY_MODEL, "messages": [{"role": "user", "content": text}]}
+    body: dict[str, Any] = chat_body(FAULTY_MODEL, text)
     if variant == "chat-stream":
         body["stream"] = True
     return CHAT, body

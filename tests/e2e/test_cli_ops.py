@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 ROUTER_BIN = Path(sys.executable).with_name("router")
@@ -51,7 +52,7 @@ def test_limits_reset_is_audited_and_audit_events_list_it(demo):
     reply = httpx.post(
         f"{demo.base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {USER}"},
-        json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]},
+        json=chat_body("demo", "hi"),
         timeout=10,
     )
     assert reply.status_code == 200

@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 ADMIN = "rk-demo-admin-key"
@@ -39,13 +41,10 @@ def policy(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str
 
 def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, upstream, tmp_path):
     document = {
-        "backends": [
-            {"id": "policy-backend", "base_url": upstream.openai_base_url, "models": ["policy-model"]}
-        ],
-        "models": [{"model": "policy-model", "backends": [{"backend_id": "policy-backend", "weight": 100}]}],
+        "backends": [backend_doc("policy-backend", upstream.openai_base_url, "policy-model")],
+        "models": [model_doc("policy-model", "policy-backend")],
     }
-    path = tmp_path / "routing.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path = write_config(tmp_path, document, "routing.yaml")
 
     applied = policy(demo, "apply", str(path))
     assert applied.returncode == 0, applied.stderr
@@ -55,7 +54,7 @@ def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, 
     response = httpx.post(
         demo.base_url + "/v1/chat/completions",
         headers={"Authorization": "Bearer rk-demo-key"},
-        json={"model": "policy-model", "messages": [{"role": "user", "content": "new route"}]},
+        json=chat_body("policy-model", "new route"),
         timeout=10,
     )
     assert (response.status_code, response.headers["x-routing-backend"]) == (200, "policy-backend")
@@ -67,10 +66,7 @@ def test_a_policy_file_applied_with_the_cli_routes_traffic_and_dumps_back(demo, 
 
 
 def test_an_invalid_policy_file_is_refused_and_nothing_changes(demo, tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(
-        yaml.safe_dump({"models": [{"model": "orphan", "backends": [{"backend_id": "nope", "weight": 1}]}]})
-    )
+    path = write_config(tmp_path, {"models": [model_doc("orphan", "nope", weight=1)]}, "bad.yaml")
     refused = policy(demo, "apply", str(path))
     assert refused.returncode == 1 and '"CONFLICT"' in refused.stderr
     dumped = yaml.safe_load(policy(demo, "dump").stdout)
@@ -99,13 +95,11 @@ def test_writing_demo_modes_own_names_is_refused_and_the_replica_keeps_applying_
 
 def test_a_file_with_parts_the_admin_api_cannot_take_is_refused_whole_with_the_list(demo, upstream, tmp_path):
     document = {
-        "backends": [
-            {"id": "never-written", "base_url": upstream.openai_base_url, "models": ["policy-model"]}
-        ],
-        "api_keys": [{"id": "k", "organization_id": "acme", "key_hash": "0" * 64, "scopes": ["inference"]}],
+        "backends": [backend_doc("never-written", upstream.openai_base_url, "policy-model")],
+        "api_keys": [key_record("k", "acme", "rk_never_applied")],
         "routes": [],
     }
-    refused = policy(demo, "apply", str(write(tmp_path / "keys.yaml", document)))
+    refused = policy(demo, "apply", str(write_config(tmp_path, document, "keys.yaml")))
     assert refused.returncode == 2
     assert "api_keys: not applied" in refused.stderr and "routes: not applied" in refused.stderr
     assert "router config apply" in refused.stderr
@@ -118,16 +112,16 @@ def test_a_file_with_parts_the_admin_api_cannot_take_is_refused_whole_with_the_l
 def test_org_limits_and_write_only_credentials_are_applied_and_never_shown(demo, upstream, tmp_path):
     document = {
         "backends": [
-            {
-                "id": "cred-backend",
-                "base_url": upstream.openai_base_url,
-                "models": ["policy-model"],
-                "api_key_env": "POLICY_CLI_UPSTREAM_TOKEN",
-            }
+            backend_doc(
+                "cred-backend",
+                upstream.openai_base_url,
+                "policy-model",
+                api_key_env="POLICY_CLI_UPSTREAM_TOKEN",
+            )
         ],
         "org_limits": {"policy-org": {"rate_limits": {"requests_per_minute": 77}}},
     }
-    applied = policy(demo, "apply", "--json", str(write(tmp_path / "full.yaml", document)))
+    applied = policy(demo, "apply", "--json", str(write_config(tmp_path, document, "full.yaml")))
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["applied"] == [
         {"kind": "backend", "id": "cred-backend"},
@@ -151,8 +145,3 @@ def test_org_limits_and_write_only_credentials_are_applied_and_never_shown(demo,
     ready = httpx.get(demo.base_url + "/v1/status/readyz", timeout=10).json()
     check = next(c for c in ready["checks"] if c["name"] == "credentials")
     assert "cred-backend (environment variable POLICY_CLI_UPSTREAM_TOKEN)" in check["details"]
-
-
-def write(path: Path, document: dict) -> Path:
-    path.write_text(yaml.safe_dump(document))
-    return path

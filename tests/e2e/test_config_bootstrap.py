@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.process import ServiceStartError
 from tests.harness.router_proc import RouterProcess
 from tests.harness.wait import wait_until
@@ -48,32 +49,20 @@ def etcd_env(etcd_server) -> dict[str, str]:
 
 
 def full_document(upstream: MockBackend, token_file: Path) -> dict[str, Any]:
-    base = {"base_url": upstream.openai_base_url, "models": ["cfg-model"]}
+    url = upstream.openai_base_url
     return {
         "backends": [
-            {"id": "b-env", **base, "api_key_env": "UPSTREAM_TOKEN"},
-            {"id": "b-file", **base, "api_key_file": str(token_file)},
+            backend_doc("b-env", url, "cfg-model", api_key_env="UPSTREAM_TOKEN"),
+            backend_doc("b-file", url, "cfg-model", api_key_file=str(token_file)),
         ],
         "models": [
-            {"model": "env-model", "backends": [{"backend_id": "b-env"}]},
-            {"model": "file-model", "backends": [{"backend_id": "b-file"}]},
+            model_doc("env-model", "b-env", weight=None),
+            model_doc("file-model", "b-file", weight=None),
         ],
-        "api_keys": [
-            {
-                "id": "key-file-user",
-                "organization_id": "acme",
-                "key_hash": hash_secret(USER_SECRET),
-                "scopes": ["inference"],
-            }
-        ],
+        "api_keys": [key_record("key-file-user", "acme", USER_SECRET)],
         "org_limits": {"acme": {"rate_limits": {"requests_per_minute": 1000}, "max_tokens_cap": 512}},
         "backend_states": {"b-file": {"state": "degraded", "reason": "from the file"}},
     }
-
-
-def write_yaml(path: Path, document: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
 
 
 def config_apply(env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
@@ -91,7 +80,7 @@ def chat(router: RouterProcess, model: str) -> httpx.Response:
     return httpx.post(
         router.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {USER_SECRET}"},
-        json={"model": model, "messages": [{"role": "user", "content": "bootstrap"}]},
+        json=chat_body(model, "bootstrap"),
         timeout=10,
     )
 
@@ -108,7 +97,7 @@ def test_config_apply_writes_every_kind_of_a_file_to_etcd_and_the_fleet_serves_i
     a = router_factory(env=etcd_env)
     assert chat(a, "env-model").status_code == 401  # an empty etcd: no keys but the bootstrap admin
 
-    applied = config_apply(etcd_env, write_yaml(tmp_path / "full.yaml", full_document(upstream, token_file)))
+    applied = config_apply(etcd_env, write_config(tmp_path, full_document(upstream, token_file), "full.yaml"))
     assert applied.returncode == 0, applied.stderr
     for key in ("backends/b-env", "backends/b-file", "models/env-model", "keys/key-file-user", "limits/acme"):
         assert f"applied {key}" in applied.stdout
@@ -139,21 +128,21 @@ def test_config_apply_refuses_a_file_it_cannot_apply_whole_and_names_every_probl
     document = full_document(upstream, tmp_path / "token")
     document["backends"][0]["api_key"] = "sk-live-secret-never-echoed"  # not a field: a token in a file
     document["org_limits"]["acme"]["budget"] = {"daily_tokens": 5}  # misspelt `budgets`
-    refused = config_apply(etcd_env, write_yaml(tmp_path / "bad.yaml", document))
+    refused = config_apply(etcd_env, write_config(tmp_path, document, "bad.yaml"))
     assert refused.returncode == 2
     assert "backends.0.api_key" in refused.stderr and "org_limits.acme.budget" in refused.stderr
     assert "sk-live-secret-never-echoed" not in refused.stderr + refused.stdout
     assert admin_get(a, "/v1/admin/backends").json()["items"] == []  # nothing was written
 
-    unknown = {"models": [{"model": "orphan", "backends": [{"backend_id": "nope"}]}]}
-    refused = config_apply(etcd_env, write_yaml(tmp_path / "orphan.yaml", unknown))
+    unknown = {"models": [model_doc("orphan", "nope", weight=None)]}
+    refused = config_apply(etcd_env, write_config(tmp_path, unknown, "orphan.yaml"))
     assert refused.returncode == 2 and "unknown backend" in refused.stderr
 
 
 def test_config_file_with_etcd_seeds_an_empty_prefix_and_a_different_file_is_refused_at_start(
     router_factory, etcd_env, upstream, tmp_path
 ):
-    path = write_yaml(tmp_path / "seed.yaml", full_document(upstream, tmp_path / "token"))
+    path = write_config(tmp_path, full_document(upstream, tmp_path / "token"), "seed.yaml")
     (tmp_path / "token").write_text(FILE_TOKEN)
     a = router_factory(env=etcd_env, args=("--config", str(path)))
     assert chat(a, "env-model").status_code == 200  # seeded: the file's key and route
@@ -177,7 +166,7 @@ def test_a_missing_credential_is_named_in_readiness_and_a_refused_one_is_a_clear
 ):
     document = full_document(upstream, tmp_path / "absent-token-file")
     del document["backend_states"]
-    path = write_yaml(tmp_path / "creds.yaml", document)
+    path = write_config(tmp_path, document, "creds.yaml")
     router = router_factory(env={"UPSTREAM_TOKEN": ENV_TOKEN}, args=("--config", str(path)))
 
     ready = httpx.get(router.base_url + "/v1/status/readyz", timeout=5).json()

@@ -16,7 +16,8 @@ import pytest
 
 from tests.e2e.conftest import records_for
 from tests.harness.backend import MockBackend
-from tests.harness.config_docs import failover_model, key_record, write_config
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
 from tests.telemetry.test_metrics import value as metric
@@ -30,22 +31,18 @@ def router(
     tmp_path_factory: pytest.TempPathFactory, primary_and_standby: tuple[MockBackend, MockBackend]
 ) -> Iterator[RouterProcess]:
     primary, standby = primary_and_standby
+    health = {"path": "/health", "interval_seconds": 1, "timeout_ms": 300}
     config: dict[str, Any] = {
         "backends": [
-            {
-                "id": "primary",
-                "base_url": primary.openai_base_url,
-                "models": [MODEL],
-                "connect_timeout_ms": 200,
-                "timeout_ms": 2000,
-                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
-            },
-            {
-                "id": "standby",
-                "base_url": standby.openai_base_url,
-                "models": [MODEL],
-                "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
-            },
+            backend_doc(
+                "primary",
+                primary.openai_base_url,
+                MODEL,
+                connect_timeout_ms=200,
+                timeout_ms=2000,
+                health_check=health,
+            ),
+            backend_doc("standby", standby.openai_base_url, MODEL, health_check=dict(health)),
         ],
         "models": [failover_model(MODEL, "primary", "standby", failover_threshold=3, warmup_seconds=0)],
         "api_keys": [key_record("key-fo", "org-fo", KEY)],
@@ -68,7 +65,7 @@ def ask(http: httpx.Client) -> tuple[httpx.Response, str]:
     response = http.post(
         "/v1/chat/completions",
         headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": request_id},
-        json={"model": MODEL, "messages": [{"role": "user", "content": "are you there"}]},
+        json=chat_body(MODEL, "are you there"),
     )
     return response, request_id
 

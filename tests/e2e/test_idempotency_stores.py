@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     signed_headers,
     usage_records,
 )
+from tests.harness.bodies import chat_body
 from tests.harness.errors import error_code
 from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterProcess
@@ -61,7 +62,7 @@ def request_for(path: str, key: str, text: str) -> tuple[dict[str, Any], dict[st
     """The body and headers of one idempotent request: the key is `request_id` or `Idempotency-Key`."""
     if path == INFERENCE:
         return {"request_id": key, "model": MODEL, "payload": text}, auth(KEYS["user"])
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+    body = chat_body(MODEL, text)
     return body, {**auth(KEYS["user"]), "Idempotency-Key": key}
 
 

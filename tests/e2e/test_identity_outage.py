@@ -14,6 +14,7 @@ import pytest
 
 from router_impl.auth.keys import new_secret
 from tests.e2e.conftest import MODEL, ORG, Clients, auth, dumps
+from tests.harness.bodies import chat_body
 from tests.harness.errors import error_code
 from tests.harness.identity import MockIdentityService
 from tests.harness.router_proc import RouterProcess
@@ -46,7 +47,7 @@ def chat(http, secret: str, path: str = CHAT):
     body = (
         {"request_id": str(uuid.uuid4()), "model": MODEL, "payload": "hello"}
         if path == INFERENCE
-        else {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+        else chat_body(MODEL, "hello")
     )
     return http.post(path, content=dumps(body), headers={"Content-Type": "application/json", **auth(secret)})
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.e2e.conftest import (
     ALIAS,
@@ -31,6 +30,8 @@ from tests.e2e.conftest import (
     records_for,
 )
 from tests.harness.backend import EMBEDDINGS_PATH
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, model_doc, write_config
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.wait import wait_until
 
@@ -179,31 +180,24 @@ def fast_upstream() -> Iterator[str]:
 
 @pytest.mark.timeout(300)
 def test_memory_stays_bounded_under_64_concurrent_8_mib_requests(fleet, fast_upstream, tmp_path):
-    config = tmp_path / "router.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                # Generous timeouts, no breaker: a busy machine must not fail a memory measurement.
-                "backends": [
-                    {
-                        "id": "fast",
-                        "base_url": fast_upstream,
-                        "models": ["big"],
-                        "timeout_ms": 120000,
-                        "connect_timeout_ms": 30000,
-                    }
-                ],
-                "models": [
-                    {
-                        "model": "big",
-                        "backends": [{"backend_id": "fast", "weight": 100}],
-                        "failover_threshold": 100,
-                    }
-                ],
-                "api_keys": [KEYS["user"].record],
-            }
-        )
-    )
+    document = {
+        # Generous timeouts, no breaker: a busy machine must not fail a memory measurement.
+        # The upstream's health endpoint waits behind 512 MiB of uploads: a probe failing there marked
+        # the backend down (503 on a Python 3.12 run at load 9), so it is probed hourly with a 60 s bound.
+        "backends": [
+            backend_doc(
+                "fast",
+                fast_upstream,
+                "big",
+                timeout_ms=120000,
+                connect_timeout_ms=30000,
+                health_check={"interval_seconds": 3600, "timeout_ms": 60000},
+            )
+        ],
+        "models": [model_doc("big", "fast", failover_threshold=100)],
+        "api_keys": [KEYS["user"].record],
+    }
+    config = write_config(tmp_path, document)
     # 512 MiB arrive at once on one event loop: on a busy machine an upload may take over 30 s.
     env = {
         "ROUTER_CONFIG_PATH": str(config),
@@ -212,7 +206,7 @@ def test_memory_stays_bounded_under_64_concurrent_8_mib_requests(fleet, fast_ups
     }
     router = fleet.start(env=env)
     assert router.pid is not None
-    body = {"model": "big", "messages": [{"role": "user", "content": _prompt(8 * MiB - 512)}]}
+    body = chat_body("big", _prompt(8 * MiB - 512))
     payload = httpx.Request("POST", "/", json=body).content
     assert 8 * MiB - 1024 < len(payload) <= 8 * MiB
     headers = {**auth(KEYS["user"]), "Content-Type": "application/json"}

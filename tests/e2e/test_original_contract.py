@@ -18,7 +18,6 @@ import jsonschema
 import pytest
 import yaml
 
-from router_impl.auth.keys import hash_secret
 from router_impl.ids import uuid_for
 from tests.e2e.conftest import (
     KEYS,
@@ -31,6 +30,8 @@ from tests.e2e.conftest import (
     usage_records,
 )
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import key_record, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.wait import wait_until
 
@@ -86,17 +87,10 @@ def compat_router(
 ) -> Iterator[RouterProcess]:
     config = runtime_config(backend_a, backend_f)
     config["api_keys"].extend(
-        {
-            "id": f"compat-{name}",
-            "organization_id": org,
-            "key_hash": hash_secret(SECRETS[name]),
-            "scopes": ["inference", "audit"],
-        }
-        for name, org in ORGS.items()
+        key_record(f"compat-{name}", org, SECRETS[name], ["inference", "audit"]) for name, org in ORGS.items()
     )
     config["org_limits"] = {ORGS[name]: limits for name, limits in LIMITS.items()}
-    path = tmp_path_factory.mktemp("compat") / "router.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path = write_config(tmp_path_factory.mktemp("compat"), config)
     fleet = RouterFleet(tmp_path_factory.mktemp("compat-routers"))
     try:
         yield fleet.start(env={"ROUTER_CONFIG_PATH": str(path), "ROUTER_SECRET_KEY": SECRET_KEY})
@@ -111,7 +105,7 @@ def client(compat_router: RouterProcess) -> Iterator[httpx.Client]:
 
 
 def chat(**extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "one two three"}], **extra}
+    return chat_body(MODEL, "one two three", **extra)
 
 
 def envelope(**extra: Any) -> dict[str, Any]:

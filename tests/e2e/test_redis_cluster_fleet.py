@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from redis.cluster import ClusterNode, RedisCluster
 
 from tests.e2e.conftest import KEYS, MODEL, ObservedBackend, auth, runtime_config
@@ -32,6 +31,7 @@ from tests.e2e.limits.limits_support import burst as _burst
 from tests.e2e.limits.limits_support import key_record_of as _key_record
 from tests.e2e.test_readiness_shared import readiness
 from tests.harness.backend import MockBackend
+from tests.harness.config_docs import write_config
 from tests.harness.errors import error_code
 from tests.harness.redis_cluster import RedisClusterServer
 from tests.harness.router_proc import RouterProcess
@@ -73,9 +73,7 @@ def cluster_config(
         **{o: LIMITS[o] for o in ("org-bucket250", "org-budget100")},
         org: FAILOVER_LIMITS,
     }
-    path = tmp_path_factory.mktemp("cluster-config") / "router.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path, org
+    return write_config(tmp_path_factory.mktemp("cluster-config"), config), org
 
 
 @pytest.fixture(scope="module")

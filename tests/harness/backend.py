@@ -24,8 +24,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from tests.harness import backend_responses as responses
-from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
+from tests.harness.threaded_server import AppServer, serve_until_signalled
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -165,27 +164,21 @@ def _sse(payload: object) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-class MockBackend(ThreadedServer):
+class MockBackend(AppServer):
     """An OpenAI-compatible server on a loopback port, controllable from sync and async tests."""
 
     thread_name = "mock-backend"
+    shutdown_timeout_s = 1.0
 
     def __init__(
         self, port: int = 0, models: tuple[str, ...] = ("mock-model",), history: int = 200, seed: int = 0
     ) -> None:
-        super().__init__()
-        self.port = port
+        super().__init__(port)
         self.models = models
         self.controls = BackendControls()
         self.requests = RequestLog(history)
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def openai_base_url(self) -> str:
@@ -221,28 +214,14 @@ class MockBackend(ThreadedServer):
         found = [r for r in self.requests.recent if r.path in INFERENCE_PATHS]
         return found[-1] if found else None
 
-    async def _serve(self) -> None:
-        self._stopping = asyncio.Event()
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._inference(CHAT_ENDPOINT))
         app.router.add_post(COMPLETIONS_PATH, self._inference(COMPLETIONS_ENDPOINT))
         app.router.add_post(EMBEDDINGS_PATH, self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self.port))
-        self.port = sock.getsockname()[1]  # a restart reuses the port picked the first time
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def _shutdown(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()  # releases hanging handlers
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _record(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -254,17 +233,27 @@ class MockBackend(ThreadedServer):
         self.requests.record(RecordedRequest(request.method, request.path, headers, body, raw))
         return body
 
+    async def _admit(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], BackendControls, web.StreamResponse | None]:
+        """A model call recorded, with the controls it is answered under; the injected fault or a 400
+        when it is not to be answered normally."""
+        body = await self._record(request)
+        controls = self.controls
+        fault = await self._fault(request, controls)
+        if fault is not None:
+            return {}, controls, fault
+        if not isinstance(body, dict):
+            return {}, controls, self._error(400, "request body must be a JSON object")
+        return body, controls, None
+
     def _inference(
         self, endpoint: InferenceEndpoint
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await self._record(request)
-            controls = self.controls
-            fault = await self._fault(request, controls)
-            if fault is not None:
-                return fault
-            if not isinstance(body, dict):
-                return self._error(400, "request body must be a JSON object")
+            body, controls, refusal = await self._admit(request)
+            if refusal is not None:
+                return refusal
             meta = responses.ResponseMeta(
                 response_id=f"{endpoint.id_prefix}-{next(self._ids)}",
                 model=str(body.get("model") or self.models[0]),
@@ -290,13 +279,9 @@ class MockBackend(ThreadedServer):
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         """Deterministic vectors (``dimensions``, default 8) and usage; the faults apply as to inference."""
-        body = await self._record(request)
-        controls = self.controls
-        fault = await self._fault(request, controls)
-        if fault is not None:
-            return fault
-        if not isinstance(body, dict):
-            return self._error(400, "request body must be a JSON object")
+        body, controls, refusal = await self._admit(request)
+        if refusal is not None:
+            return refusal
         given = body.get("input")
         inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
         if not isinstance(inputs, list) or not inputs:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.harness.backend import _drop_connection
-from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
+from tests.harness.threaded_server import AppServer, serve_until_signalled
 
 BUDGET_ROUTE = "/v1/orgs/{org_id}/budget"
 
@@ -41,23 +39,16 @@ class BudgetControls:
     raw_body: bytes | None = None  # a 200 with exactly this body (numbers as written)
 
 
-class MockBudgetService(ThreadedServer):
+class MockBudgetService(AppServer):
     thread_name = "mock-budget-service"
 
     def __init__(self, port: int = 0, token: str = "budget-test-token") -> None:
-        super().__init__()
-        self.port = port
+        super().__init__(port)
         self.token = token
         self.controls = BudgetControls()
         self._budgets: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
-        self._runner: web.AppRunner | None = None
-        self._release: asyncio.Event | None = None  # set at shutdown: hanging handlers end
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     # ------------------------------------------------------------------ control
 
@@ -101,33 +92,12 @@ class MockBudgetService(ThreadedServer):
         with self._lock:
             return self._calls[org_id] if org_id is not None else sum(self._calls.values())
 
-    def down(self) -> None:
-        """Close the listening socket: connections are refused until `up()`."""
-        self.stop()
+    # ---------------------------------------------------------------- app
 
-    def up(self) -> None:
-        self.start()
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def _serve(self) -> None:
-        self._release = asyncio.Event()
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(BUDGET_ROUTE, self._budget)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self.port))
-        self.port = sock.getsockname()[1]  # `up()` after `down()` reuses the port
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def _shutdown(self) -> None:
-        if self._release is not None:
-            self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     # ----------------------------------------------------------------- handler
 
@@ -139,8 +109,8 @@ class MockBudgetService(ThreadedServer):
         controls = self.controls
         if controls.latency_ms:
             await asyncio.sleep(controls.latency_ms / 1000)
-        if controls.hang and self._release is not None:
-            await self._release.wait()
+        if controls.hang and self._stopping is not None:
+            await self._stopping.wait()
         if controls.reset:
             _drop_connection(request)
             return web.Response(status=500)  # never reaches the client: the socket is gone

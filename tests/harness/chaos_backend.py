@@ -4,6 +4,8 @@
 request from those configured, so one backend can carry several faults at once. ``run_load`` sends
 chat, streamed chat and inference requests from ``concurrency`` clients, one connection each, and
 records every outcome (streams included: how each one ended) and one response per kind of answer.
+It is closed-loop (each client sends when answered); the paced, retrying generator of the outage
+scenarios is ``BoundedLoad`` (tests/harness/chaos_load.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp import web
 
 from tests.harness import backend_responses as responses
 from tests.harness.backend import GARBAGE_BODY, BackendControls, MockBackend, _drop_connection
+from tests.harness.bodies import chat_body
 from tests.harness.errors import error_code
 
 PAIR_MODEL = "chaos-pair"
@@ -154,13 +157,8 @@ class Shot:
     def body(self, request_id: str) -> dict[str, Any]:
         if self.kind == "inference":  # its envelope's request_id is the one the router passes on
             return {"request_id": request_id, "model": self.model, "payload": "chaos under load"}
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
-        }
-        if self.kind == "chat-stream":
-            body["stream"] = True
-        return body
+        streamed = {"stream": True} if self.kind == "chat-stream" else {}
+        return chat_body(self.model, "one two three four five six seven eight", **streamed)
 
 
 MIXED_SHOTS = tuple(

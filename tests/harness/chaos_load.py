@@ -2,6 +2,11 @@
 started per second from a thread of its own, each attempt bounded by a client timeout and optionally
 retried (same headers, so the same Idempotency-Key); every outcome is recorded, and ``summary``
 prints one tabulable line per scenario.
+
+The backend chaos rig has a load generator of its own (``run_load`` in tests/harness/chaos_backend.py):
+it is not paced but sends as fast as its clients are answered, one connection per client, reads
+streams to their end and keeps one response per kind of answer for the contract check; this one paces
+starts by the clock, retries, and records when each request began, for outage windows.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import orjson
 
-from router_impl.auth.keys import hash_secret
 from router_impl.config.layout import explode, object_key
 from router_impl.config.model import RuntimeConfig
 from router_impl.config.source import ObjectKind
 from tests.harness import bodies
 from tests.harness.backend import MockBackend
+from tests.harness.config_docs import backend_doc, key_record, model_doc
 from tests.harness.records import request_ref
 from tests.harness.router_proc import RouterFleet, RouterProcess
 from tests.harness.services import EtcdServer, KafkaBroker, RedisServer
@@ -128,12 +128,7 @@ class Org:
 
     @property
     def key_record(self) -> dict[str, Any]:
-        return {
-            "id": f"key-{self.id}",
-            "organization_id": self.id,
-            "key_hash": hash_secret(self.secret),
-            "scopes": ["inference", "audit"],
-        }
+        return key_record(f"key-{self.id}", self.id, self.secret, ("inference", "audit"))
 
     def headers(self, request_id: str, *, idempotent: bool = False) -> dict[str, str]:
         """Bearer auth and X-Request-ID; with ``idempotent`` the request id is the Idempotency-Key too."""
@@ -149,23 +144,20 @@ def new_org(name: str, **limits: Any) -> Org:
 
 
 def backend_document(backend_id: str, backend: MockBackend) -> dict[str, Any]:
-    return {
-        "id": backend_id,
-        "base_url": backend.openai_base_url,
-        "models": [MODEL],
-        "timeout_ms": 2_000,
-        "connect_timeout_ms": 200,
-        "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 300},
-    }
+    health = {"path": "/health", "interval_seconds": 1, "timeout_ms": 300}
+    return backend_doc(
+        backend_id,
+        backend.openai_base_url,
+        MODEL,
+        timeout_ms=2_000,
+        connect_timeout_ms=200,
+        health_check=health,
+    )
 
 
 def model_document(backend_id: str) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "backends": [{"backend_id": backend_id, "weight": 100}],
-        "pricing": {"input_usd_per_1m_tokens": str(PRICE_IN), "output_usd_per_1m_tokens": str(PRICE_OUT)},
-        "warmup_seconds": 0,
-    }
+    pricing = {"input_usd_per_1m_tokens": str(PRICE_IN), "output_usd_per_1m_tokens": str(PRICE_OUT)}
+    return model_doc(MODEL, backend_id, pricing=pricing, warmup_seconds=0)
 
 
 def pipeline_config(
@@ -173,12 +165,7 @@ def pipeline_config(
 ) -> dict[str, Any]:
     """``MODEL`` served by backend ``serving``; every backend listed; one key per organisation, plus
     the admin key (``ADMIN_SECRET``)."""
-    admin = {
-        "id": "key-chaos-admin",
-        "organization_id": "org-chaos-ops",
-        "key_hash": hash_secret(ADMIN_SECRET),
-        "scopes": ["admin", "audit"],
-    }
+    admin = key_record("key-chaos-admin", "org-chaos-ops", ADMIN_SECRET, ("admin", "audit"))
     return {
         "backends": [backend_document(i, b) for i, b in backends.items()],
         "models": [model_document(serving)],

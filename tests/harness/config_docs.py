@@ -1,5 +1,5 @@
 """Runtime-config documents as an operator writes them (YAML), for tests that start routers: API-key
-entries, a model with a failover-only standby, and the file a router reads."""
+entries, backends, model policies (one with a failover-only standby), and the file a router reads."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from router_impl.auth.keys import hash_secret
+from router_impl.config.model import RuntimeConfig
 
 
 def key_record(
@@ -25,14 +26,31 @@ def key_record(
     }
 
 
+def backend_doc(backend_id: str, base_url: str, *models: str, **extra: Any) -> dict[str, Any]:
+    """A ``backends`` entry: ``backend_id`` at ``base_url`` (OpenAI base: ``.../v1``), serving ``models``."""
+    return {"id": backend_id, "base_url": base_url, "models": list(models), **extra}
+
+
+def model_doc(model: str, *backend_ids: str, weight: int | None = 100, **extra: Any) -> dict[str, Any]:
+    """A ``models`` entry: ``model`` on ``backend_ids``, each at ``weight`` (None: the default weight)."""
+    backends = [
+        {"backend_id": b} if weight is None else {"backend_id": b, "weight": weight} for b in backend_ids
+    ]
+    return {"model": model, "backends": backends, **extra}
+
+
 def failover_model(model: str, primary: str, standby: str, **extra: Any) -> dict[str, Any]:
     """A ``models`` entry: ``model`` on ``primary`` (weight 100), ``standby`` (weight 0) failover only."""
     backends = [{"backend_id": primary, "weight": 100}, {"backend_id": standby, "weight": 0}]
     return {"model": model, "backends": backends, **extra}
 
 
-def write_config(directory: Path, config: Mapping[str, Any], name: str = "router.yaml") -> Path:
-    """``config`` as YAML in ``directory``; its path (for ROUTER_CONFIG_PATH or ``--config``)."""
+def write_config(
+    directory: Path, config: Mapping[str, Any] | RuntimeConfig, name: str = "router.yaml"
+) -> Path:
+    """``config`` (a document, or the objects) as YAML in ``directory``; its path (for
+    ROUTER_CONFIG_PATH or ``--config``)."""
+    document = config.model_dump(mode="json") if isinstance(config, RuntimeConfig) else dict(config)
     path = directory / name
-    path.write_text(yaml.safe_dump(dict(config)), encoding="utf-8")
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path

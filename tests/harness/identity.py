@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import hashlib
 import re
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.harness.backend import _drop_connection
-from tests.harness.ports import LOOPBACK
-from tests.harness.threaded_server import ThreadedServer, serve_until_signalled
+from tests.harness.threaded_server import AppServer, serve_until_signalled
 
 VALIDATE_PATH = "/v1/keys/validate"
 REVOCATIONS_PATH = "/v1/keys/revocations"
@@ -67,22 +65,16 @@ class IdentityKey:
         return body
 
 
-class MockIdentityService(ThreadedServer):
+class MockIdentityService(AppServer):
     thread_name = "mock-identity"
 
     def __init__(self, port: int = 0, token: str = "identity-test-token") -> None:
-        super().__init__()
-        self.port = port
+        super().__init__(port)
         self.token = token
         self.controls = IdentityControls()
         self._keys: dict[str, IdentityKey] = {}
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     # ------------------------------------------------------------------ control
 
@@ -113,31 +105,13 @@ class MockIdentityService(ThreadedServer):
         with self._lock:
             return self._calls[path]
 
-    def down(self) -> None:
-        """Close the listening socket: connections are refused until `up()`."""
-        self.stop()
+    # ---------------------------------------------------------------- app
 
-    def up(self) -> None:
-        self.start()
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def _serve(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(VALIDATE_PATH, self._validate)
         app.router.add_get(REVOCATIONS_PATH, self._revocations)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self.port))
-        self.port = sock.getsockname()[1]  # `up()` after `down()` reuses the port
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     # ----------------------------------------------------------------- handlers
 

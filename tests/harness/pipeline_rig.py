@@ -28,6 +28,7 @@ from router_impl.routing.health import BackendHealth
 from router_impl.usage.audit import AuditEvent
 from router_impl.usage.auditing import Auditing
 from router_impl.usage.sink import UsageNotStored
+from tests.harness.bodies import chat_body
 from tests.harness.clock import ManualClock
 from tests.harness.fake_backends import FakeBackends
 
@@ -87,7 +88,7 @@ class Rig:
         key: str | None = None,
         request_id: str = "0b7f6d4e-2f0b-4c55-9a8e-5c1e8f3a7d7b",
     ) -> Call:
-        body = body if body is not None else {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        body = body if body is not None else chat_body(MODEL, "hi")
         path = {
             "chat": "/v1/chat/completions",
             "completion": "/v1/completions",

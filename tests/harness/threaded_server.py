@@ -1,13 +1,19 @@
-"""A server whose event loop runs on a background thread, so sync and async tests can both use it."""
+"""A server whose event loop runs on a background thread, so sync and async tests can both use it;
+``AppServer`` is one serving an aiohttp app on loopback (the mock backend, budget and identity services)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
 from types import TracebackType
 from typing import Self
+
+from aiohttp import web
+
+from tests.harness.ports import LOOPBACK
 
 THREAD_TIMEOUT_S = 10.0
 
@@ -59,6 +65,51 @@ class ThreadedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class AppServer(ThreadedServer):
+    """An aiohttp app (``_app``) on loopback port ``port``: 0 picks a free one, kept across a restart
+    (``down``/``up``). ``_stopping`` is set at shutdown, so hanging handlers can end."""
+
+    shutdown_timeout_s = 0.5
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__()
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _app(self) -> web.Application:
+        raise NotImplementedError
+
+    def down(self) -> None:
+        """Close the listening socket: connections are refused until `up()`."""
+        self.stop()
+
+    def up(self) -> None:
+        self.start()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        app = self._app()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, self.port))
+        self.port = sock.getsockname()[1]  # a restart reuses the port picked the first time
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout_s)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def _shutdown(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
 
 def serve_until_signalled(server: ThreadedServer, what: str) -> None:

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from tests.harness.backend import MockBackend
-from tests.harness.config_docs import failover_model, key_record
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import backend_doc, failover_model, key_record
 from tests.harness.ops_expressions import (
     CHART,
     REPO,
@@ -183,8 +184,8 @@ def _runtime_config(backend: MockBackend) -> dict[str, Any]:
     dead_url = f"http://{LOOPBACK}:{free_port()}/v1"  # nothing listens: connect errors, an open breaker
     return {
         "backends": [
-            {"id": "ops-dead", "base_url": dead_url, "models": [MODEL], "connect_timeout_ms": 200},
-            {"id": "ops-ok", "base_url": f"{backend.base_url}/v1", "models": [MODEL]},
+            backend_doc("ops-dead", dead_url, MODEL, connect_timeout_ms=200),
+            backend_doc("ops-ok", f"{backend.base_url}/v1", MODEL),
         ],
         # the dead backend is the first choice; ops-ok (weight 0) is the alternate: FAILOVER
         "models": [failover_model(MODEL, "ops-dead", "ops-ok", failover_threshold=1)],
@@ -198,7 +199,7 @@ def _runtime_config(backend: MockBackend) -> dict[str, Any]:
 
 def _traffic(client: httpx.Client) -> None:
     def chat(key: str, **extra: Any) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "metrics"}], **extra}
+        body = chat_body(MODEL, "metrics", **extra)
         return client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
 
     user, limited, broke = (KEYS[name][2] for name in ("user", "limited", "broke"))

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from router_impl.auth.keys import hash_secret
 from tests.harness.backend import MockBackend
+from tests.harness.config_docs import backend_doc, key_record, model_doc, write_config
 from tests.harness.router_proc import RouterFleet, RouterProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,25 +95,14 @@ def test_smoke_proves_a_rate_limit_denial_on_a_config_file_router(
     """--check-limits end to end where organisation limits apply: a router on a runtime-config file."""
     with MockBackend(models=("smoke-model",)) as backend:
         config = {
-            "backends": [{"id": "smoke-a", "base_url": f"{backend.base_url}/v1", "models": ["smoke-model"]}],
-            "models": [{"model": "smoke-model", "backends": [{"backend_id": "smoke-a", "weight": 100}]}],
+            "backends": [backend_doc("smoke-a", f"{backend.base_url}/v1", "smoke-model")],
+            "models": [model_doc("smoke-model", "smoke-a")],
             "api_keys": [
-                {
-                    "id": "key-user",
-                    "organization_id": "org-1",
-                    "key_hash": hash_secret("rk_smoke_user"),
-                    "scopes": ["inference"],
-                },
-                {
-                    "id": "key-admin",
-                    "organization_id": "org-1",
-                    "key_hash": hash_secret("rk_smoke_admin"),
-                    "scopes": ["admin"],
-                },
+                key_record("key-user", "org-1", "rk_smoke_user"),
+                key_record("key-admin", "org-1", "rk_smoke_admin", ["admin"]),
             ],
         }
-        path = tmp_path / "router.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        path = write_config(tmp_path, config)
         router = router_factory(env={"ROUTER_CONFIG_PATH": str(path)})
         result = run_tool(
             SMOKE,

@@ -11,6 +11,7 @@ from router_impl.errors import ApiError
 from router_impl.limits.service import LimitDenied
 from router_impl.pipeline import Call, Completed, FinalReply
 from router_impl.routing.backend_errors import error_for_status
+from tests.harness.bodies import chat_body
 from tests.harness.fake_backends import Fails, chat_reply
 from tests.harness.pipeline_rig import MODEL, Rig, rig
 
@@ -79,9 +80,7 @@ async def test_a_reused_key_with_another_body_is_refused() -> None:
     r.backends.script("a", chat_reply())
     await complete(r, r.call(key="k1"))
     with pytest.raises(ApiError) as raised:
-        await complete(
-            r, r.call({"model": MODEL, "messages": [{"role": "user", "content": "other"}]}, key="k1")
-        )
+        await complete(r, r.call(chat_body(MODEL, "other"), key="k1"))
     assert raised.value.status_code == 409
 
 

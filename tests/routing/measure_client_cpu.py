@@ -23,6 +23,7 @@ import uvloop
 
 from router_impl.config.model import BackendConfig
 from router_impl.routing.backend_client import BackendClient
+from tests.harness.bodies import chat_body
 
 SERVER = """
 import asyncio, sys, uvloop
@@ -33,7 +34,7 @@ async def main():
     await asyncio.Event().wait()
 uvloop.run(main())
 """
-BODY = orjson.dumps({"model": "demo", "messages": [{"role": "user", "content": "Hello from the benchmark"}]})
+BODY = orjson.dumps(chat_body("demo", "Hello from the benchmark"))
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 Call = Callable[[], Awaitable[object]]
 REFERENCE = 2  # bare aiohttp with BackendClient's settings

@@ -16,24 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httptools
-import httpx
 from starlette.types import ASGIApp, Message
 
 from router_impl.app import build_app, build_components
-from router_impl.components import Components
 from router_impl.demo.upstream import start_demo_upstream
 from router_impl.settings import Settings
+from tests.harness.inprocess import InProcess, asgi_client
 
 API_KEY = "rk-demo-key"  # demo keys: inference + audit, and admin
 ADMIN_KEY = "rk-demo-admin-key"
 SECRET_KEY = "security-suite-secret-key-0123456789abcdef"
-
-
-@dataclass
-class InProcess:
-    app: ASGIApp
-    client: httpx.AsyncClient
-    components: Components
 
 
 @dataclass(frozen=True)
@@ -76,10 +68,7 @@ async def demo_routers(
         for components, app in built:
             await components.lifecycle.start()  # what the ASGI lifespan does
             stack.push_async_callback(components.lifecycle.stop)
-            transport = httpx.ASGITransport(app=app)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(transport=transport, base_url="http://router")
-            )
+            client = await stack.enter_async_context(asgi_client(app))
             running.append(InProcess(app, client, components))
         yield running
 

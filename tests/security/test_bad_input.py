@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import KEYS, MODEL, ObservedBackend, auth
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess
 
 CHAT = "/v1/chat/completions"
@@ -111,7 +112,7 @@ def test_hostile_headers_are_refused_cleanly_or_ignored(
         if "Authorization" not in headers and "X-API-Key" not in headers
         else headers
     )
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "header check"}]}
+    body = chat_body(MODEL, "header check")
     try:
         answer = httpx.post(router.base_url + CHAT, json=body, headers=base, trust_env=False, timeout=10)
     except httpx.RemoteProtocolError:

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from router_contract.operations import OPERATIONS, Operation
 
-from router_impl.auth.keys import hash_secret
 from router_impl.auth.secret_box import SecretBox
 from router_impl.demo.answers import DEMO_MODEL
 from router_impl.telemetry.metrics import Metrics
+from tests.harness.config_docs import key_record
 from tests.security.inprocess import (
     ADMIN_KEY,
     API_KEY,
@@ -127,13 +127,7 @@ def _config() -> str:
     box = SecretBox(SECRET_KEY.encode())
 
     def record(key_id: str, secret: str, org: str = "org-matrix", **extra: object) -> dict[str, object]:
-        return {
-            "id": key_id,
-            "organization_id": org,
-            "key_hash": hash_secret(secret),
-            "scopes": ALL_SCOPES,
-            **extra,
-        }
+        return key_record(key_id, org, secret, ALL_SCOPES, **extra)
 
     keys = [
         record("key_matrix_other", OTHER_ORG, "org-other"),

@@ -30,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router_impl.web.http_protocol import LimitedHttpToolsProtocol
 from tests.e2e.conftest import KEYS, MODEL, auth
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess
 
 FLOOD = 1000
@@ -38,7 +39,7 @@ NEAR_KIB = 16 * 1024  # "near the baseline": what the allocator may keep of a th
 # thousand leave +6 MiB, +3.4 after malloc_trim; each further thousand +0.2 to 0.3 MiB, all of it
 # from the requests served meanwhile; Python's traced heap holds nothing per connection: docs/security.md)
 PLATEAU_KIB = 2 * 1024
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "still there?"}]}
+CHAT = chat_body(MODEL, "still there?")
 HEAD = b"GET /v1/status/healthz HTTP/1.1\r\nHost: x\r\n"
 
 

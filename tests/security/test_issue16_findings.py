@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from router_impl.demo.config import public_demo_refusal
+from tests.harness.bodies import chat_body
 from tests.security.inprocess import ADMIN_KEY, API_KEY, InProcess, demo_router, raw_request
 
 CHAT = "/v1/chat/completions"
@@ -32,7 +33,7 @@ async def router(
 
 
 def _chat(**extra: object) -> bytes:
-    return orjson.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}], **extra})
+    return orjson.dumps(chat_body("demo", "hi", **extra))
 
 
 def _code(body: bytes) -> str:

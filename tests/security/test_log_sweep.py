@@ -22,6 +22,7 @@ import pytest
 
 from router_impl.auth.signing import sign_request
 from tests.e2e.conftest import KEYS, MODEL, SECRET_KEY, SIGNING_SECRET, auth, dumps
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess, router_command
 from tests.security.fault_router import FAULT_IDEMPOTENCY_KEY, FAULT_ORG, FAULT_REQUEST_ID
 
@@ -64,7 +65,7 @@ def _json(key: str, content_type: str = "application/json") -> dict[str, str]:
 
 
 def _chat(**extra: object) -> bytes:
-    return dumps({"model": MODEL, "messages": [{"role": "user", "content": "sweep"}], **extra})
+    return dumps(chat_body(MODEL, "sweep", **extra))
 
 
 def _traffic(http: httpx.Client) -> tuple[list[httpx.Response], list[str]]:

@@ -19,10 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from redis import Redis
 
-from router_impl.auth.keys import hash_secret
 from router_impl.auth.signing import sign_body
 from router_impl.usage.outbox import read_backlog
 from tests.e2e.conftest import (
@@ -37,6 +35,8 @@ from tests.e2e.conftest import (
     signed_headers,
 )
 from tests.harness.backend import MockBackend
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import key_record, write_config
 from tests.harness.router_proc import RouterProcess
 from tests.harness.services import RedisServer
 from tests.harness.wait import wait_until
@@ -54,17 +54,10 @@ def leak_config(
 ) -> Path:
     config = runtime_config(backend_a, backend_f)
     config["api_keys"].append(
-        {
-            "id": "key-leak-limited",
-            "organization_id": LIMITED_ORG,
-            "key_hash": hash_secret(LIMITED_SECRET),
-            "scopes": ["inference", "audit"],
-        }
+        key_record("key-leak-limited", LIMITED_ORG, LIMITED_SECRET, ["inference", "audit"])
     )
     config["org_limits"] = {LIMITED_ORG: {"rate_limits": {"requests_per_minute": 1, "burst": 1}}}
-    path = tmp_path_factory.mktemp("leak-config") / "router.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return write_config(tmp_path_factory.mktemp("leak-config"), config)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +76,7 @@ def leaky_run(
         def keep(response: httpx.Response) -> None:
             answers.append(response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items()))
 
-        chat = {"model": MODEL, "messages": [{"role": "user", "content": "leak check"}]}
+        chat = chat_body(MODEL, "leak check")
         keep(http.post(CHAT, json=chat, headers=auth(KEYS["user"])))
         keep(http.post(CHAT, json=chat, headers=auth(WRONG_KEY)))
         keep(http.post(CHAT, json=chat, headers={"X-API-Key": WRONG_KEY}))

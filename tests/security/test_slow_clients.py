@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import KEYS, MODEL, auth
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess
 
 SLOW_CLIENTS = 300
@@ -48,7 +49,7 @@ def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(router, slow_soc
     started = time.monotonic()
     answer = httpx.post(
         router.base_url + "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "still there?"}]},
+        json=chat_body(MODEL, "still there?"),
         headers=auth(KEYS["user"]),
         trust_env=False,
         timeout=10,

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_impl.telemetry.metrics import BackendSample, Metrics, RouteNames, Sample
+from tests.harness.bodies import chat_body
 from tests.harness.router_proc import RouterProcess
 
 DEMO_KEY = {"Authorization": "Bearer rk-demo-key"}
@@ -65,7 +66,7 @@ def test_state_gauges_follow_the_sample_and_forget_removed_backends() -> None:
 def _chat(router: RouterProcess, count: int, headers: dict[str, str] | None = None) -> list[int]:
     async def run() -> list[int]:
         async with httpx.AsyncClient(base_url=router.base_url, trust_env=False, timeout=10) as client:
-            body: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+            body: dict[str, Any] = chat_body("demo", "hi")
             answers = await asyncio.gather(
                 *(
                     client.post("/v1/chat/completions", json=body, headers=headers or DEMO_KEY)

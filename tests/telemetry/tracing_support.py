@@ -15,13 +15,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from router_impl.app import build_app, build_components
 from router_impl.components import Components
 from router_impl.settings import Settings
 from router_impl.telemetry.tracing import Tracing
 from tests.harness.backend import MockBackend
 from tests.harness.bodies import chat_body
-from tests.harness.config_docs import failover_model, key_record, write_config
+from tests.harness.config_docs import backend_doc, failover_model, key_record, write_config
+from tests.harness.inprocess import in_process
 from tests.harness.wait import eventually
 
 MODEL = "trace-model"
@@ -36,8 +36,8 @@ STAGES = {"authenticate", "route", "limits", "backend.attempt", "usage.write"}
 def router_config(tmp_path: Path, primary: MockBackend, standby: MockBackend) -> Path:
     config: dict[str, Any] = {
         "backends": [
-            {"id": "primary", "base_url": primary.openai_base_url, "models": [MODEL]},
-            {"id": "standby", "base_url": standby.openai_base_url, "models": [MODEL]},
+            backend_doc("primary", primary.openai_base_url, MODEL),
+            backend_doc("standby", standby.openai_base_url, MODEL),
         ],
         "models": [failover_model(MODEL, "primary", "standby", failover_threshold=100)],
         "api_keys": [key_record(KEY_ID, ORG, KEY)],
@@ -53,16 +53,9 @@ async def serving(
     data_dir.mkdir()
     config = router_config(data_dir, *pair)
     options: dict[str, Any] = {"access_log": False, **settings}
-    components = build_components(Settings(config_path=config, data_dir=data_dir, **options), tracing=tracing)
-    app = build_app(components)
-    await components.lifecycle.start()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://router"
-        ) as client:
-            yield client, components
-    finally:
-        await components.lifecycle.stop()
+    settings = Settings(config_path=config, data_dir=data_dir, **options)
+    async with in_process(settings, tracing=tracing) as router:
+        yield router.client, router.components
 
 
 def recording(ratio: float = 1.0) -> tuple[Tracing, InMemorySpanExporter]:

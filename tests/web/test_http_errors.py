@@ -3,16 +3,16 @@
 import re
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from router_contract.operations import OPERATIONS
 
-from router_impl.app import build_app, build_components
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import RuntimeConfig
 from router_impl.settings import Settings
 from tests.contract.openapi_check import assert_conforms
+from tests.harness.config_docs import write_config
 from tests.harness.errors import error_code
+from tests.harness.inprocess import in_process
 
 SECRETS = {"admin": "rk_admin_secret", "inference": "rk_inference_secret", "audit": "rk_audit_secret"}
 
@@ -45,19 +45,10 @@ def keys() -> tuple[ApiKeyRecord, ...]:
 
 @pytest.fixture
 async def client(tmp_path):
-    config = tmp_path / "config.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(RuntimeConfig(api_keys=keys()).model_dump(mode="json")))
+    config = write_config(tmp_path, RuntimeConfig(api_keys=keys()), "config.yaml")
     settings = Settings(config_path=config, data_dir=tmp_path, access_log=False)
-    components = build_components(settings)
-    app = build_app(components)
-    await components.lifecycle.start()  # what the ASGI lifespan does: the config is applied here
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
-            yield c
-    finally:
-        await components.lifecycle.stop()
+    async with in_process(settings) as router:  # started as the ASGI lifespan would: config applied
+        yield router.client
 
 
 def admin_get() -> tuple[str, str]:

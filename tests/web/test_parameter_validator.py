@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import socket
 
-import httpx
 import pytest
-import yaml
 
-from router_impl.app import build_app, build_components
 from router_impl.auth.keys import ApiKeyRecord, hash_secret
 from router_impl.config.model import BackendConfig, ModelPolicy, RuntimeConfig, WeightedBackend
 from router_impl.settings import Settings
+from tests.harness.bodies import chat_body
+from tests.harness.config_docs import write_config
+from tests.harness.inprocess import in_process
 
 KEY = "rk_readable_errors"
 
@@ -34,19 +34,10 @@ async def client(tmp_path):
             ),
         ),
     )
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    components = build_components(Settings(config_path=path, data_dir=tmp_path, access_log=False))
-    app = build_app(components)
-    await components.lifecycle.start()
-    try:
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://router", headers=headers
-        ) as c:
-            yield c
-    finally:
-        await components.lifecycle.stop()
+    path = write_config(tmp_path, config, "config.yaml")
+    settings = Settings(config_path=path, data_dir=tmp_path, access_log=False)
+    async with in_process(settings, headers={"Authorization": f"Bearer {KEY}"}) as router:
+        yield router.client
 
 
 @pytest.mark.parametrize(
@@ -80,7 +71,7 @@ async def test_a_bad_query_parameter_is_named_with_what_it_accepts(client, query
 
 async def test_backend_unavailable_says_when_to_retry(client):
     for path in ("/v1/chat/completions", "/v1/completions"):
-        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        body = chat_body("m", "hi")
         if path == "/v1/completions":
             body = {"model": "m", "prompt": "hi"}
         reply = await client.post(path, json=body)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from router_impl.app import build_app, build_components
 from router_impl.auth.keys import ApiKeyRecord, Scope, hash_secret
 from router_impl.config.model import RuntimeConfig
 from router_impl.settings import Settings
 from tests.contract.openapi_check import assert_conforms
+from tests.harness.config_docs import write_config
+from tests.harness.inprocess import in_process
 
 
 def key(name: str, scope: Scope, **extra: object) -> ApiKeyRecord:
@@ -30,16 +30,9 @@ def key(name: str, scope: Scope, **extra: object) -> ApiKeyRecord:
 
 @asynccontextmanager
 async def router(tmp_path: Path, *keys: ApiKeyRecord) -> AsyncIterator[httpx.AsyncClient]:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(RuntimeConfig(api_keys=keys).model_dump(mode="json")))
-    components = build_components(Settings(config_path=config, data_dir=tmp_path, access_log=False))
-    await components.lifecycle.start()
-    try:
-        transport = httpx.ASGITransport(app=build_app(components))
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            yield client
-    finally:
-        await components.lifecycle.stop()
+    config = write_config(tmp_path, RuntimeConfig(api_keys=keys), "config.yaml")
+    async with in_process(Settings(config_path=config, data_dir=tmp_path, access_log=False)) as running:
+        yield running.client
 
 
 def checks(answer: httpx.Response) -> dict[str, tuple[str, str]]:

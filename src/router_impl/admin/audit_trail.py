@@ -1,4 +1,4 @@
-"""Who asked for an admin change, and the audit event that records it."""
+"""Who asked for an admin change, the audit event that records it, and the change logged and audited."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
+
 from router_impl.usage.audit import AuditAction, AuditEvent
+
+log = structlog.get_logger("router.admin")
 
 # Writes one audit event; never fatal to the change (the writer logs its own failures).
 RecordAudit = Callable[[AuditEvent], Awaitable[None]]
@@ -41,3 +45,11 @@ class Caller:
             trace_id=self.trace_id,
             metadata=metadata or {},
         )
+
+
+async def record_change(
+    record_audit: RecordAudit, event: AuditEvent, log_event: str, **logged: object
+) -> None:
+    """One admin change, logged (``log_event``: the actor and ``logged``, ids only) and audited."""
+    log.info(log_event, actor_key_id=event.actor, **logged)
+    await record_audit(event)

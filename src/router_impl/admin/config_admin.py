@@ -9,22 +9,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router_impl import admin_views as views
 from router_impl.admin.audit_trail import Caller
 from router_impl.admin.config_writes import MESSAGE_MAX, ConfigWriter, invalid_object
 from router_impl.config.layout import object_key
 from router_impl.config.model import BackendConfig, BackendState, ModelPolicy, RuntimeConfig
-from router_impl.config.source import ConfigConflict, ConfigInvalid, ObjectNotFound, SourceUnavailable
+from router_impl.config.source import (
+    ConfigConflict,
+    ConfigInvalid,
+    ObjectKind,
+    ObjectNotFound,
+    SourceUnavailable,
+)
 from router_impl.errors import ApiError
 from router_impl.routing.health import BackendHealth
+
+Obj = TypeVar("Obj", bound=BaseModel)
 
 
 class InFlight(Protocol):
     def in_flight(self, backend_id: str) -> int: ...
+
+
+def _found(obj: Obj | None, what: str) -> Obj:
+    """``obj``, or 404 naming ``what`` when there is none."""
+    if obj is None:
+        raise ApiError("NOT_FOUND", f"No {what}.")
+    return obj
 
 
 class ConfigAdministration:
@@ -76,22 +91,31 @@ class ConfigAdministration:
         return [self.status(b) for b in self.config().backends]
 
     def backend(self, backend_id: str) -> BackendConfig:
-        backend = self.config().backend(backend_id)
-        if backend is None:
-            raise ApiError("NOT_FOUND", f"No backend {backend_id!r}.")
-        return backend
+        return _found(self.config().backend(backend_id), f"backend {backend_id!r}")
+
+    async def _put(
+        self, caller: Caller, kind: ObjectKind, object_id: str, existing: Obj | None, build: Callable[[], Obj]
+    ) -> tuple[Obj, bool]:
+        """Builds the object (400 when the config model refuses it) and writes it over ``existing``
+        ("replace") or as new ("create"); returns it and whether it was created."""
+        try:
+            obj = build()
+        except ValidationError as exc:
+            raise invalid_object(exc) from exc
+        await self.writer.put(caller, "replace" if existing is not None else "create", kind, object_id, obj)
+        return obj, existing is None
 
     async def put_backend(
         self, caller: Caller, backend_id: str, document: Mapping[str, Any]
     ) -> tuple[BackendConfig, bool]:
         existing = self.config().backend(backend_id)
-        try:
-            backend = views.backend_config(backend_id, document, existing)
-        except ValidationError as exc:
-            raise invalid_object(exc) from exc
-        action = "replace" if existing is not None else "create"
-        await self.writer.put(caller, action, "backends", backend_id, backend)
-        return backend, existing is None
+        return await self._put(
+            caller,
+            "backends",
+            backend_id,
+            existing,
+            lambda: views.backend_config(backend_id, document, existing),
+        )
 
     async def delete_backend(self, caller: Caller, backend_id: str) -> None:
         config = self.config()
@@ -139,10 +163,7 @@ class ConfigAdministration:
 
     def policy(self, model: str) -> ModelPolicy:
         """By name or alias (a model whose name contains '/' is addressed by an alias)."""
-        policy = self.config().policy_for(model)
-        if policy is None:
-            raise ApiError("NOT_FOUND", f"No model policy {model!r}.")
-        return policy
+        return _found(self.config().policy_for(model), f"model policy {model!r}")
 
     async def put_model_policy(
         self, caller: Caller, model: str, document: Mapping[str, Any]
@@ -156,13 +177,9 @@ class ConfigAdministration:
                 f"The body names model {given!r} but the path names {model!r}.",
                 details=[{"field": "body.model", "message": "differs from the path's model"}],
             )
-        try:
-            policy = views.model_policy(name, document, existing)
-        except ValidationError as exc:
-            raise invalid_object(exc) from exc
-        action = "replace" if existing is not None else "create"
-        await self.writer.put(caller, action, "models", name, policy)
-        return policy, existing is None
+        return await self._put(
+            caller, "models", name, existing, lambda: views.model_policy(name, document, existing)
+        )
 
     async def delete_model_policy(self, caller: Caller, model: str) -> None:
         policy = self.config().policy_for(model)

@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
 
-import structlog
 from pydantic import BaseModel, ValidationError
 
-from router_impl.admin.audit_trail import Caller, RecordAudit
+from router_impl.admin.audit_trail import Caller, RecordAudit, record_change
 from router_impl.config.layout import object_key, summary
 from router_impl.config.source import (
     ConfigConflict,
@@ -27,8 +26,6 @@ from router_impl.config.source import (
 from router_impl.errors import ApiError
 
 MESSAGE_MAX = 2000
-
-log = structlog.get_logger("router.admin")
 
 
 class ConfigWrites(Protocol):
@@ -85,23 +82,22 @@ class ConfigWriter:
                 "SERVICE_UNAVAILABLE", f"The config source is unavailable: {exc}"[:MESSAGE_MAX]
             ) from exc
         key = object_key(kind, object_id)
-        log.info(
+        event = caller.event(
+            "POLICY_UPDATE",
+            f"{action} {key}",
+            self.now(),
+            organization_id=object_id if kind == "limits" else "",
+            metadata={"kind": kind, "id": object_id[:512], "action": action, "revision": str(revision)},
+        )
+        await record_change(
+            self.record_audit,
+            event,
             "policy_update",
-            actor_key_id=caller.actor,
             kind=kind,
             id=object_id,
             key=key,
             action=action,
             revision=revision,
-        )
-        await self.record_audit(
-            caller.event(
-                "POLICY_UPDATE",
-                f"{action} {key}",
-                self.now(),
-                organization_id=object_id if kind == "limits" else "",
-                metadata={"kind": kind, "id": object_id[:512], "action": action, "revision": str(revision)},
-            )
         )
         return revision
 

@@ -9,15 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-import structlog
-
-from router_impl.admin.audit_trail import Caller, RecordAudit
+from router_impl.admin.audit_trail import Caller, RecordAudit, record_change
 from router_impl.auth.admin import ApiKeyAdmin, KeyPage, NewKey
 from router_impl.auth.keys import ApiKeyRecord, Scope
 from router_impl.errors import ApiError
 from router_impl.usage.audit import AuditAction
-
-log = structlog.get_logger("router.admin")
 
 
 class KeyAdministration:
@@ -70,19 +66,18 @@ class KeyAdministration:
 
     async def _audit(self, caller: Caller, action: AuditAction, record: ApiKeyRecord) -> None:
         """Who changed which key (ids only)."""
-        log.info(
+        event = caller.event(
+            action,
+            f"{action.lower()} {record.id}",
+            self.now(),
+            organization_id=record.organization_id,
+            metadata={"key_id": record.id, "scopes": ",".join(sorted(record.scopes))},
+        )
+        await record_change(
+            self.record_audit,
+            event,
             "api_key_change",
-            actor_key_id=caller.actor,
             key_id=record.id,
             organization_id=record.organization_id,
             action=action,
-        )
-        await self.record_audit(
-            caller.event(
-                action,
-                f"{action.lower()} {record.id}",
-                self.now(),
-                organization_id=record.organization_id,
-                metadata={"key_id": record.id, "scopes": ",".join(sorted(record.scopes))},
-            )
         )

@@ -10,17 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
 from pydantic import ValidationError
 
 from router_impl import admin_views as views
-from router_impl.admin.audit_trail import Caller, RecordAudit
+from router_impl.admin.audit_trail import Caller, RecordAudit, record_change
 from router_impl.admin.config_writes import ConfigWriter, invalid_object
 from router_impl.config.model import OrgLimits
 from router_impl.limits.service import LimitsService
 from router_impl.limits.state import OrgState, ResetTarget
-
-log = structlog.get_logger("router.admin")
 
 
 @dataclass(frozen=True)
@@ -91,22 +88,16 @@ class LimitsAdministration:
     ) -> LimitsReset:
         cleared = await self.limits.reset(org_id, target, key_id)
         now = self.now()
-        await self.record_audit(
-            caller.event(
-                "LIMIT_RESET",
-                reason,
-                now,
-                organization_id=org_id,
-                metadata={
-                    "scope": target,
-                    "cleared": ",".join(cleared)[:512],
-                    **({"key_id": key_id} if key_id else {}),
-                },
-            )
-        )
-        log.info(
+        metadata = {
+            "scope": target,
+            "cleared": ",".join(cleared)[:512],
+            **({"key_id": key_id} if key_id else {}),
+        }
+        event = caller.event("LIMIT_RESET", reason, now, organization_id=org_id, metadata=metadata)
+        await record_change(
+            self.record_audit,
+            event,
             "limit_reset",
-            actor_key_id=caller.actor,
             organization_id=org_id,
             scope=target,
             key_id=key_id,

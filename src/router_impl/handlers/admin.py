@@ -17,15 +17,14 @@ from router_impl.components import Components
 from router_impl.errors import ApiError
 from router_impl.handlers.times import utc_instant
 from router_impl.limits.state import ResetTarget
-from router_impl.web.current import current_document, current_state
+from router_impl.web.current import RequestContext
 from router_impl.web.responses import json_response, timestamp
 
 
-def _caller(token_info: dict[str, Any]) -> Caller:
+def _caller(request: RequestContext, token_info: dict[str, Any]) -> Caller:
     principal = token_info.get("principal")
-    state = current_state()
     actor = getattr(principal, "key_id", None) or token_info.get("sub")
-    return Caller(actor, state.request_id, state.trace_id)
+    return Caller(actor, request.request_id, request.trace_id)
 
 
 def _timestamp(value: datetime | None) -> str | None:
@@ -68,12 +67,14 @@ def _parse_time(value: str | None) -> datetime | None:
 # ---------------------------------------------------------------- keys
 
 
-async def create_api_key(components: Components, token_info: dict[str, Any]) -> Response:
-    body = current_document()
+async def create_api_key(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
+    body = request.json_body()
     keys = components.key_admin
     keys.store  # noqa: B018 -- 501 before the body is looked at, when an identity service owns keys
     new = await keys.create(
-        _caller(token_info),
+        _caller(request, token_info),
         organization_id=body["organization_id"],
         name=body.get("name"),
         scopes=body["scopes"],
@@ -88,7 +89,11 @@ async def create_api_key(components: Components, token_info: dict[str, Any]) -> 
 
 
 async def list_api_keys(
-    components: Components, organization_id: str | None = None, limit: int = 100, cursor: str | None = None
+    components: Components,
+    request: RequestContext,
+    organization_id: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
 ) -> Response:
     records, next_cursor = await components.key_admin.list(organization_id, limit, cursor)
     page: dict[str, Any] = {"items": [key_info(r) for r in records]}
@@ -97,40 +102,50 @@ async def list_api_keys(
     return json_response(page)
 
 
-async def revoke_api_key(components: Components, key_id: str, token_info: dict[str, Any]) -> Response:
-    document = current_state().document
+async def revoke_api_key(
+    components: Components, request: RequestContext, key_id: str, token_info: dict[str, Any]
+) -> Response:
+    document = request.document
     reason = document.get("reason") if isinstance(document, dict) else None
-    record = await components.key_admin.revoke(_caller(token_info), key_id, reason)
+    record = await components.key_admin.revoke(_caller(request, token_info), key_id, reason)
     return json_response(key_info(record))
 
 
 # ---------------------------------------------------------------- backends
 
 
-async def list_backends(components: Components) -> Response:
+async def list_backends(components: Components, request: RequestContext) -> Response:
     return json_response({"items": components.config_admin.backend_statuses()})
 
 
-async def get_backend(components: Components, backend_id: str) -> Response:
+async def get_backend(components: Components, request: RequestContext, backend_id: str) -> Response:
     admin = components.config_admin
     return json_response(admin.status(admin.backend(backend_id)))
 
 
-async def put_backend(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
+async def put_backend(
+    components: Components, request: RequestContext, backend_id: str, token_info: dict[str, Any]
+) -> Response:
     admin = components.config_admin
-    backend, created = await admin.put_backend(_caller(token_info), backend_id, current_document())
+    backend, created = await admin.put_backend(_caller(request, token_info), backend_id, request.json_body())
     return json_response(admin.status(backend), 201 if created else 200)
 
 
-async def delete_backend(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
-    await components.config_admin.delete_backend(_caller(token_info), backend_id)
+async def delete_backend(
+    components: Components, request: RequestContext, backend_id: str, token_info: dict[str, Any]
+) -> Response:
+    await components.config_admin.delete_backend(_caller(request, token_info), backend_id)
     return Response(status_code=204)
 
 
-async def set_backend_state(components: Components, backend_id: str, token_info: dict[str, Any]) -> Response:
+async def set_backend_state(
+    components: Components, request: RequestContext, backend_id: str, token_info: dict[str, Any]
+) -> Response:
     admin = components.config_admin
-    body = current_document()
-    state = await admin.set_backend_state(_caller(token_info), backend_id, body["state"], body["reason"])
+    body = request.json_body()
+    state = await admin.set_backend_state(
+        _caller(request, token_info), backend_id, body["state"], body["reason"]
+    )
     # The state just written, whether or not this replica has applied it yet.
     return json_response(admin.status(admin.backend(backend_id), state))
 
@@ -138,24 +153,28 @@ async def set_backend_state(components: Components, backend_id: str, token_info:
 # ---------------------------------------------------------------- model policies
 
 
-async def list_model_policies(components: Components) -> Response:
+async def list_model_policies(components: Components, request: RequestContext) -> Response:
     config = components.config.current()
     return json_response({"items": [views.policy_document(p) for p in config.models]})
 
 
-async def get_model_policy(components: Components, model: str) -> Response:
+async def get_model_policy(components: Components, request: RequestContext, model: str) -> Response:
     return json_response(views.policy_document(components.config_admin.policy(model)))
 
 
-async def put_model_policy(components: Components, model: str, token_info: dict[str, Any]) -> Response:
+async def put_model_policy(
+    components: Components, request: RequestContext, model: str, token_info: dict[str, Any]
+) -> Response:
     policy, created = await components.config_admin.put_model_policy(
-        _caller(token_info), model, current_document()
+        _caller(request, token_info), model, request.json_body()
     )
     return json_response(views.policy_document(policy), 201 if created else 200)
 
 
-async def delete_model_policy(components: Components, model: str, token_info: dict[str, Any]) -> Response:
-    await components.config_admin.delete_model_policy(_caller(token_info), model)
+async def delete_model_policy(
+    components: Components, request: RequestContext, model: str, token_info: dict[str, Any]
+) -> Response:
+    await components.config_admin.delete_model_policy(_caller(request, token_info), model)
     return Response(status_code=204)
 
 
@@ -163,7 +182,11 @@ async def delete_model_policy(components: Components, model: str, token_info: di
 
 
 async def list_routing_decisions(
-    components: Components, model: str | None = None, organization_id: str | None = None, limit: int = 100
+    components: Components,
+    request: RequestContext,
+    model: str | None = None,
+    organization_id: str | None = None,
+    limit: int = 100,
 ) -> Response:
     records = components.decisions.recent(model=model, organization_id=organization_id, limit=limit)
     return json_response({"items": [views.decision_document(r) for r in records]})
@@ -172,27 +195,37 @@ async def list_routing_decisions(
 # ---------------------------------------------------------------- limits
 
 
-async def get_org_limits(components: Components, org_id: str) -> Response:
+async def get_org_limits(components: Components, request: RequestContext, org_id: str) -> Response:
     limits, state = await components.limits_admin.state(org_id)
     return json_response(views.limits_state_document(org_id, limits, state))
 
 
-async def put_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
-    limits, state = await components.limits_admin.replace(_caller(token_info), org_id, current_document())
+async def put_org_limits(
+    components: Components, request: RequestContext, org_id: str, token_info: dict[str, Any]
+) -> Response:
+    limits, state = await components.limits_admin.replace(
+        _caller(request, token_info), org_id, request.json_body()
+    )
     return json_response(views.limits_state_document(org_id, limits, state))
 
 
-async def patch_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
-    limits, state = await components.limits_admin.patch(_caller(token_info), org_id, current_document())
+async def patch_org_limits(
+    components: Components, request: RequestContext, org_id: str, token_info: dict[str, Any]
+) -> Response:
+    limits, state = await components.limits_admin.patch(
+        _caller(request, token_info), org_id, request.json_body()
+    )
     return json_response(views.limits_state_document(org_id, limits, state))
 
 
-async def reset_org_limits(components: Components, org_id: str, token_info: dict[str, Any]) -> Response:
-    body = current_document()
+async def reset_org_limits(
+    components: Components, request: RequestContext, org_id: str, token_info: dict[str, Any]
+) -> Response:
+    body = request.json_body()
     target: ResetTarget = body.get("scope") or "buckets"  # the contract's enum, validated
     key_id = body.get("key_id")
     done = await components.limits_admin.reset(
-        _caller(token_info), org_id, target, key_id, str(body.get("reason", ""))
+        _caller(request, token_info), org_id, target, key_id, str(body.get("reason", ""))
     )
     result: dict[str, Any] = {
         "organization_id": org_id,

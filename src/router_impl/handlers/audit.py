@@ -25,6 +25,7 @@ from router_impl.usage.audit import (
     InvalidCursor,
     audit_record,
 )
+from router_impl.web.current import RequestContext
 from router_impl.web.responses import json_response
 
 # RFC 3339 date-time, as the contract's `format: date-time` means it (lower-case t/z and leap seconds too).
@@ -73,7 +74,7 @@ def _date_time(value: str | None, name: str) -> datetime | None:
 
 
 async def get_audit_by_request(
-    components: Components, request_id: str, token_info: dict[str, Any]
+    components: Components, request: RequestContext, request_id: str, token_info: dict[str, Any]
 ) -> Response:
     principal = _principal(token_info)
     organization_id = None if _sees_all(principal) else principal.organization_id
@@ -88,6 +89,7 @@ async def get_audit_by_request(
 
 async def list_audit_events(
     components: Components,
+    request: RequestContext,
     token_info: dict[str, Any],
     organization_id: str | None = None,
     action: AuditAction | None = None,

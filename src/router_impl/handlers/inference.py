@@ -14,7 +14,7 @@ from router_impl.components import Components
 from router_impl.errors import ApiError
 from router_impl.pipeline import Call, Completed, FinalReply, fingerprint
 from router_impl.usage.cost import micro_to_usd
-from router_impl.web.current import request_context
+from router_impl.web.current import RequestContext
 from router_impl.web.replies import respond
 
 # Parameters are model-specific and passed on (top_k, min_p, ...), except those the envelope owns:
@@ -84,8 +84,9 @@ def canonical_request_id(value: Any) -> str:
         raise ApiError("VALIDATION_ERROR", "body.request_id: not a UUID.", details=[detail]) from None
 
 
-async def route_inference(components: Components, token_info: dict[str, Any]) -> Response:
-    request = request_context()
+async def route_inference(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
     body = request.json_body()
     request_id = canonical_request_id(body["request_id"])
     principal = token_info["principal"]  # its signatures, headers and body field, were verified in security

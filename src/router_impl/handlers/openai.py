@@ -11,7 +11,7 @@ from router_impl.auth.authenticator import Principal
 from router_impl.components import Components
 from router_impl.errors import ApiError
 from router_impl.pipeline import Call, Completed, FinalReply, Kind, fingerprint
-from router_impl.web.current import RequestContext, request_context
+from router_impl.web.current import RequestContext
 from router_impl.web.replies import respond
 from router_impl.web.responses import JSON
 
@@ -35,27 +35,36 @@ def _passthrough(call: Call, completed: Completed) -> FinalReply:
     return FinalReply(status=200, body=completed.raw, headers=completed.routed.headers)
 
 
-async def _complete(components: Components, kind: Kind, token_info: dict[str, Any]) -> Response:
-    request = request_context()
+async def _complete(
+    components: Components, request: RequestContext, kind: Kind, token_info: dict[str, Any]
+) -> Response:
     call = _call(kind, request, token_info["principal"])
     pipeline = components.pipeline
     reply = await (pipeline.stream(call) if call.stream else pipeline.complete(call, _passthrough))
     return respond(request, reply)
 
 
-async def create_chat_completion(components: Components, token_info: dict[str, Any]) -> Response:
-    return await _complete(components, "chat", token_info)
+async def create_chat_completion(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
+    return await _complete(components, request, "chat", token_info)
 
 
-async def create_completion(components: Components, token_info: dict[str, Any]) -> Response:
-    return await _complete(components, "completion", token_info)
+async def create_completion(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
+    return await _complete(components, request, "completion", token_info)
 
 
-async def create_embedding(components: Components, token_info: dict[str, Any]) -> Response:
-    return await _complete(components, "embedding", token_info)
+async def create_embedding(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
+    return await _complete(components, request, "embedding", token_info)
 
 
-async def list_models(components: Components, token_info: dict[str, Any]) -> Response:
+async def list_models(
+    components: Components, request: RequestContext, token_info: dict[str, Any]
+) -> Response:
     created = components.started_at
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": policy.owned_by}
@@ -64,7 +73,9 @@ async def list_models(components: Components, token_info: dict[str, Any]) -> Res
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
 
-async def retrieve_model(components: Components, token_info: dict[str, Any], model: str) -> Response:
+async def retrieve_model(
+    components: Components, request: RequestContext, token_info: dict[str, Any], model: str
+) -> Response:
     """A name the key may not use is as unknown as one that does not exist (OpenAI does the same)."""
     for name, policy in components.pipeline.available_models(token_info["principal"]):
         if name == model:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from router_impl.components import Components
 from router_impl.process_health import Report
 from router_impl.telemetry.metrics import CONTENT_TYPE
-from router_impl.web.current import current_scope
+from router_impl.web.current import RequestContext
 from router_impl.web.responses import json_response, timestamp
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -39,18 +39,18 @@ def _body(report: Report, *, readiness: bool) -> dict[str, Any]:
     return body
 
 
-async def get_health(components: Components) -> Response:
-    await components.probe_guard.check(current_scope())
+async def get_health(components: Components, request: RequestContext) -> Response:
+    await components.probe_guard.check(request.client)
     report = await components.health.liveness()
     return json_response(_body(report, readiness=False), 200 if report.ok else 503, _NO_STORE)
 
 
-async def get_readiness(components: Components) -> Response:
-    await components.probe_guard.check(current_scope())
+async def get_readiness(components: Components, request: RequestContext) -> Response:
+    await components.probe_guard.check(request.client)
     report = await components.health.readiness()
     return json_response(_body(report, readiness=True), 200 if report.ok else 503, _NO_STORE)
 
 
-async def get_metrics(components: Components) -> Response:
-    await components.probe_guard.check(current_scope())
+async def get_metrics(components: Components, request: RequestContext) -> Response:
+    await components.probe_guard.check(request.client)
     return Response(components.metrics.render(), media_type=CONTENT_TYPE, headers=_NO_STORE)

@@ -1,7 +1,8 @@
-"""The current request, as handlers see it: the ASGI scope RequestContextMiddleware recorded.
+"""The current request as handlers receive it: a frozen ``RequestContext`` built from the ASGI scope.
 
-Our own context variable (not Connexion's), so a handler works the same whether Connexion or
-the fast lane calls it. A handler reads it once, as a frozen ``RequestContext``, and passes that on.
+RequestContextMiddleware records the scope in our own context variable (not Connexion's); the
+resolver's binding (``web/resolver.py``) is the one place that reads it, so a handler is an
+ordinary function of its arguments, called the same whether Connexion or the fast lane serves it.
 """
 
 from __future__ import annotations
@@ -17,43 +18,13 @@ from router_impl.web.request_state import RequestState, state_of
 CURRENT_SCOPE: ContextVar[Scope] = ContextVar("router_current_scope")
 
 
-def current_state() -> RequestState:
-    state = state_of(CURRENT_SCOPE.get())
-    if state is None:  # the request-context middleware always sets it; this is a wiring bug
-        raise RuntimeError("RequestContextMiddleware is not installed")
-    return state
-
-
-def current_document() -> dict[str, Any]:
-    """The request body, validated against the contract's model (handlers never parse it again)."""
-    document = current_state().document
-    if not isinstance(document, dict):
-        raise RuntimeError("the operation's body was not validated by a generated model")
-    return document
-
-
-def current_header(name: bytes) -> str | None:
-    for key, value in CURRENT_SCOPE.get()["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def current_method_and_path() -> tuple[str, str]:
-    scope = CURRENT_SCOPE.get()
-    return str(scope["method"]), str(scope["path"])
-
-
-def current_scope() -> Scope:
-    return CURRENT_SCOPE.get()
-
-
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """One request as the intake accepted it: ids, route, body (raw, parsed and validated), headers."""
+    """One request as the intake accepted it: ids, route, peer, body (raw, parsed, validated), headers."""
 
     method: str
     path: str
+    client: str  # the peer's address, "unknown" when the server gives none
     request_id: str
     trace_id: str
     span_id: str
@@ -76,12 +47,16 @@ class RequestContext:
         return self.document
 
 
-def request_context() -> RequestContext:
-    scope = CURRENT_SCOPE.get()
-    state = current_state()
+def request_context(scope: Scope) -> RequestContext:
+    """The request ``scope`` holds, frozen: what a handler receives as its ``request`` argument."""
+    state = state_of(scope)
+    if state is None:  # the request-context middleware always sets it; this is a wiring bug
+        raise RuntimeError("RequestContextMiddleware is not installed")
+    client = scope.get("client")
     return RequestContext(
         method=str(scope["method"]),
         path=str(scope["path"]),
+        client=str(client[0]) if client else "unknown",
         request_id=state.request_id,
         trace_id=state.trace_id,
         span_id=state.span_id,

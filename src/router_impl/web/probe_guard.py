@@ -9,8 +9,6 @@ import math
 import time
 from collections.abc import Callable
 
-from starlette.types import Scope
-
 from router_impl.errors import ApiError
 from router_impl.limits.store import AdmitPlan, BucketRefused, BucketSpec, LimitStoreUnavailable
 from router_impl.limits.store_memory import MemoryLimitStore
@@ -30,10 +28,9 @@ class ProbeGuard:
         self.clock = clock
         self.store = MemoryLimitStore(max_entries=max_clients)
 
-    async def check(self, scope: Scope) -> None:
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
-        bucket = BucketSpec(f"probe:{address}", self.burst, self.per_ms, 1.0, "key", "requests")
+    async def check(self, client: str) -> None:
+        """Passes, or raises 429 when ``client`` (the peer's address) is over its bucket."""
+        bucket = BucketSpec(f"probe:{client}", self.burst, self.per_ms, 1.0, "key", "requests")
         plan = AdmitPlan("probe:lockout", (bucket,), (), int(self.clock() * 1000))
         try:
             decision = await self.store.admit(plan)

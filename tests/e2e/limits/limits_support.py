@@ -14,13 +14,13 @@ from typing import Any
 
 import httpx
 
-from router_impl.auth.keys import hash_secret
 from router_impl.usage.tokens import prompt_bound
 from tests.e2e.conftest import (
     MODEL,
     auth,
 )
 from tests.harness import bodies
+from tests.harness.config_docs import key_record
 from tests.harness.router_proc import RouterProcess
 
 CHAT = "/v1/chat/completions"
@@ -93,12 +93,7 @@ def secret_of(org: str) -> str:
 
 
 def key_record_of(org: str) -> dict[str, Any]:
-    return {
-        "id": f"key-{org}",
-        "organization_id": org,
-        "key_hash": hash_secret(secret_of(org)),
-        "scopes": ["inference", "audit"],
-    }
+    return key_record(f"key-{org}", org, secret_of(org), ("inference", "audit"))
 
 
 def chat(words: int = PROMPT_WORDS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:

@@ -6,30 +6,20 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 import yaml
 from router_contract import SPEC_PATH
 
-from router_impl.app import build_app, build_components
 from router_impl.settings import Settings
 from router_impl.web.middleware.api_docs import ApiDocsMiddleware
 from router_impl.web.middleware.fast_lane import FastLaneMiddleware
-
-
-async def _client(tmp_path, **settings):
-    components = build_components(Settings(data_dir=tmp_path, access_log=False, **settings))
-    app = build_app(components)
-    await components.lifecycle.start()
-    return components, app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
+from tests.harness.inprocess import in_process
 
 
 @pytest.fixture
 async def router(tmp_path):
-    components, app, client = await _client(tmp_path)
-    async with client:
-        yield app, client
-    await components.lifecycle.stop()
+    async with in_process(Settings(data_dir=tmp_path, access_log=False)) as running:
+        yield running.app, running.client
 
 
 async def test_openapi_json_is_the_bundled_contract(router):
@@ -73,10 +63,8 @@ async def test_the_fast_lane_is_in_front_of_the_docs(router):
 
 
 async def test_api_docs_off_answers_404_in_the_error_shape(tmp_path):
-    components, _, client = await _client(tmp_path, api_docs=False)
-    async with client:
+    async with in_process(Settings(data_dir=tmp_path, access_log=False, api_docs=False)) as running:
         for path in ("/openapi.json", "/docs"):
-            reply = await client.get(path)
+            reply = await running.client.get(path)
             assert reply.status_code == 404
             assert reply.json()["code"]
-    await components.lifecycle.stop()

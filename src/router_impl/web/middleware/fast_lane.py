@@ -8,7 +8,8 @@ scope, no signature material (signatures are verified on the Connexion path, whe
 spent exactly once), well-formed header parameters, and a body the generated model accepts.
 Anything else passes to Connexion untouched -- nothing was consumed and no state changed -- so
 every error is still produced there. Once the handler runs, the lane answers, errors included,
-through the same renderer Connexion's error handlers use.
+through the same renderer Connexion's error handlers use. The handler receives the frozen
+request context built from the scope by the same function as on Connexion's path (``web/current.py``).
 
 Spec features it does not support make it refuse to start (fail closed).
 """
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from router_impl.auth.authenticator import Authenticator, Principal
 from router_impl.errors import ApiError
 from router_impl.telemetry.tracing import Tracing
+from router_impl.web.current import request_context
 from router_impl.web.intake import accept_body, authenticate
 from router_impl.web.request_state import state_of
 from router_impl.web.responses import error_response
@@ -128,7 +130,9 @@ class FastLaneMiddleware:
             return
         self.served += 1
         try:
-            response = await route.handler(token_info={"sub": principal.key_id, "principal": principal})
+            response = await route.handler(
+                request_context(scope), token_info={"sub": principal.key_id, "principal": principal}
+            )
         except ApiError as exc:
             response = error_response(scope, exc)
         except Exception as exc:

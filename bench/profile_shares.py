@@ -28,7 +28,8 @@ STAGES: list[tuple[str, str]] = [
     ("backend call (aiohttp client)", r"routing/backend_|aiohttp/|routing/dispatcher"),
     ("routing engine", r"routing/engine\.py"),
     ("metrics (prometheus-client)", r"prometheus_client|telemetry/metrics"),
-    ("tracing (OpenTelemetry)", r"opentelemetry|telemetry/tracing"),
+    # py-spy names the OTLP exporter's frames by their last path parts (common/_internal/...).
+    ("tracing (OpenTelemetry)", r"opentelemetry|telemetry/tracing|trace_exporter|common/_internal|sdk/trace"),
     ("logging (structlog)", r"structlog"),
     ("auth", r"router_impl/auth/"),
     ("pipeline and handlers (own code)", r"router_impl/(pipeline|handlers)"),
@@ -37,7 +38,8 @@ STAGES: list[tuple[str, str]] = [
         r"router_impl/web/|uvicorn/|starlette/|connexion/",
     ),
 ]
-_IDLE_WORKER = re.compile(r"^_worker \(concurrent/futures/thread\.py")
+# A thread blocked in its queue or condition (pool workers, the span exporter) is idle, not busy.
+_IDLE_WORKER = re.compile(r"^(_worker \(concurrent/futures/thread\.py|Condition\.wait \(threading\.py)")
 _COMPILED = [(stage, re.compile(pattern)) for stage, pattern in STAGES]
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     for path in args.profiles:
         leaves: Counter[tuple[str, str]] = Counter()
         counts, total, idle = shares(path, leaves)
-        print(f"\n{path.name}: {total} busy samples (+{idle} idle pool-worker samples left out)\n")
+        print(f"\n{path.name}: {total} busy samples (+{idle} samples of idle worker threads left out)\n")
         print("| stage | share |\n|---|---|")
         for stage, n in counts.most_common():
             print(f"| {stage} | {n / total:.1%} |")

@@ -399,10 +399,7 @@ def run(args: argparse.Namespace) -> int:
 
 def stream_note(args: argparse.Namespace) -> str:
     gap = f"{args.stream_gap_ms:g} ms apart" if args.stream_gap_ms > 0 else "written at once"
-    return (
-        f"streaming, {args.stream_chunks} chunk events per answer ({gap}; + a usage event when asked, "
-        "+ [DONE]); CPU µs/chunk = CPU µs/req / chunk events"
-    )
+    return f"streaming, {args.stream_chunks} chunk events per answer ({gap}; + usage when asked, + [DONE])"
 
 
 def write_outputs(args: argparse.Namespace, rows: list[Row], measured: list[Target], pin_note: str) -> None:
@@ -416,6 +413,7 @@ def write_outputs(args: argparse.Namespace, rows: list[Row], measured: list[Targ
         f"{', an Idempotency-Key per request' if args.idempotency else ''}. "
         "CPU µs/req = Δ(utime+stime) of the server's process tree over the measured window / requests; "
         "x thin = RPS / thin-proxy RPS and +p50 = p50 - direct p50, at the same c."
+        + (" CPU µs/chunk = CPU µs/req / chunk events." if args.stream else "")
     )
     if args.json is not None:
         meta: dict[str, object] = {

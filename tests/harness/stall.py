@@ -19,9 +19,13 @@ from pathlib import Path
 from types import TracebackType
 
 
-def run_queue_wait_s(pids: Iterable[int]) -> float:
-    """Seconds the threads of ``pids`` have waited on a run queue so far (threads gone are skipped)."""
-    total_ns = 0
+def run_queue_wait_s(pids: Iterable[int], seen: dict[tuple[int, str], int] | None = None) -> float:
+    """Seconds the threads of ``pids`` have waited on a run queue so far.
+
+    ``seen`` remembers each thread's last reading across calls, so a thread that has exited still
+    counts with what it had waited: without it the sum goes back whenever one ends (a pytest
+    worker's sum fell by 16 ms between two reads in a clean CI run)."""
+    seen = {} if seen is None else seen
     for pid in pids:
         try:
             tasks = os.listdir(f"/proc/{pid}/task")
@@ -29,10 +33,10 @@ def run_queue_wait_s(pids: Iterable[int]) -> float:
             continue
         for tid in tasks:
             try:
-                total_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+                seen[(pid, tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    return total_ns / 1e9
+    return sum(seen.values()) / 1e9
 
 
 class StallMeter:
@@ -43,6 +47,7 @@ class StallMeter:
         self.interval_s = interval_s
         self._times: list[float] = []
         self._waits: list[float] = []
+        self._seen: dict[tuple[int, str], int] = {}  # each thread's last reading (run_queue_wait_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, name="stall-meter", daemon=True)
 
@@ -60,7 +65,7 @@ class StallMeter:
 
     def _sample(self) -> None:
         self._times.append(time.monotonic())
-        self._waits.append(run_queue_wait_s(self.pids))
+        self._waits.append(run_queue_wait_s(self.pids, self._seen))
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval_s):

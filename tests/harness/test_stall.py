@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from tests.harness.stall import StallMeter, run_queue_wait_s
 
 
 def test_the_run_queue_wait_of_this_process_is_read_and_never_goes_back():
-    first = run_queue_wait_s([os.getpid()])
-    sum(range(200_000))
-    assert 0.0 <= first <= run_queue_wait_s([os.getpid()])
+    seen: dict[tuple[int, str], int] = {}
+    first = run_queue_wait_s([os.getpid()], seen)
+    worker = threading.Thread(target=sum, args=(range(200_000),))
+    worker.start()
+    worker.join()  # a thread that ended between two reads: its wait still counts
+    assert 0.0 <= first <= run_queue_wait_s([os.getpid()], seen)
     assert run_queue_wait_s([2**22 + 1]) == 0.0  # no such process: nothing waited
+
+
+def test_a_thread_that_has_exited_keeps_counting_with_its_last_reading():
+    gone = (os.getpid(), "999999999")  # no such thread now
+    seen = {gone: 2_000_000_000}
+    assert run_queue_wait_s([os.getpid()], seen) >= 2.0
+    assert seen[gone] == 2_000_000_000
 
 
 def test_worst_is_the_largest_stall_within_any_window_rounded_out_to_the_next_sample():

@@ -38,7 +38,7 @@ from router_contract.operations import OPERATIONS
 
 FUZZ_KEY = "rk_fuzz_all_scopes"  # the key the live_routers fixture (conftest.py) configures
 FIXED_SEED = 20261127
-# Lower it locally for a quick pass (e.g. ROUTER_FUZZ_EXAMPLES=60); CI runs the default.
+# Lower it locally for a quick pass (e.g. ROUTER_FUZZ_EXAMPLES=60); .ci/run sets 700 (CI time cap).
 EXAMPLES = int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "1000"))
 RANDOM_EXAMPLES = max(
     1, min(EXAMPLES, int(os.environ.get("ROUTER_FUZZ_RANDOM_EXAMPLES", str(EXAMPLES // 10))))

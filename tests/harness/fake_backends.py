@@ -41,6 +41,9 @@ class Streams:
     events: tuple[bytes, ...]
     broken: str | None = None
     gate: asyncio.Event | None = None
+    # Raised by the first read instead of any event, as BackendEvents does when the headers came
+    # but the first event did not (too late, cut, malformed).
+    first_read_fails: BackendCallError | None = None
 
 
 Answer = Reply | Fails | Streams
@@ -87,6 +90,8 @@ class _Opened:
     async def _events(self) -> AsyncIterator[bytes]:
         if self.answer.gate is not None:
             await self.answer.gate.wait()
+        if self.answer.first_read_fails is not None:
+            raise self.answer.first_read_fails
         for event in self.answer.events:
             if self.closed:
                 return

@@ -10,7 +10,7 @@ import pytest
 from router_impl.config.model import BudgetLimits, OrgLimits
 from router_impl.errors import ApiError
 from router_impl.pipeline import FinalReply, StreamFailure, StreamingReply
-from router_impl.routing.backend_errors import error_for_status
+from router_impl.routing.backend_errors import BackendCallError, error_for_status
 from tests.harness.fake_backends import DONE, Fails, Streams, chat_stream
 from tests.harness.pipeline_rig import MODEL, Rig, rig
 
@@ -67,6 +67,20 @@ async def test_a_stream_that_breaks_or_stops_early_ends_with_a_typed_failure(
     [record] = r.usage.records
     assert record.status_code == 502 and record.metadata.get("usage_estimated") == "true"
     retried = await r.pipeline.stream(r.call(BODY, key="s1"))  # the key was released: it runs again
+    assert isinstance(retried, StreamingReply)
+    await retried.abandon()
+
+
+async def test_a_stream_whose_first_event_never_comes_ends_with_the_error_instead_of_raising() -> None:
+    r = rig()
+    late = BackendCallError("BACKEND_TIMEOUT", reason="timeout", maybe_processed=True, backend_id="a")
+    r.backends.script("a", Streams((), first_read_fails=late))
+    reply = await open_stream(r, key="s2")
+    [failure] = await drain(reply)  # nothing raised out of the relay: the web layer renders this
+    assert isinstance(failure, StreamFailure) and failure.error.code == "BACKEND_TIMEOUT"
+    [record] = r.usage.records
+    assert record.status_code == 504
+    retried = await r.pipeline.stream(r.call(BODY, key="s2"))  # the key was released: it runs again
     assert isinstance(retried, StreamingReply)
     await retried.abandon()
 

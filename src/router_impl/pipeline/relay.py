@@ -1,9 +1,10 @@
 """The streaming relay: a backend's event stream passed on one event behind, then settled.
 
 The last event is held until ``settle`` has run (usage record committed, transcript stored), so a
-client that saw the end can rely on both. A stream that broke (``StreamBroken``) or ended without
-``[DONE]`` ends with a ``StreamFailure`` item, which the web layer renders as an error event. A
-client that goes away mid-stream still settles (from the generator's ``finally``), as unfinished.
+client that saw the end can rely on both. A stream that broke (``StreamBroken``), whose first event
+never came (``BackendCallError`` after the headers) or that ended without ``[DONE]`` ends with a
+``StreamFailure`` item, which the web layer renders as an error event. A client that goes away
+mid-stream still settles (from the generator's ``finally``), as unfinished.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from router_impl.errors import ApiError
 from router_impl.pipeline.call import StreamFailure
-from router_impl.routing.backend_errors import StreamBroken
+from router_impl.routing.backend_errors import BackendCallError, StreamBroken
 from router_impl.routing.sse import StreamUsageTracker
 
 
@@ -66,6 +67,12 @@ async def relay(
             broken = True
             code = "BACKEND_TIMEOUT" if "Timeout" in exc.reason else "BACKEND_ERROR"
             failure = ApiError(code, "The backend stream broke before the answer was complete.")
+        except BackendCallError as exc:
+            # The backend's headers had come, so the client's answer had begun, but its first event
+            # did not (too late, cut or malformed): the stream ends with the error, as a break does.
+            # Raised on, it aborted the client's connection mid-response.
+            broken = True
+            failure = ApiError(exc.code, "The backend stream broke before its first event.")
         else:
             if not tracker.done:
                 failure = ApiError("BACKEND_ERROR", "The backend ended the stream before it was complete.")

@@ -244,7 +244,9 @@ def mismatches(run: Run) -> tuple[list[Outcome], list[Outcome]]:
         seen = fault_seen_by(o)
         if seen == injected or (seen == FAILED_OVER and injected in ("hang", "reset")):
             continue
-        timer_shaped = (o.status, o.code) == (504, "BACKEND_TIMEOUT") or seen == FAILED_OVER
+        # A 504, or a stream whose headers came but whose first event did not in time: it ends with
+        # a BACKEND_TIMEOUT error event (there is no failover once the backend's answer has begun).
+        timer_shaped = o.code == "BACKEND_TIMEOUT" or seen == FAILED_OVER
         never_sent = (o.status, o.code) == (503, "BACKEND_UNAVAILABLE") and not run.calls.get(o.request_id)
         (starved if injected is None and (timer_shaped or never_sent) else wrong).append(o)
     return starved, wrong

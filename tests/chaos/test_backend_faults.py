@@ -248,7 +248,12 @@ def mismatches(run: Run) -> tuple[list[Outcome], list[Outcome]]:
         # a BACKEND_TIMEOUT error event (there is no failover once the backend's answer has begun).
         timer_shaped = o.code == "BACKEND_TIMEOUT" or seen == FAILED_OVER
         never_sent = (o.status, o.code) == (503, "BACKEND_UNAVAILABLE") and not run.calls.get(o.request_id)
-        (starved if injected is None and (timer_shaped or never_sent) else wrong).append(o)
+        # "die" strikes after DIE_AFTER_CHUNKS events: an answer that gave up before the stream
+        # began (a 504 or a failover) shows a timer that fired first, as if no fault were drawn.
+        # (A CI run on a busy machine saw two such 504s in backend-stream-dies.)
+        before_the_fault = injected == "die" and (o.status != 200 or seen == FAILED_OVER)
+        unfaulted = injected is None or before_the_fault
+        (starved if unfaulted and (timer_shaped or never_sent) else wrong).append(o)
     return starved, wrong
 
 
@@ -363,7 +368,8 @@ def test_streams_that_die_midway_end_with_an_error_event(
     broken = [o for o in streams if o.stream_end == "error"]
     assert {o.code for o in broken} <= STREAM_BREAK_CODES
     assert min(o.events_before_end for o in broken) >= 1, "the events before the break were not relayed"
-    assert all(o.stream_end == "done" for o in streams if o.stream_end != "error")
+    # Every stream that began ended with [DONE] or an error event (a starved 504 never began).
+    assert all(o.stream_end == "done" for o in streams if o.status == 200 and o.stream_end != "error")
     assert_common(run)
 
 

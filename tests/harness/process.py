@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Protocol, Self
 
 SEARCH_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
 POLL_INTERVAL_S = 0.02
@@ -45,12 +45,47 @@ def find_binary(name: str) -> str:
     )
 
 
-def cpu_seconds(popen: subprocess.Popen[bytes] | None) -> float:
+class Child(Protocol):
+    """The leader of a server's process group: a Popen, or a child of the fork server."""
+
+    pid: int
+    returncode: int | None
+
+    def exited(self) -> bool:
+        """Whether it has exited, without reaping it (its PID stays reserved)."""
+        ...
+
+    def wait(self) -> int: ...
+
+
+class PopenChild:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def exited(self) -> bool:
+        if self._popen.returncode is not None:
+            return True
+        try:
+            status = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return status is not None
+
+    def wait(self) -> int:
+        return self._popen.wait()
+
+
+def cpu_seconds(child: Child | None) -> float:
     """User + system CPU time of a running child (/proc); 0 when it is gone or not on Linux."""
-    if popen is None:
+    if child is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -86,7 +121,7 @@ class ManagedProcess(abc.ABC):
         self.log_path = self.workdir / f"{self.name}.log"
         self.last_start_seconds: float | None = None
         self.last_exit_code: int | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Child | None = None
         self._ever_healthy = False
 
     @abc.abstractmethod
@@ -203,15 +238,20 @@ class ManagedProcess(abc.ABC):
         with self.log_path.open("ab") as log:
             log.write(f"\n=== {self.name} start attempt {attempt}: {shlex.join(command)}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self.environment(),
-                start_new_session=True,
-            )
+            self._popen = self.launch(command, log)
+
+    def launch(self, command: list[str], log: IO[bytes]) -> Child:
+        """Start the leader of a new session, its output going to ``log``."""
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.environment(),
+            start_new_session=True,
+        )
+        return PopenChild(popen)
 
     def _healthy_and_alive(self) -> bool:
         # Checked both sides of the probe so a stranger answering on our port never counts.
@@ -219,13 +259,7 @@ class ManagedProcess(abc.ABC):
 
     def _leader_exited(self) -> bool:
         """Whether the leader has exited, without reaping it (WNOWAIT keeps its PID reserved)."""
-        if self._popen is None or self._popen.returncode is not None:
-            return True
-        try:
-            status = os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return status is not None
+        return self._popen is None or self._popen.exited()
 
     def _wait_leader_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -6,10 +6,12 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
+from tests.harness import forkserver
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.probes import http_answers
-from tests.harness.process import ManagedProcess
+from tests.harness.process import Child, ManagedProcess
 
 HEALTHZ_PATH = "/v1/status/healthz"
 
@@ -59,6 +61,17 @@ class RouterProcess(ManagedProcess):
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         return env
+
+    def launch(self, command: list[str], log: IO[bytes]) -> Child:
+        """Forked from the warm fork server (tests/harness/forkserver.py) when the process would be
+        the plain console script with an interpreter the server can stand for; exec'd otherwise."""
+        env = self.environment()
+        plain = type(self).command is RouterProcess.command and "--workers" not in self.args
+        if plain and forkserver.enabled():
+            server = forkserver.ForkServer.shared()
+            if server.can_fork(env):
+                return server.spawn(command, env, str(self.workdir), str(self.log_path))
+        return super().launch(command, log)
 
     def is_healthy(self) -> bool:
         return http_answers(self.base_url + HEALTHZ_PATH)

@@ -52,6 +52,7 @@ __all__ = [  # what tests/chaos/test_backend_faults.py takes from here
     "BACKEND_TIMEOUT_MS",
     "CHAT",
     "FAULTS",
+    "HEALTHY_LATENCY_MS",
     "INFERENCE",
     "MIXED_SHOTS",
     "PAIR_MODEL",

@@ -27,6 +27,7 @@ from tests.chaos.backend_fixtures import (
     BACKEND_TIMEOUT_MS,
     CHAT,
     FAULTS,
+    HEALTHY_LATENCY_MS,
     INFERENCE,
     MIXED_SHOTS,
     PAIR_MODEL,
@@ -62,8 +63,11 @@ RSS_GROWTH_MAX = 0.10
 ANON_GROWTH_MAX = 0.025
 GATEWAY_ERRORS = frozenset({(502, "BACKEND_ERROR"), (503, "BACKEND_UNAVAILABLE"), (504, "BACKEND_TIMEOUT")})
 STREAM_BREAK_CODES = frozenset({"BACKEND_ERROR", "BACKEND_UNAVAILABLE", "BACKEND_TIMEOUT"})
-# Timer-shaped answers to requests that got no fault, tolerated as the machine's doing (see
-# `mismatches`): a few per run on a loaded two-core machine, none on an idle one.
+# Timer-shaped answers to requests that got no fault (see `mismatches`) are the machine's doing when
+# the router and the load generator (which runs the mock backends) waited on a run queue for this long
+# during the request: half of what a healthy call leaves to its timer. A few more are tolerated
+# (an idle machine has none); a CI run saw 4 in a scenario whose healthy answers took ~1 s.
+STARVED_STALL_S = (BACKEND_TIMEOUT_MS - HEALTHY_LATENCY_MS) / 1000 / 2
 STARVED_MIN, STARVED_SHARE = 3, 0.0025
 FAULT_OF_ERROR: dict[tuple[int | None, str | None], str] = {
     (504, "BACKEND_TIMEOUT"): "hang",
@@ -266,8 +270,11 @@ def assert_each_fault_reached_its_client_once(run: Run) -> None:
     assert not wrong, (
         f"{run.name}: {len(wrong)} answers do not tell their fault: (answer, fault, calls) {details}"
     )
-    assert len(starved) <= max(STARVED_MIN, len(run.outcomes) * STARVED_SHARE), (
-        f"{run.name}: {len(starved)} timeouts or failovers without a fault, e.g. {starved[:3]}"
+    unexplained = [o for o in starved if run.stall.between(*o.window) < STARVED_STALL_S]
+    assert len(unexplained) <= max(STARVED_MIN, len(run.outcomes) * STARVED_SHARE), (
+        f"{run.name}: {len(unexplained)} timeouts or failovers without a fault and without a stall of"
+        f" {STARVED_STALL_S:.2f} s, e.g. "
+        + ", ".join(f"{o} (stall {run.stall.between(*o.window):.2f} s)" for o in unexplained[:3])
     )
     again = {request_id: count for request_id, count in run.calls.items() if count > 1}
     assert not again, f"{run.name}: requests sent to a faulty backend more than once: {again}"

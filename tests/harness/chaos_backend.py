@@ -176,6 +176,12 @@ class Outcome:
     latency_s: float
     stream_end: str | None = None  # 200 streams: "done", "error" or "cut"
     events_before_end: int = 0
+    started_s: float = 0.0  # time.monotonic() when it was sent
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """From sending to the answer, on the monotonic clock."""
+        return self.started_s, self.started_s + self.latency_s
 
 
 @dataclass
@@ -199,7 +205,7 @@ async def _send(client: httpx.AsyncClient, shot: Shot, request_id: str, result: 
                 code = error_code(response.json()) if response.content else "EMPTY"
             result.exemplars.setdefault((shot.path, response.status_code, code), response)
             latency = time.monotonic() - started
-            return Outcome(shot, request_id, response.status_code, code, decision, latency)
+            return Outcome(shot, request_id, response.status_code, code, decision, latency, started_s=started)
         events, end, code = 0, "cut", None
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
@@ -213,7 +219,9 @@ async def _send(client: httpx.AsyncClient, shot: Shot, request_id: str, result: 
                 end = "error"
                 break
             events += 1
-        return Outcome(shot, request_id, 200, code, decision, time.monotonic() - started, end, events)
+        return Outcome(
+            shot, request_id, 200, code, decision, time.monotonic() - started, end, events, started
+        )
 
 
 async def run_load(
@@ -251,7 +259,9 @@ async def run_load(
                 except httpx.HTTPError as exc:
                     failure = f"CLIENT_{type(exc).__name__}"
                 latency = time.monotonic() - started
-                result.outcomes.append(Outcome(shot, request_id, None, failure, None, latency))
+                result.outcomes.append(
+                    Outcome(shot, request_id, None, failure, None, latency, started_s=started)
+                )
 
     began = time.monotonic()
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))

@@ -3,7 +3,8 @@
 Linux keeps, per thread, the time spent waiting on a run queue (the second field of
 ``/proc/<pid>/task/<tid>/schedstat``, in ns). A ``StallMeter`` samples the sum over the threads of
 some processes while a load runs; ``worst(window_s)`` is the most they waited within any stretch of
-that length. On an idle machine it is ~0, so a latency bound of "the promised time plus the
+that length. The machine's steal time (a virtual machine's CPUs given to other guests) is added: the
+run queues cannot see it. On an idle machine it is ~0, so a latency bound of "the promised time plus the
 measured stall" stays as tight as the promise; on a busy one it grows by exactly what the machine
 took away, instead of by a bigger constant.
 """
@@ -39,6 +40,17 @@ def run_queue_wait_s(pids: Iterable[int], seen: dict[tuple[int, str], int] | Non
     return sum(seen.values()) / 1e9
 
 
+def steal_s() -> float:
+    """Seconds the hypervisor has run other guests while this machine's CPUs wanted to run (the
+    ``steal`` column of /proc/stat, summed over CPUs): a stall the run queues do not show, since
+    the guest's scheduler thinks its threads were running."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class StallMeter:
     """Samples ``run_queue_wait_s(pids)`` every ``interval_s`` from a thread while in its ``with``."""
 
@@ -65,7 +77,7 @@ class StallMeter:
 
     def _sample(self) -> None:
         self._times.append(time.monotonic())
-        self._waits.append(run_queue_wait_s(self.pids, self._seen))
+        self._waits.append(run_queue_wait_s(self.pids, self._seen) + steal_s())
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -84,3 +96,11 @@ class StallMeter:
             j = min(bisect.bisect_left(self._times, started + window_s), len(self._times) - 1)
             worst = max(worst, self._waits[j] - self._waits[i])
         return worst
+
+    def between(self, start: float, end: float) -> float:
+        """The stall from ``start`` to ``end`` (monotonic), rounded out to the samples around them."""
+        if not self._times:
+            return 0.0
+        i = max(bisect.bisect_right(self._times, start) - 1, 0)
+        j = min(bisect.bisect_left(self._times, end), len(self._times) - 1)
+        return self._waits[j] - self._waits[i]

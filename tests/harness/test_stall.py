@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from tests.harness.stall import StallMeter, run_queue_wait_s
+from tests.harness.stall import StallMeter, run_queue_wait_s, steal_s
 
 
 def test_the_run_queue_wait_of_this_process_is_read_and_never_goes_back():
@@ -37,7 +37,23 @@ def test_worst_is_the_largest_stall_within_any_window_rounded_out_to_the_next_sa
     assert meter.worst(10.0) == 0.9
 
 
+def test_between_is_the_stall_from_the_sample_before_to_the_sample_after():
+    meter = StallMeter([])
+    assert meter.between(0.0, 1.0) == 0.0  # nothing sampled
+    meter._times = [0.0, 0.1, 0.2, 0.3, 0.4]
+    meter._waits = [0.0, 0.0, 0.5, 0.5, 0.9]
+    assert meter.between(0.12, 0.18) == 0.5  # rounded out to 0.1 -> 0.2: never understated
+    assert meter.between(0.2, 0.3) == 0.0
+    assert meter.between(0.25, 0.35) == 0.4
+    assert meter.between(-1.0, 9.0) == 0.9
+
+
 def test_a_meter_samples_while_in_its_with():
     with StallMeter([os.getpid()], interval_s=0.01) as meter:
         sum(range(500_000))
     assert len(meter._times) >= 2 and meter.total_s >= 0.0
+
+
+def test_the_machines_steal_time_is_read_and_never_goes_back():
+    first = steal_s()
+    assert 0.0 <= first <= steal_s()

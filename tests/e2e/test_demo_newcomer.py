@@ -21,10 +21,12 @@ from aiohttp import web
 from tests.e2e.conftest import MODEL
 from tests.harness.backend import BackendControls, MockBackend
 from tests.harness.router_proc import RouterFleet, RouterProcess
+from tests.harness.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DEMO_KEY = "rk-demo-key"
+BANNER = "router demo mode"
 DEMO_ADMIN_KEY = "rk-demo-admin-key"
 README_ADDRESS = re.compile(r"(?:localhost|127\.0\.0\.1):8080")
 
@@ -53,7 +55,11 @@ class MakeRunRouter(RouterProcess):
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     router = MakeRunRouter(workdir=tmp_path_factory.mktemp("make-run"))
     try:
-        yield router.start()
+        router.start()
+        # The banner comes from a thread that polls the health check every 0.2 s: it follows the
+        # first healthy answer, it is not there with it (a test-date run read the log in between).
+        wait_until(lambda: BANNER in router.log_text(), timeout=30, what="the demo banner in the log")
+        yield router
     finally:
         router.close()
 
@@ -79,7 +85,7 @@ def test_make_run_is_the_demo_router(demo):
     command = make_run_command(demo.port)
 
     assert command[1:3] == ["serve", "--demo"]
-    assert "router demo mode" in demo.log_text()
+    assert BANNER in demo.log_text()
 
 
 def test_the_banners_curl_example_returns_a_completion_verbatim(demo):

@@ -60,6 +60,7 @@ class StallMeter:
         self._times: list[float] = []
         self._waits: list[float] = []
         self._seen: dict[tuple[int, str], int] = {}  # each thread's last reading (run_queue_wait_s)
+        self._lock = threading.Lock()  # the sampler appends while the test reads: a pair at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, name="stall-meter", daemon=True)
 
@@ -76,8 +77,15 @@ class StallMeter:
         self._sample()
 
     def _sample(self) -> None:
-        self._times.append(time.monotonic())
-        self._waits.append(run_queue_wait_s(self.pids, self._seen) + steal_s())
+        at = time.monotonic()
+        wait = run_queue_wait_s(self.pids, self._seen) + steal_s()
+        with self._lock:  # both lists grow together; a reader never sees a time without its wait
+            self._times.append(at)
+            self._waits.append(wait)
+
+    def _samples(self) -> tuple[list[float], list[float]]:
+        with self._lock:
+            return list(self._times), list(self._waits)
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -86,21 +94,24 @@ class StallMeter:
     @property
     def total_s(self) -> float:
         """The stall over the whole measurement."""
-        return self._waits[-1] - self._waits[0] if self._waits else 0.0
+        _, waits = self._samples()
+        return waits[-1] - waits[0] if waits else 0.0
 
     def worst(self, window_s: float) -> float:
         """The largest stall within any ``window_s`` of the measurement (each window rounded out to
         the next sample, so the figure never understates)."""
+        times, waits = self._samples()
         worst = 0.0
-        for i, started in enumerate(self._times):
-            j = min(bisect.bisect_left(self._times, started + window_s), len(self._times) - 1)
-            worst = max(worst, self._waits[j] - self._waits[i])
+        for i, started in enumerate(times):
+            j = min(bisect.bisect_left(times, started + window_s), len(times) - 1)
+            worst = max(worst, waits[j] - waits[i])
         return worst
 
     def between(self, start: float, end: float) -> float:
         """The stall from ``start`` to ``end`` (monotonic), rounded out to the samples around them."""
-        if not self._times:
+        times, waits = self._samples()
+        if not times:
             return 0.0
-        i = max(bisect.bisect_right(self._times, start) - 1, 0)
-        j = min(bisect.bisect_left(self._times, end), len(self._times) - 1)
-        return self._waits[j] - self._waits[i]
+        i = max(bisect.bisect_right(times, start) - 1, 0)
+        j = min(bisect.bisect_left(times, end), len(times) - 1)
+        return waits[j] - waits[i]

@@ -57,3 +57,27 @@ def test_a_meter_samples_while_in_its_with():
 def test_the_machines_steal_time_is_read_and_never_goes_back():
     first = steal_s()
     assert 0.0 <= first <= steal_s()
+
+
+def test_a_reading_while_the_sampler_reads_proc_never_sees_a_time_without_its_wait(monkeypatch):
+    """A CI run failed with IndexError in ``between``: the sampler had appended a sample's time and
+    was still reading /proc for its wait. A slow read makes that moment last."""
+    import tests.harness.stall as stall
+
+    reading = threading.Event()
+    release = threading.Event()
+
+    def slow_wait(pids, seen=None):
+        if threading.current_thread().name == "stall-meter":
+            reading.set()
+            release.wait(5)
+        return 0.0
+
+    monkeypatch.setattr(stall, "run_queue_wait_s", slow_wait)
+    with StallMeter([], interval_s=0.001) as meter:
+        assert reading.wait(5)  # the sampler is inside a read now
+        try:
+            assert meter.between(0.0, 1e12) == 0.0
+            assert meter.worst(1.0) == 0.0 and meter.total_s == 0.0
+        finally:
+            release.set()

@@ -172,3 +172,37 @@ def test_it_runs_on_uvloop_as_the_router_does(redis_server: RedisServer) -> None
             await mux.aclose()
 
     assert uvloop.run(exchange()) == [[2, b"x", None, [1, b"two"], b"FINE"], b"PONG"]
+
+
+async def _stalled_exchanges(url: str) -> list[object]:
+    """Commands whose loop was busy for longer than their timeout: once after the task queued them
+    (the write waits for the loop), once after the write (the answer waits, unread, in the socket)."""
+    mux = RedisMux.from_url(url, timeout=0.2)
+    try:
+        assert await mux.execute("PING") == b"PONG"  # connected
+        queued = [asyncio.ensure_future(mux.execute("ECHO", f"queued-{i}")) for i in range(20)]
+        await asyncio.sleep(0)  # each has sent: its write is scheduled behind this task
+        time.sleep(0.5)  # the loop is busy (a burst, a collection, a starved CPU) before writing
+        outcomes = list(await asyncio.gather(*queued, return_exceptions=True))
+        written = [asyncio.ensure_future(mux.execute("ECHO", f"written-{i}")) for i in range(20)]
+        for _ in range(3):
+            await asyncio.sleep(0)  # sent and written
+        time.sleep(0.5)  # the answers arrive while the loop is busy
+        outcomes += await asyncio.gather(*written, return_exceptions=True)
+        return outcomes
+    finally:
+        await mux.aclose()
+
+
+EXPECTED_STALLED = [f"queued-{i}".encode() for i in range(20)] + [f"written-{i}".encode() for i in range(20)]
+
+
+async def test_a_busy_event_loop_is_not_taken_for_a_stalled_redis(redis_server: RedisServer) -> None:
+    """The timeout measures Redis: a command the loop wrote late, or whose answer it read late, is
+    answered, not failed (before, the first case timed out and aborted every command in flight)."""
+    assert await _stalled_exchanges(redis_server.url) == EXPECTED_STALLED
+
+
+def test_a_busy_uvloop_is_not_taken_for_a_stalled_redis(redis_server: RedisServer) -> None:
+    """The same on uvloop, the router's loop, whose timers run in another order around its polls."""
+    assert uvloop.run(_stalled_exchanges(redis_server.url)) == EXPECTED_STALLED

@@ -12,6 +12,13 @@ charge twice), so a connection lost with commands in flight fails them with ``Co
 and the next command connects afresh. A command not answered within ``timeout`` fails with
 ``TimeoutError`` and closes the connection (the server is stalled, or the answers would be out
 of step), failing every command behind it.
+
+The timeout measures Redis, not this process's event loop: it runs from the moment the command is
+written to the socket (not from when a task queued it), and a command found overdue is failed only
+if it is still unanswered after the loop has polled its sockets once more. A loop that was busy for
+longer than the timeout (a burst of requests, a collection, a starved CPU) would otherwise find an
+answer that had long arrived unread, abort the connection and fail every request in flight: a CI
+run answered 503 to organisations whose limits fail closed that way.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ class ScriptHost(Protocol):
     def register_script(self, source: str) -> MuxScript: ...
 
     async def execute_for(self, key: Arg | None, *args: Arg) -> Any: ...
+
+
+# How long after finding a command overdue the deadline is checked again: the next timer run, which
+# comes after the loop's next poll of its sockets (asyncio and libuv alike).
+_POLL_GRACE_S = 0.001
 
 
 def _pack(args: tuple[Arg, ...]) -> bytes:
@@ -88,7 +100,9 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._transport: asyncio.Transport | None = None
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # written: (reply, deadline)
+        self._unsent: list[tuple[asyncio.Future[Any], float]] = []  # queued: (reply, timeout)
+        self._overdue: asyncio.Future[Any] | None = None  # found past its deadline once; polled since
         self._out: list[bytes] = []
         self._flush_pending = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -117,29 +131,39 @@ class _Connection(asyncio.Protocol):
             future.set_exception(self.lost)
             return future
         self._out.append(packed)
+        self._unsent.append((future, timeout))
         if not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
-        self._waiting.append((future, self._loop.time() + timeout))
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_at(self._waiting[0][1], self._check_deadline)
         return future
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if self._out and self._transport is not None and self.lost is None:
-            self._transport.write(b"".join(self._out))
+        if not self._out or self._transport is None or self.lost is not None:
+            return
+        self._transport.write(b"".join(self._out))
         self._out.clear()
+        now = self._loop.time()  # each command's timeout runs from its write
+        self._waiting.extend((future, now + timeout) for future, timeout in self._unsent)
+        self._unsent.clear()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._waiting[0][1], self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._watchdog = None
         if not self._waiting:
             return
-        deadline = self._waiting[0][1]
-        if self._loop.time() >= deadline:
-            self._fail(RedisTimeoutError("Redis did not answer in time"))
-        else:
+        oldest, deadline = self._waiting[0]
+        now = self._loop.time()
+        if now < deadline:
             self._watchdog = self._loop.call_at(deadline, self._check_deadline)
+        elif oldest is not self._overdue:
+            # Overdue by the clock, but the loop may not have read what arrived while it was busy:
+            # look again after it has polled (a timer set now cannot run before the next poll).
+            self._overdue = oldest
+            self._watchdog = self._loop.call_at(now + _POLL_GRACE_S, self._check_deadline)
+        else:
+            self._fail(RedisTimeoutError("Redis did not answer in time"))
 
     def _fail(self, error: BaseException) -> None:
         if self.lost is None:
@@ -147,10 +171,11 @@ class _Connection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        while self._waiting:
-            future, _ = self._waiting.popleft()
+        for future, _ in (*self._waiting, *self._unsent):
             if not future.done():
                 future.set_exception(error)
+        self._waiting.clear()
+        self._unsent.clear()
         self._out.clear()
         if self._transport is not None:
             self._transport.abort()

@@ -92,7 +92,9 @@ async def make_client(budget_service: MockBudgetService, clock: ManualClock):
 
     def make(token: str | None = None, **overrides) -> BudgetServiceClient:
         options = {
-            "timeout": 0.5,
+            # Generous: the service is a thread of this process, and a busy machine once took
+            # more than 0.5 s over a healthy first call. Tests of a hang set their own.
+            "timeout": 10.0,
             "negative_ttl": 5,
             "stale_window": 900,
             "max_entries": 1000,

@@ -98,7 +98,9 @@ async def test_outage_serves_the_last_good_answer_within_the_stale_window(
     budget_service, make_client, clock, fault
 ):
     budget_service.set_budget(ORG, daily_tokens=100, monthly_usd=0.1)
-    client = make_client(timeout=0.2, stale_window=900, retry_after_failure=1.0)
+    # A hang costs the client's timeout, three times here; the healthy first call must fit in it too.
+    timeout = 2.0 if fault == "hang" else 10.0
+    client = make_client(timeout=timeout, stale_window=900, retry_after_failure=1.0)
     expected = await client.budgets(ORG)
     assert not client.degraded
 

@@ -28,7 +28,9 @@ async def make_store(identity_service: MockIdentityService, clock: ManualClock):
     stores = []
 
     def make(token: str | None = None, **overrides) -> IdentityServiceKeyStore:
-        options = {"secret_box": BOX, "clock": clock, "timeout": 0.5} | overrides
+        # Generous: the service is a thread of this process, and a busy machine has taken more
+        # than 0.5 s over a healthy call to such a service. Tests of a slow service set their own.
+        options = {"secret_box": BOX, "clock": clock, "timeout": 10.0} | overrides
         store = IdentityServiceKeyStore(identity_service.base_url, token or identity_service.token, **options)
         stores.append(store)
         return store
@@ -129,7 +131,8 @@ async def test_outage_keeps_recently_valid_keys_working_and_refuses_unknown_ones
     identity_service, make_store, clock, fault
 ):
     secret = add_key(identity_service)
-    store = make_store(positive_ttl=60, stale_window=900, timeout=0.3)
+    # A slow answer costs the store's timeout each time; the healthy first call must fit in it too.
+    store = make_store(positive_ttl=60, stale_window=900, timeout=2.0 if fault == "slow" else 10.0)
     auth = Authenticator(store, clock=lambda: NOW)
     await auth.authenticate(secret)
     assert not store.degraded
@@ -139,7 +142,7 @@ async def test_outage_keeps_recently_valid_keys_working_and_refuses_unknown_ones
     elif fault.startswith("status_"):
         identity_service.configure(fixed_status=int(fault.removeprefix("status_")))
     elif fault == "slow":
-        identity_service.configure(latency_ms=1000)
+        identity_service.configure(latency_ms=4000)
     elif fault == "reset":
         identity_service.configure(reset=True)
     else:

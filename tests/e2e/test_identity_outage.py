@@ -38,7 +38,6 @@ def identity_router(
         env={
             "ROUTER_IDENTITY_URL": identity.base_url,
             "ROUTER_IDENTITY_TOKEN": identity.token,
-            "ROUTER_IDENTITY_TIMEOUT_SECONDS": "0.5",
         }
     )
 

@@ -101,9 +101,8 @@ class _Connection(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # written: (reply, deadline)
-        self._unsent: list[tuple[asyncio.Future[Any], float]] = []  # queued: (reply, timeout)
+        self._unsent: list[tuple[bytes, asyncio.Future[Any], float]] = []  # (command, reply, timeout)
         self._overdue: asyncio.Future[Any] | None = None  # found past its deadline once; polled since
-        self._out: list[bytes] = []
         self._flush_pending = False
         self._watchdog: asyncio.TimerHandle | None = None
         self.lost: BaseException | None = None
@@ -130,8 +129,7 @@ class _Connection(asyncio.Protocol):
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
-        self._out.append(packed)
-        self._unsent.append((future, timeout))
+        self._unsent.append((packed, future, timeout))
         if not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
@@ -139,13 +137,13 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if not self._out or self._transport is None or self.lost is not None:
+        unsent = self._unsent
+        if not unsent or self._transport is None or self.lost is not None:
             return
-        self._transport.write(b"".join(self._out))
-        self._out.clear()
+        self._transport.write(b"".join([packed for packed, _, _ in unsent]))
         now = self._loop.time()  # each command's timeout runs from its write
-        self._waiting.extend((future, now + timeout) for future, timeout in self._unsent)
-        self._unsent.clear()
+        self._waiting.extend((future, now + timeout) for _, future, timeout in unsent)
+        unsent.clear()
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(self._waiting[0][1], self._check_deadline)
 
@@ -171,12 +169,12 @@ class _Connection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        for future, _ in (*self._waiting, *self._unsent):
+        written = [future for future, _ in self._waiting]
+        for future in written + [future for _, future, _ in self._unsent]:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
         self._unsent.clear()
-        self._out.clear()
         if self._transport is not None:
             self._transport.abort()
 
